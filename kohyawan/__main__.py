@@ -1,0 +1,3 @@
+from kohyawan.cli import main
+
+main()
