@@ -90,16 +90,17 @@ def show(origin, as_json, **kwargs):
                             "notes": list(spec.notes)})
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{spec.profile}" + (f" + {spec.variant}" if spec.variant else "") + f" ({spec.task})",
-                  show_edge=False)
+                  box=None, pad_edge=False)
     table.add_column("key")
     table.add_column("value")
     if origin:
         table.add_column("from")
     for key, value in rows:
         cells = [key, _show(value)] + ([spec.origin.get(key, "unknown")] if origin else [])
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     console.out().print(table)
     for note in spec.notes:
         console.warn(note)
