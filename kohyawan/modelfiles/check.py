@@ -125,8 +125,9 @@ def _check_dit(task, want: TaskModel, opt, info: ModelInfo, role, mixed_precisio
     if info.size != want.size:
         raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} trains the {want.size} model{use}")
     if info.variant != want.variant:
-        raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} needs a "
-                             f"{_VARIANT_WORDS.get(want.variant, want.variant)} DiT{use}")
+        word = _VARIANT_WORDS.get(want.variant, want.variant)
+        article = "an" if word[0] in "AEFIOU" else "a"
+        raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} needs {article} {word} DiT{use}")
     warnings: list[str] = []
     if want.variant in ("i2v", "flf2v", "fun-control") and info.family and info.family != want.family:
         why = ("Wan 2.1 I2V has a CLIP image branch (img_emb, k_img/v_img) that the Wan 2.2 I2V experts do not"

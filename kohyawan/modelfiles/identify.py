@@ -177,12 +177,12 @@ def _dit(path, prefix, shapes, dtypes, scaled, base) -> ModelInfo:
         family = "wan2.1"
     elif named:
         family = named
-        notes.append(f"{'Wan 2.2' if named == 'wan2.2' else 'Wan 2.1'} by its name (Wan 2.1 T2V 14B and the "
-                     f"Wan 2.2 T2V experts have identical layouts)")
+        other = "Wan 2.1 T2V 14B" if named == "wan2.2" else "the Wan 2.2 T2V experts"
+        notes.append(f"{'Wan 2.2' if named == 'wan2.2' else 'Wan 2.1'} by name (same layout as {other})")
     else:
         family = None
         if size == "14B" and variant == "t2v":
-            notes.append("Wan 2.1 T2V 14B or a Wan 2.2 T2V A14B expert: identical layouts, and the name does not say")
+            notes.append("Wan 2.1 T2V 14B or a Wan 2.2 T2V expert: same layout, and the name does not say which")
     if prefix:
         notes.append(f"ComfyUI-style key prefix '{prefix}' (musubi strips it when loading)")
     # dtype as musubi detects it: from one cross-attention weight
