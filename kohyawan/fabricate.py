@@ -53,6 +53,9 @@ def write_safetensors(path: os.PathLike | str, entries: Iterable[Entry],
             fh.truncate(8 + len(raw) + offset)  # a hole: no blocks allocated for the tensor data
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the stand-in less readable than a download
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -99,3 +102,30 @@ def write_vae(path: os.PathLike | str, *, version: str = "2.1", dtype: str = "bf
 def write_t5(path: os.PathLike | str, *, fmt: str = "wan", dtype: str = "bf16") -> Path:
     """umT5-XXL encoder in Wan's layout (what ``--t5`` loads) or the Hugging Face/ComfyUI one."""
     return write_safetensors(path, [(n, ST_DTYPES[dtype], s) for n, s in t5_layout(fmt)])
+
+
+def write_task_models(folder: os.PathLike | str, task: str = "t2v-A14B", *, dtype: str = "bf16") -> dict[str, Path]:
+    """Every file a musubi task needs, named like the real downloads, as sparse stand-ins.
+
+    Returns {"dit": ..., "dit_high_noise": ... (A14B tasks only), "vae": ..., "t5": ...}; these pass
+    ``check_models(task, "both", ..., mixed_precision=<dtype>)``.
+    """
+    from kohyawan.modelfiles.check import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    want = TASKS[task]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    v = want.variant.replace("-", "_")
+    files: dict[str, Path] = {}
+    if want.dual:
+        for key, expert in (("dit", "low"), ("dit_high_noise", "high")):
+            files[key] = write_dit(folder / f"wan2.2_{v}_{expert}_noise_14B_{dtype}.safetensors", size="14B",
+                                   variant=want.variant, family="wan2.2", dtype=dtype)
+    else:
+        files["dit"] = write_dit(folder / f"wan2.1_{v}_{want.size}_{dtype}.safetensors", size=want.size,
+                                 variant=want.variant, family="wan2.1", dtype=dtype)
+    files["vae"] = write_vae(folder / "wan_2.1_vae.safetensors")
+    files["t5"] = write_t5(folder / "models_t5_umt5-xxl-enc-bf16.safetensors")
+    return files

@@ -106,3 +106,17 @@ def test_5b_default_variant_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="5B"):
         fabricate.write_dit(tmp_path / "x.safetensors", size="5B", family="wan2.1")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("task,dtype", [("t2v-A14B", "fp16"), ("i2v-A14B", "bf16"), ("i2v-14B", "bf16"),
+                                        ("t2v-1.3B", "fp32"), ("flf2v-14B", "fp16"), ("t2v-1.3B-FC", "bf16")])
+def test_a_full_set_for_each_task_passes_the_checks(tmp_path, task, dtype):
+    from kohyawan.modelfiles import check_models
+
+    files = fabricate.write_task_models(tmp_path / "models dir", task, dtype=dtype)
+    assert set(files) == ({"dit", "dit_high_noise", "vae", "t5"} if "A14B" in task else {"dit", "vae", "t5"})
+    mp = {"fp16": "fp16", "bf16": "bf16", "fp32": "bf16"}[dtype]
+    assert check_models(task, "both", dit=files["dit"], dit_high_noise=files.get("dit_high_noise"),
+                        vae=files["vae"], t5=files["t5"], mixed_precision=mp) == []
+    total = sum(p.stat().st_blocks * 512 for p in files.values())
+    assert total < 16 * 1024 * 1024  # tens of GB of "models" in a few MB of disk
