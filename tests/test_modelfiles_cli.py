@@ -27,14 +27,14 @@ def _run(*args):
 
 
 TABLE_120 = """\
-file                             kind   model              dtype        params    expert   notes
+file                            kind   model              dtype        params    expert   notes
 ────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
-wan2.2_t2v_high_noise_14B_fp16   dit    Wan 2.2 T2V A14B   fp16         14.29B    high     Wan 2.2 by name (same layout
-.safetensors                                                                               as Wan 2.1 T2V 14B)
-wan2.2_i2v_low_noise_14B_fp8_s   dit    Wan 2.2 I2V A14B   fp8_scaled   14.29B    low      ComfyUI scaled-fp8 checkpoint
-caled.safetensors                                                                          (scale tensors beside fp8
-                                                                                           weights)
-wan_2.1_vae.safetensors          vae    Wan 2.1            bf16         126.89M   -        -
+wan2.2_t2v_high_noise_14B_fp1   dit    Wan 2.2 T2V A14B   fp16         14.29B    high     Wan 2.2 by name (same layout
+6.safetensors                                                                             as Wan 2.1 T2V 14B)
+wan2.2_i2v_low_noise_14B_fp8_   dit    Wan 2.2 I2V A14B   fp8_scaled   14.29B    low      ComfyUI scaled-fp8 checkpoint
+scaled.safetensors                                                                        (scale tensors beside fp8
+                                                                                          weights)
+wan_2.1_vae.safetensors         vae    Wan 2.1            bf16         126.89M   -        -
 """
 
 
@@ -48,6 +48,7 @@ def test_table_exact(models_dir):
     assert r.exit_code == 0, r.stderr
     assert r.stderr == ""
     assert _strip(r.stdout) == _strip(TABLE_120)
+    assert max(len(line) for line in r.stdout.splitlines()) <= 120  # never wider than the terminal
 
 
 def test_narrow_terminal_lists_each_file(models_dir, monkeypatch):

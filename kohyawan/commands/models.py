@@ -79,7 +79,7 @@ def _params(n: int) -> str:
     return str(n)
 
 
-TABLE_MIN_WIDTH = 100
+TABLE_MIN_WIDTH = 110
 
 
 def _table(infos) -> None:
@@ -102,11 +102,10 @@ def _table(infos) -> None:
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     names = [shown(i.path) for i in infos]
-    # file names are the key: keep them whole up to a sensible width, let the notes wrap instead
-    table.add_column("file", overflow="fold", min_width=min(max(len(n) for n in names), 30))
+    table.add_column("file", overflow="fold")
     for col in ("kind", "model", "dtype", "params", "expert"):
         table.add_column(col, no_wrap=True)
-    table.add_column("notes", overflow="fold", min_width=16)
+    table.add_column("notes", overflow="fold")
     for i, name in zip(infos, names):
         # Text(): a file name like "[red]x" must print as typed, not as rich markup
         table.add_row(Text(name), i.kind, _model_column(i), i.dtype or "-", _params(i.params),
