@@ -274,3 +274,26 @@ def test_full_size_14b_header_is_fast(tmp_path):
     identify(p)
     # generous bound for a shared CI box; the measured figure is in notes/modelfiles.md
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_other_formats_get_a_specific_line(tmp_path):
+    gguf = tmp_path / "wan2.2_t2v_high_noise_14B_Q8_0.gguf"
+    gguf.write_bytes(b"GGUF" + b"\3\0\0\0" + b"\0" * 64)
+    assert "a GGUF file" in _err(gguf)
+    old = tmp_path / "Wan2.1_VAE.pth"
+    old.write_bytes(b"\x80\x02\x8a\x0alz\xfc\x9cF\xf9 j\xa8P\x19." + b"\0" * 64)
+    assert "old-style (non-zip) torch file" in _err(old)
+
+
+def test_diffusers_layout_and_shards(tmp_path):
+    p = write_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", [
+        ("blocks.0.attn1.to_q.weight", "BF16", (5120, 5120)),
+        ("condition_embedder.time_embedder.linear_1.weight", "BF16", (5120, 256))])
+    i = identify(p)
+    assert (i.kind, i.size, i.layout_ok) == ("dit", "14B", False) and "Diffusers layout" in i.notes[0]
+    from kohyawan.modelfiles.layouts import dit_layout
+
+    first = [(n, "BF16", s) for n, s in dit_layout("14B", "t2v", "wan2.2") if n.startswith(("blocks.0.", "patch"))]
+    shard = write_safetensors(tmp_path / "diffusion_pytorch_model-00001-of-00006.safetensors", first)
+    j = identify(shard)
+    assert j.kind == "dit" and j.layout_ok is False and any("one shard" in n for n in j.notes)

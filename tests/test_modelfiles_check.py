@@ -168,3 +168,21 @@ def test_check_models_reads_files_and_names_the_option(tmp_path, files):
     with pytest.raises(ModelFileError, match=r"^--vae .*missing.safetensors: no such file$"):
         check_models("t2v-A14B", "both", dit=files["t2v_low"].path, dit_high_noise=files["t2v_high"].path,
                      vae=tmp_path / "missing.safetensors", t5=None, mixed_precision="fp16")
+
+
+def test_dit_as_pth_or_diffusers_is_refused(tmp_path, files):
+    torch = pytest.importorskip("torch")
+    from kohyawan.fabricate import write_safetensors
+    from kohyawan.modelfiles.layouts import dit_layout
+
+    p = tmp_path / "wan21_t2v_1.3B.pth"
+    torch.save({n: torch.zeros(1, dtype=torch.bfloat16).expand(s) for n, s in dit_layout("1.3B", "t2v", "wan2.1")}, p)
+    info = identify(p)
+    assert info.kind == "dit" and info.layout_ok is True
+    with pytest.raises(ModelFileError, match="reads the DiT from a .safetensors file only"):
+        check_infos("t2v-1.3B", "both", dit=info, dit_high_noise=None, vae=None, t5=None)
+    d = write_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", [
+        ("blocks.0.attn1.to_q.weight", "BF16", (5120, 5120)),
+        ("condition_embedder.time_embedder.linear_1.weight", "BF16", (5120, 256))])
+    with pytest.raises(ModelFileError, match="Diffusers layout"):
+        check_infos("t2v-A14B", "low", dit=identify(d), dit_high_noise=None, vae=None, t5=None)

@@ -119,9 +119,14 @@ def _check_dit(task, want: TaskModel, opt, info: ModelInfo, role, mixed_precisio
         what = {"vae": "a VAE", "t5": "a T5 text encoder", "clip": "a CLIP image encoder", "lora": "a LoRA"}.get(
             info.kind, "not a WAN DiT")
         raise ModelFileError(f"{where}: is {what}, not a WAN DiT{use}")
+    if info.file_format != "safetensors":
+        raise ModelFileError(f"{where}: musubi-tuner reads the DiT from a .safetensors file only{use}")
     if info.dtype == "fp8_scaled":
         raise ModelFileError(f"{where}: is a ComfyUI fp8_scaled checkpoint, which musubi-tuner cannot load (not "
                              f"even with --fp8_scaled); use the bf16 or fp16 file and fp8_base=true to save memory")
+    if info.layout_ok is False and info.variant is None:  # e.g. a Diffusers-layout DiT: nothing else applies
+        raise ModelFileError(f"{where}: its tensors do not match what musubi-tuner loads for {task} "
+                             f"({_layout_note(info)}){use}")
     if info.size != want.size:
         raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} trains the {want.size} model{use}")
     if info.variant != want.variant:

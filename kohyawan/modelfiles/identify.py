@@ -10,11 +10,13 @@ image models by ``img_emb``, the 2.2 VAE by its nested ``upsamples.N.upsamples``
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from kohyawan.errors import ModelFileError
 from kohyawan.modelfiles import hints, layouts
-from kohyawan.modelfiles.header import Header, read_header
+from kohyawan.modelfiles.header import Header, read_header, shown
 
 DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2",
                "F64": "fp64"}
@@ -58,9 +60,24 @@ def identify(path: os.PathLike | str) -> ModelInfo:
     """Identify one model file. Raises ModelFileError (one line) when it cannot be read as a model."""
     from kohyawan.modelfiles import torchpickle
 
-    if torchpickle.looks_like_torch_zip(path):
+    magic = _magic(path)
+    if magic == b"PK\x03\x04":
         return torchpickle.identify_pth(path)
+    if magic == b"GGUF":
+        raise ModelFileError(f"{shown(path)}: a GGUF file (a quantised model for ComfyUI-GGUF); musubi-tuner "
+                             f"needs a safetensors checkpoint (bf16 or fp16)")
+    if magic[:1] == b"\x80" and os.fspath(path).lower().endswith((".pth", ".pt", ".bin", ".ckpt")):
+        raise ModelFileError(f"{shown(path)}: an old-style (non-zip) torch file, which kohyawan does not read "
+                             f"because that would mean unpickling it; use the .safetensors version")
     return identify_header(read_header(path), os.fspath(path))
+
+
+def _magic(path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4)
+    except OSError:
+        return b""  # read_header reports the real problem with one clear line
 
 
 def identify_header(h: Header, path: str) -> ModelInfo:
@@ -81,6 +98,9 @@ def classify(path: str, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[s
     prefix = _dit_prefix(names)
     if prefix is not None:
         return _dit(path, prefix, shapes, dtypes, scaled, base)
+    diffusers = next((n for n in names if n.endswith("blocks.0.attn1.to_q.weight")), None)
+    if diffusers and any("condition_embedder." in n for n in names):
+        return _diffusers_dit(path, diffusers, shapes, dtypes, scaled, base)
     if "decoder.middle.0.residual.0.gamma" in names and "conv2.weight" in names:
         return _vae(shapes, dtypes, base)
     if "encoder.blocks.0.attn.q.weight" in names:
@@ -200,6 +220,8 @@ def _dit(path, prefix, shapes, dtypes, scaled, base) -> ModelInfo:
         layout_ok, problem = _layout_check(sd, size, variant, family or "wan2.2", scaled)
         if problem:
             notes.append(problem)
+    if re.search(r"-\d{5}-of-\d{5}\.", os.path.basename(path)):
+        notes.append("one shard of a split checkpoint: musubi-tuner needs the whole model in one file")
     arch = {"dim": dim, "layers": layers}
     if in_dim is not None:
         arch["in_dim"] = in_dim
@@ -207,6 +229,16 @@ def _dit(path, prefix, shapes, dtypes, scaled, base) -> ModelInfo:
         arch["out_dim"] = out_dim
     return ModelInfo(kind="dit", family=family, size=size, variant=variant, dtype=dtype, expert_hint=expert,
                      key_prefix=prefix, layout_ok=layout_ok, arch=arch, notes=tuple(notes), **base)
+
+
+def _diffusers_dit(path, qkey, shapes, dtypes, scaled, base) -> ModelInfo:
+    dim = shapes[qkey][0]
+    size = {5120: "14B", 1536: "1.3B", 3072: "5B"}.get(dim)
+    expert, _ = hints.expert_hint(path)
+    return ModelInfo(kind="dit", size=size, dtype="fp8_scaled" if scaled else _dtype_name(dtypes[qkey]),
+                     family=hints.family_hint(path), expert_hint=expert, layout_ok=False, arch={"dim": dim},
+                     notes=("differs from the layout musubi loads: Diffusers layout (blocks.N.attn1.to_q...); "
+                            "use the original or ComfyUI-repackaged single-file checkpoint",), **base)
 
 
 def _layout_check(sd, size, variant, family, scaled) -> tuple[bool, str | None]:
