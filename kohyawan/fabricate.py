@@ -3,7 +3,9 @@
 Each file gets the real safetensors header of the model it imitates (every tensor name, dtype, shape and
 byte offset) and is then extended with ``truncate`` to the real length, so it is sparse: a "28 GB" 14B
 DiT occupies a few hundred kilobytes, reads back through ``safetensors.safe_open``, and is identified by
-kohyawan exactly as the real file would be. The tensor bytes are zeros. Used by the tests and by
+kohyawan exactly as the real file would be. The tensor bytes are zeros. (``safe_open`` maps the whole
+file: on a machine with strict overcommit a 28 GB map fails with ENOMEM even though nothing is read, so
+code that only needs names and shapes should use ``kohyawan.modelfiles.header.read_header``.) Used by the tests and by
 ``kohyawan run --rehearse`` when the user has no model files.
 """
 

@@ -76,7 +76,7 @@ def test_safetensors_reads_the_fabricated_header(tmp_path):
 
 
 def test_fp8_scaled_has_comfyui_markers(tmp_path):
-    p = fabricate.write_dit(tmp_path / "s.safetensors", variant="i2v", dtype="fp8_scaled")
+    p = fabricate.write_dit(tmp_path / "s.safetensors", size="1.3B", family="wan2.1", dtype="fp8_scaled")
     with safe_open(str(p), "pt") as fh:
         keys = set(fh.keys())
         assert "scaled_fp8" in keys
