@@ -297,3 +297,9 @@ def test_diffusers_layout_and_shards(tmp_path):
     shard = write_safetensors(tmp_path / "diffusion_pytorch_model-00001-of-00006.safetensors", first)
     j = identify(shard)
     assert j.kind == "dit" and j.layout_ok is False and any("one shard" in n for n in j.notes)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    assert _err(fifo).endswith("pipe.safetensors: not a regular file")

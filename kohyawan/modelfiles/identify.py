@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -74,6 +75,10 @@ def identify(path: os.PathLike | str) -> ModelInfo:
 
 def _magic(path) -> bytes:
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            # a FIFO or device would block or never end: refuse before reading a byte
+            raise ModelFileError(f"{shown(path)}: not a regular file")
         with open(path, "rb") as fh:
             return fh.read(4)
     except OSError:
