@@ -13,20 +13,10 @@ from typing import Any, Mapping, Sequence
 
 from kohyawan import memory
 from kohyawan.gpus import Gpu
+from kohyawan.observations import Corrections, Observation, fit_corrections
 
 DEFAULT_MARGIN_GIB = 1.5   # headroom kept free: allocator spikes and the model's own error (about +-5 %)
 STARTUP_SECONDS = 120      # loading the DiT(s), building the network, the first (uncounted) step
-
-
-@dataclass(frozen=True)
-class Corrections:
-    """Factors learnt from observed runs on the same GPU with similar settings (1.0 = none)."""
-
-    vram_factor: float = 1.0
-    time_factor: float = 1.0
-    vram_runs: int = 0
-    time_runs: int = 0
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +27,7 @@ class Cost:
     usd_max: float | None
     usd_per_hour: float
     source: str
+    hours: float
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,8 @@ class Estimate:
             "s_per_step": r(self.s_per_step), "total_steps": self.total_steps, "hours": r(self.hours),
             "disk_gib": {k: r(v) for k, v in self.disk_gib.items()},
             "costs": [{"provider": c.provider, "gpu": c.gpu, "usd": r(c.usd), "usd_max": r(c.usd_max),
-                       "usd_per_hour": c.usd_per_hour, "source": c.source} for c in self.costs],
+                       "usd_per_hour": c.usd_per_hour, "source": c.source, "hours": r(c.hours)}
+                      for c in self.costs],
             "vram_limit_gib": r(self.vram_limit_gib), "ram_limit_gib": r(self.ram_limit_gib),
             "margin_gib": self.margin_gib, "fits_vram": self.fits_vram, "fits_ram": self.fits_ram,
             "fits": self.fits,
@@ -130,48 +122,58 @@ def disk(inp: memory.MemoryInputs, train: Mapping[str, Any], items: int | None,
     return parts
 
 
+def _hours(inp: memory.MemoryInputs, gpu: Gpu, total_steps: int, boundary: float, time_factor: float) -> tuple[float, float]:
+    s_per_step = memory.step_seconds(inp, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"] * time_factor
+    runs = 2 if inp.expert == "sequential" else 1     # high then low: two full trainings
+    return s_per_step, runs * (total_steps * s_per_step + STARTUP_SECONDS) / 3600
+
+
 def estimate_values(train: Mapping[str, Any], dataset: Mapping[str, Any], *, task: str = "t2v-A14B",
                     expert: str = "both", gpu: Gpu | None = None, vram_gib: float | None = None,
                     ram_gib: float | None = None, margin_gib: float = DEFAULT_MARGIN_GIB,
                     items: int | None = None, total_steps: int | None = None, epochs: int | None = None,
-                    corrections: Corrections | None = None, label: str = "base",
-                    changes: Mapping[str, Any] | None = None, offers: Sequence[Gpu] = ()) -> Estimate:
-    """The estimate for one set of musubi values. ``vram_gib`` overrides the GPU's own size."""
-    corr = corrections or Corrections()
+                    observations: Sequence[Observation] = (), gpu_name: str | None = None,
+                    label: str = "base", changes: Mapping[str, Any] | None = None,
+                    offers: Sequence[Gpu] = ()) -> Estimate:
+    """The estimate for one set of musubi values.
+
+    ``gpu`` gives the throughput for time (and its size, unless ``vram_gib`` overrides it); ``observations``
+    from runs on ``gpu_name`` correct VRAM and time; ``offers`` are priced where this setting fits them.
+    """
     inp = memory.inputs_from_values(train, dataset, task, expert)
+    corr = fit_corrections(list(observations), inp, gpu_name=gpu_name or (gpu.names[0] if gpu and gpu.names
+                                                                          else None), gpu=gpu)
     v = memory.vram(inp)
     ram = memory.host_ram(inp)
-    s_per_step = hours = None
-    costs: list[Cost] = []
     boundary = float(train.get("timestep_boundary") or 875)
     boundary = boundary / 1000 if boundary > 1 else boundary
+    s_per_step = hours = None
     if gpu is not None:
         s_per_step = memory.step_seconds(inp, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"]
         s_per_step *= corr.time_factor
         if total_steps:
-            runs = 2 if expert == "sequential" else 1
-            hours = runs * (total_steps * s_per_step + STARTUP_SECONDS) / 3600
-    limit = vram_gib if vram_gib is not None else (gpu.vram_gib if gpu else None)
-    if hours is not None:
-        # price every offer of a GPU that is at least as large as the one estimated; the time is this GPU's
-        for g in [gpu, *[o for o in offers if o is not gpu and gpu is not None and o.key != gpu.key]]:
-            if g is None or (g is not gpu and (g.vram_gib < (limit or 0))):
+            s_per_step, hours = _hours(inp, gpu, total_steps, boundary, corr.time_factor)
+    peak = v.total_gib * corr.vram_factor
+    costs: list[Cost] = []
+    if total_steps:
+        for g in offers:
+            if g.vram_gib < peak + margin_gib:
                 continue
-            g_hours = hours
-            if g is not gpu:
-                g_s = memory.step_seconds(inp, g.bf16_tflops, g.mfu, g.h2d_gbps, boundary)["total"] * corr.time_factor
-                g_hours = (2 if expert == "sequential" else 1) * (total_steps * g_s + STARTUP_SECONDS) / 3600
+            # a learnt time factor belongs to the GPU it was learnt on
+            _, g_hours = _hours(inp, g, total_steps, boundary, corr.time_factor if gpu and g.key == gpu.key else 1.0)
             for o in g.offers:
                 costs.append(Cost(o.provider, g.key, g_hours * o.usd_per_hour,
                                   g_hours * o.usd_per_hour_max if o.usd_per_hour_max else None,
-                                  o.usd_per_hour, o.source))
+                                  o.usd_per_hour, o.source, g_hours))
+    costs.sort(key=lambda c: c.usd)
     return Estimate(
         label=label, changes=dict(changes or {}),
-        vram_gib=v.total_gib * corr.vram_factor, vram_parts=dict(v.parts),
+        vram_gib=peak, vram_parts=dict(v.parts),
         ram_gib=ram["total"], ram_parts={k: x for k, x in ram.items() if k != "total"},
         s_per_step=s_per_step, total_steps=total_steps, hours=hours,
         disk_gib=disk(inp, train, items, total_steps, epochs), costs=tuple(costs),
-        vram_limit_gib=limit, ram_limit_gib=ram_gib, margin_gib=margin_gib, corrections=corr,
+        vram_limit_gib=vram_gib if vram_gib is not None else (gpu.vram_gib if gpu else None),
+        ram_limit_gib=ram_gib, margin_gib=margin_gib, corrections=corr,
     )
 
 

@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kohyawan import memory
-from kohyawan.estimate import Corrections
 
 VRAM_CLAMP = (0.7, 1.6)
 TIME_CLAMP = (0.2, 5.0)
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Factors learnt from observed runs on the same GPU with similar settings (1.0 = none)."""
+
+    vram_factor: float = 1.0
+    time_factor: float = 1.0
+    vram_runs: int = 0
+    time_runs: int = 0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,14 @@ def _read_json(path: Path) -> Any:
 
 
 def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
+    if isinstance(plan.get("values"), list):       # plan.json: [{"key": "train.X", "value": ..., "source"}]
+        train, dataset = {}, {}
+        for row in plan["values"]:
+            if isinstance(row, Mapping) and isinstance(row.get("key"), str):
+                section, _, name = row["key"].partition(".")
+                if section in ("train", "dataset"):
+                    (train if section == "train" else dataset)[name] = row.get("value")
+        return train, dataset, str(plan.get("task") or "t2v-A14B"), str(plan.get("expert") or "both")
     for holder in (plan, plan.get("spec") or {}, plan.get("resolved") or {}):
         if isinstance(holder, Mapping) and isinstance(holder.get("train"), Mapping):
             task = holder.get("task") or plan.get("task") or "t2v-A14B"
