@@ -40,12 +40,12 @@ block, where every stored activation still exists and one block is being recompu
 Calibration (published observations; the tests in ``tests/test_memory.py`` hold the model to these errors):
 
 (a) 14B expert, 512x512x81 frames, fp8, 32 blocks swapped, rank 32, AdamW8bit, checkpointing: "fits 24 GB,
-    barely" (read as a 22.0-23.5 GiB peak). Model: 22.3 GiB, inside the band (error 0 to -5 %).
+    barely" (read as a 22.0-23.5 GiB peak). Model: 22.4 GiB, inside the band (stated error: within the band).
 (b) 14B, 512x512 images, rank 128, fp8 scaled, no swap, checkpointing with CPU offload, Adafactor: 21.2 GB
-    peak measured. Model: 21.3 GiB (+0.5 %; stated error +-5 %).
+    peak measured. Model: 21.35 GiB (+0.7 %; stated error +-5 %).
 (c) the guide's 512x512 16-frame clips (the trainer takes 13 frames, 4 latent frames), batch 1: 20-22 GB.
     With the guide's settings (fp8, checkpointing, rank 64, AdamW8bit, no swap) the model gives 21.7 GiB,
-    inside the band (stated error +-5 %). Batch 2: the guide says 38-40 GB; the model gives 25.1 GiB (-36 %
+    inside the band (stated error +-5 % of the band). Batch 2: the guide says 38-40 GB; the model gives 24.9 GiB (-36 %
     against 39). The guide's figure doubles the whole footprint, but only activations scale with the batch;
     with checkpointing they are about 3 GiB per 16-frame sample, so from first principles batch 2 cannot cost
     18 GiB more. The estimator does not chase that figure; a run that finds otherwise corrects the model

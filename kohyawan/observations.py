@@ -121,8 +121,9 @@ def load_observations(runs_dir: Path) -> list[Observation]:
             n = int(attempt.get("n", 1))
             peak = attempt.get("peak_vram_gb")
             peak = float(peak) if peak is not None and attempt.get("outcome") != "oom_vram" else None
-            # the first steps include warm-up and compilation; the median of the rest is the steady rate
-            step_list = times.get(n, [])[2:] or times.get(n, [])
+            # the first steps include warm-up and allocation; the median of the rest is the steady rate
+            seen = times.get(n, [])
+            step_list = seen[2:] if len(seen) > 3 else seen[1:]
             found.append(Observation(
                 run_id=run_json.parent.name, attempt=n, gpu=_gpu_name(attempt, run),
                 inputs=memory.inputs_from_values(train, dataset, task, expert),
