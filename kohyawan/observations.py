@@ -139,18 +139,18 @@ def similar(a: memory.MemoryInputs, b: memory.MemoryInputs) -> bool:
             and 0.5 <= a.tokens / max(1, b.tokens) <= 2.0 and abs(a.swapped - b.swapped) <= 10)
 
 
-def _same_gpu(observed: str | None, gpu_name: str | None, gpu_key: str | None) -> bool:
-    if observed is None or gpu_name is None:
+def _same_gpu(observed: str | None, gpu_name: str | None, gpu: Any) -> bool:
+    if observed is None:
         return False
     o = observed.lower()
-    return o == gpu_name.lower() or (gpu_key is not None and gpu_key.lower() in o.replace(" ", "").lower())
+    names = {n.lower() for n in getattr(gpu, "names", ())} | ({gpu_name.lower()} if gpu_name else set())
+    return o in names
 
 
 def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs, *, gpu_name: str | None,
                     gpu: Any = None) -> Corrections:
     """Median observed/predicted ratio over similar runs on the same GPU, clamped to a sane range."""
-    key = getattr(gpu, "key", None)
-    relevant = [o for o in observations if _same_gpu(o.gpu, gpu_name, key) and similar(o.inputs, inputs)]
+    relevant = [o for o in observations if _same_gpu(o.gpu, gpu_name, gpu) and similar(o.inputs, inputs)]
     vram_ratios = [o.peak_vram_gib / memory.vram(o.inputs).total_gib for o in relevant if o.peak_vram_gib]
     time_ratios = []
     if gpu is not None:
@@ -159,11 +159,12 @@ def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs
                 predicted = memory.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
                 time_ratios.append(o.s_per_step / predicted)
     notes = []
+    where = ", ".join(sorted({o.gpu for o in relevant if o.gpu})) or gpu_name
     vf = tf = 1.0
     if vram_ratios:
         vf = min(max(statistics.median(vram_ratios), VRAM_CLAMP[0]), VRAM_CLAMP[1])
-        notes.append(f"peak VRAM scaled by {vf:.2f} from {len(vram_ratios)} observed attempt(s) on {gpu_name}")
+        notes.append(f"peak VRAM scaled by {vf:.2f} from {len(vram_ratios)} observed attempt(s) on {where}")
     if time_ratios:
         tf = min(max(statistics.median(time_ratios), TIME_CLAMP[0]), TIME_CLAMP[1])
-        notes.append(f"s/step scaled by {tf:.2f} from {len(time_ratios)} observed attempt(s) on {gpu_name}")
+        notes.append(f"s/step scaled by {tf:.2f} from {len(time_ratios)} observed attempt(s) on {where}")
     return Corrections(vf, tf, len(vram_ratios), len(time_ratios), tuple(notes))
