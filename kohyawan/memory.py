@@ -15,8 +15,9 @@ block, where every stored activation still exists and one block is being recompu
    without ``fp8_scaled``) the block linear weights are 1 byte and the rest stays bf16.
    ``blocks_to_swap N`` keeps N blocks in host RAM; musubi's offloader exchanges a GPU block with a CPU block
    in place, so the GPU holds exactly L-N blocks (source: musubi ``modules/custom_offloading_utils.py``).
-   A WAN 2.2 A14B run with ``expert=both`` keeps both experts on the GPU unless ``offload_inactive_dit``
-   moves the inactive one to host RAM (it cannot be combined with block swap).
+   A WAN 2.2 A14B run with ``expert=both`` keeps both experts on the GPU, each with its own N swapped blocks,
+   and swaps their state dicts at the timestep boundary (``wan_train_network.py``), unless
+   ``offload_inactive_dit`` moves the inactive one to host RAM (it cannot be combined with block swap).
 2. **LoRA training state.** 10 LoRA modules per block (400 for 14B, 300 for 1.3B; 12 per block for Wan 2.1
    I2V). A module of rank r on an [out, in] linear has r (in + out) parameters: 4.79 M x r for 14B (rank 32:
    153 M parameters, 307 MB in bf16, matching musubi's saved file). musubi keeps the trainable LoRA weights in
@@ -265,7 +266,7 @@ def vram(inp: MemoryInputs) -> Vram:
 
 
 def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
-    """Host RAM of the training process tree in GiB, by component, with "total"."""
+    """Peak host RAM of the training process tree in GiB, by component, with "total" (the peak)."""
     s = inp.shape
     experts = 2 if ("A14B" in inp.task and inp.expert == "both") else 1
     parts = {"process": HOST_BASE_GIB, "data_loader": inp.workers * WORKER_GIB}
@@ -277,7 +278,13 @@ def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
     parts["inactive_expert"] = dit_bytes(inp) / GIB if inp.offload_inactive_dit and experts == 2 else 0.0
     parts["offloaded_activations"] = (s.blocks * CKPT_STORED_D * s.dim * inp.tokens / GIB
                                       if inp.grad_ckpt and inp.grad_ckpt_cpu_offload else 0.0)
-    parts["total"] = sum(parts.values())
+    # With block swap musubi loads every DiT into host RAM first (trainer_base: loading_device = "cpu" when
+    # blocks_to_swap > 0; wan_train_network loads the high-noise expert before either is moved), so the peak
+    # is at start-up: every expert whole in RAM at once. The steady parts above come after it.
+    steady = sum(parts.values())
+    load_peak = HOST_BASE_GIB + (experts * dit_bytes(inp) / GIB if inp.swapped else 0.0) + parts["inactive_expert"]
+    parts["load_transient"] = max(0.0, load_peak - steady)
+    parts["total"] = steady + parts["load_transient"]
     return parts
 
 

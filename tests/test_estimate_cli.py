@@ -81,3 +81,9 @@ def test_estimate_real_process_without_gpu(kohyawan_argv, tmp_path):
     if "No GPU given or found" not in done.stdout:     # a machine with a GPU marks a rung instead
         assert "Start at:" in done.stdout or "Nothing on the ladder fits" in done.stdout
     assert "Disk per item" in done.stdout
+
+
+def test_estimate_says_when_host_ram_is_what_does_not_fit(tmp_path):
+    r = run("--profile", "character", "--gpu", "rtx4090", "--ram", "16", "--runs-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "fits the GPU but needs" in r.output and "host RAM (limit 16.0)" in r.output

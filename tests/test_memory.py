@@ -148,3 +148,13 @@ def test_block_swap_costs_time_only_when_copies_outrun_compute():
     pinned = memory.step_seconds(MemoryInputs(**{**BASE, "frames": 1, "width": 256, "height": 256,
                                                   "blocks_to_swap": 30, "swap_pinned": True}), 165, 0.45, 24)
     assert pinned["total"] < t_tiny["total"]
+
+
+def test_block_swap_loads_every_expert_into_host_ram_first():
+    fp8 = memory.dit_bytes(MemoryInputs(fp8_base=True)) / memory.GIB
+    dual = memory.host_ram(MemoryInputs(**{**BASE, "expert": "both", "blocks_to_swap": 10}))
+    single = memory.host_ram(MemoryInputs(**{**BASE, "expert": "low", "blocks_to_swap": 10}))
+    assert dual["total"] >= memory.HOST_BASE_GIB + 2 * fp8 and dual["load_transient"] > 0
+    assert single["total"] == pytest.approx(memory.HOST_BASE_GIB + fp8)
+    no_swap = memory.host_ram(MemoryInputs(**{**BASE, "expert": "both"}))
+    assert no_swap["load_transient"] == 0 and no_swap["total"] < 10

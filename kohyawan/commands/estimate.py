@@ -126,7 +126,13 @@ def _print(ladder, doc, gpu) -> None:
         c.print(f"Start at: {chosen.label} (peak {chosen.vram_gib:.1f} GiB + {chosen.margin_gib:.1f} GiB margin "
                 f"<= {limit:.1f} GiB)" + (f"; changes: {_changes(chosen.changes)}" if chosen.changes else ""))
     elif limit:
-        c.print("Nothing on the ladder fits this GPU: expect out-of-memory; use a larger GPU (see costs below).")
+        vram_ok = [e for e in ladder.estimates if e.fits_vram]
+        if vram_ok:
+            e = vram_ok[0]
+            c.print(f"'{e.label}' fits the GPU but needs {e.ram_gib:.1f} GiB host RAM (limit {e.ram_limit_gib:.1f}): "
+                    "add RAM, or lower blocks_to_swap with a larger GPU.")
+        else:
+            c.print("Nothing on the ladder fits this GPU: expect out-of-memory; use a larger GPU (see costs below).")
     else:
         c.print("No GPU given or found: pass --gpu NAME or --vram GB to mark the rung that fits.")
     shown = ladder.estimates[max(ladder.first_fit, 0)]
