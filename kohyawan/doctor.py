@@ -235,7 +235,7 @@ def check_disk(label: str, path: Path) -> Check:
     cid, title = f"disk_{label}", f"Disk ({label})"
     if free + 1 < DISK_MIN:
         return Check(cid, title, "fail", summary + f": below the {DISK_MIN} GB minimum",
-                     f"free space or point --{label}-dir at a disk with {DISK_MIN} GB+ free", details)
+                     f"free space, or use a disk with {DISK_MIN} GB+ free for the {label}", details)
     if spinning:
         return Check(cid, title, "warn", summary, "move runs, caches and datasets to an SSD (data loading stalls "
                      "the GPU on a spinning disk)", details)

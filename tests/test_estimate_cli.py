@@ -33,7 +33,7 @@ def test_estimate_json_schema(tmp_path):
     r = run("--profile", "motion", "--dataset", str(data), "--vram", "80", "--ram", "64", "--json",
             "--runs-dir", str(tmp_path))
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["version"] == 1 and doc["profile"] == "motion" and doc["items"] == 40
     assert doc["vram_gib"] == 80 and doc["ram_gib"] == 64 and doc["gpu"] is None
     assert doc["first_fit"] >= 0 and doc["first_fit_label"] == doc["rungs"][doc["first_fit"]]["label"]
@@ -49,7 +49,7 @@ def test_estimate_accepts_every_config_render_option(tmp_path):
             "--t5", str(dit), "--set", "blocks_to_swap=20", "--set", "resolution=[640,368]", "--gpu", "h100",
             "--json", "--runs-dir", str(tmp_path))
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert (doc["task"], doc["expert"], doc["variant"], doc["gpu"]) == ("i2v-A14B", "high", "aggressive",
                                                                          "h100-80gb")
     assert doc["first_fit"] == 0

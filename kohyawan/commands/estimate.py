@@ -97,6 +97,8 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
            "expert": spec.expert, "gpu": gpu.key if gpu else None,
            "vram_gib": vram if vram is not None else (gpu.vram_gib if gpu else None), "ram_gib": ram,
            "margin_gib": margin, "items": items, **ladder.to_dict()}
+    for note in spec.notes:
+        console.warn(note)
     if as_json:
         console.print_json(doc)
         return
