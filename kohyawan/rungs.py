@@ -59,6 +59,8 @@ def _changes_for(name: str, spec: RunSpec) -> tuple[dict[str, Any], bool, bool]:
         raw = name.split("=", 1)[1]
         top = musubi.max_blocks_to_swap(spec.task)
         n = top if raw == "max" else int(raw)
+        if (t.get("blocks_to_swap") or 0) >= min(n, top):
+            return {}, False, True  # already swapping at least this deep: a rung never lowers the swap
         changes = {"train.blocks_to_swap": min(n, top)}
         if t.get("offload_inactive_dit"):
             changes["train.offload_inactive_dit"] = False  # the trainer refuses both together

@@ -89,18 +89,16 @@ def show(origin, as_json, **kwargs):
                                 {"key": k, "value": v, "source": spec.origin.get(k, "unknown")} for k, v in rows],
                             "notes": list(spec.notes)})
         return
-    from rich.table import Table
-
-    table = Table(title=f"{spec.profile}" + (f" + {spec.variant}" if spec.variant else "") + f" ({spec.task})",
-                  show_edge=False)
-    table.add_column("key")
-    table.add_column("value")
-    if origin:
-        table.add_column("from")
-    for key, value in rows:
-        cells = [key, _show(value)] + ([spec.origin.get(key, "unknown")] if origin else [])
-        table.add_row(*cells)
-    console.out().print(table)
+    # Plain aligned columns (not a rich table): nothing is truncated or wrapped, and lines can be
+    # copied straight into a kohyawan.toml or a --set.
+    title = f"{spec.profile}" + (f" + {spec.variant}" if spec.variant else "") + f" ({spec.task})"
+    cells = [(key, _show(value), spec.origin.get(key, "unknown")) for key, value in rows]
+    width = [max(len(c[0]) for c in cells), min(24, max(len(c[1]) for c in cells))]
+    lines = [title]
+    for key, value, source in cells:
+        lines.append(f"{key:<{width[0]}}  {value:<{width[1]}}  {source}".rstrip() if origin
+                     else f"{key:<{width[0]}}  {value}")
+    click.echo("\n".join(lines))
     for note in spec.notes:
         console.warn(note)
 
