@@ -2,7 +2,7 @@
 
 The memory and time physics live in ``memory``; this module turns musubi option values (or a RunSpec and
 its fallback ladder) into a report, marks the first rung that fits a GPU with a safety margin, and applies
-corrections learnt from the user's own runs (``history`` reads them).
+corrections learnt from the user's own runs (``observations`` reads and fits them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Peak VRAM and host RAM of a musubi-tuner WAN LoRA run, from first principles (pure).
+"""Peak VRAM, host RAM, step time and disk of a musubi-tuner WAN LoRA run, from first principles (pure).
 
 Units: every figure this module returns is in GiB (2**30 bytes), the unit torch's OOM message, nvidia-smi
 (MiB) and NVML report; "24 GB" cards have 23.99 GiB, of which torch can use about 23.55 GiB.
@@ -46,11 +46,17 @@ Calibration (published observations; the tests in ``tests/test_memory.py`` hold 
     peak measured. Model: 21.35 GiB (+0.7 %; stated error +-5 %).
 (c) the guide's 512x512 16-frame clips (the trainer takes 13 frames, 4 latent frames), batch 1: 20-22 GB.
     With the guide's settings (fp8, checkpointing, rank 64, AdamW8bit, no swap) the model gives 21.7 GiB,
-    inside the band (stated error +-5 % of the band). Batch 2: the guide says 38-40 GB; the model gives 24.9 GiB (-36 %
-    against 39). The guide's figure doubles the whole footprint, but only activations scale with the batch;
-    with checkpointing they are about 3 GiB per 16-frame sample, so from first principles batch 2 cannot cost
-    18 GiB more. The estimator does not chase that figure; a run that finds otherwise corrects the model
-    through its own observations (``estimate.corrections``).
+    inside the band (stated error +-5 % of the band). Batch 2: the guide says 38-40 GB; the model gives
+    24.9 GiB (-36 % against 39). The guide's figure doubles the whole footprint, but only activations scale
+    with the batch; with checkpointing they are about 3 GiB per 16-frame sample, so from first principles
+    batch 2 cannot cost 18 GiB more. The estimator does not chase that figure; a run that finds otherwise
+    corrects the model on that machine through its own observations (``observations.fit_corrections``).
+
+Host RAM (peak of the training process tree): the process itself (HOST_BASE_GIB = 3.5: python, torch, CUDA
+libraries), WORKER_GIB = 0.4 per data-loader worker, every resident expert's swapped blocks plus one (pinned)
+or two (staging) transfer buffers of a block, the inactive expert under ``offload_inactive_dit``, offloaded
+checkpoint activations, and at start-up the whole of every expert when block swap is on (musubi then loads
+to CPU first). The step-time model and its assumptions are documented at ``step_flops`` below.
 """
 
 from __future__ import annotations
