@@ -87,3 +87,16 @@ def test_estimate_says_when_host_ram_is_what_does_not_fit(tmp_path):
     r = run("--profile", "character", "--gpu", "rtx4090", "--ram", "16", "--runs-dir", str(tmp_path))
     assert r.exit_code == 0, r.output
     assert "fits the GPU but needs" in r.output and "host RAM (limit 16.0)" in r.output
+
+
+def test_runs_dir_defaults_to_the_project_setting(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d")
+    spec = profiles.resolve("character", dataset_dir=data, expert="low", sets=("fp8_base=true",))
+    write_run(tmp_path / "proj" / "my runs", "r1", spec, [{"n": 1, "outcome": "succeeded", "changes": {},
+                                                           "peak_vram_gb": 30.0}], {})
+    (tmp_path / "proj" / "kohyawan.toml").write_text('[kohyawan]\nruns_dir = "my runs"\n')
+    monkeypatch.chdir(tmp_path / "proj")
+    r = run("--profile", "character", "--dataset", str(data), "--expert", "low", "--set", "fp8_base=true",
+            "--gpu", "rtx4090")
+    assert r.exit_code == 0, r.output
+    assert "Learnt from your runs: peak VRAM scaled by" in r.output

@@ -19,7 +19,7 @@ MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 @click.option("--python", "python", default=None, metavar="PATH",
               help="Python of the trainer's environment (default: the checkout's .venv/venv).")
 @click.option("--comfyui", type=_DIR, default=None, help="ComfyUI folder LoRAs are deployed to.")
-@click.option("--runs-dir", type=_DIR, default=None, help="Where runs and caches go (default ./runs).")
+@click.option("--runs-dir", type=_DIR, default=None, help="Where runs and caches go (default: kohyawan.toml's runs_dir, else ./runs).")
 @click.option("--dataset", "dataset_dir", type=_DIR, default=None, help="A dataset folder to check the disk of.")
 @click.option("--task", default="t2v-A14B", show_default=True, help="Task the model files must suit.")
 @click.option("--dit", type=_FILE, default=None, help="DiT file (low-noise expert for WAN 2.2).")
@@ -38,6 +38,9 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
       kohyawan doctor --json --dit wan2.2_t2v_low_noise_14B_fp16.safetensors
     """
     from kohyawan import doctor as doc
+    from kohyawan.commands.estimate import _default_runs_dir
+
+    runs_dir = runs_dir or _default_runs_dir()
 
     checks = doc.run_checks(nvml=doc.real_nvml(), trainer_dir=trainer_dir, python=python, comfyui=comfyui,
                             runs_dir=runs_dir, dataset_dir=dataset_dir, task=task,

@@ -31,6 +31,17 @@ def _steps(spec, steps_override):
     return counted.items, steps_override or counted.total_steps, counted.epochs
 
 
+def _default_runs_dir() -> Path:
+    """The project's [kohyawan] runs_dir (kohyawan.toml in the current folder), else ./runs."""
+    from kohyawan import profiles
+
+    project_file = profiles.find_project_file()
+    configured = profiles.project_settings(project_file).get("runs_dir")
+    if configured and project_file is not None:
+        return project_file.parent / Path(configured).expanduser()
+    return Path("runs")
+
+
 def _local_gpu():
     """The first NVIDIA GPU on this machine as (name, total GiB), or None."""
     from kohyawan import doctor
@@ -52,7 +63,7 @@ def _local_gpu():
 @click.option("--steps", "steps_override", type=int, default=None, metavar="N",
               help="Total optimizer steps (default: counted from --dataset like the trainer does).")
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Run ledgers to learn from (default: ./runs). Observed VRAM and s/step on the same GPU correct "
+              help="Run ledgers to learn from (default: kohyawan.toml's runs_dir, else ./runs). Observed VRAM and s/step on the same GPU correct "
                    "the estimate.")
 @click.option("--gpus-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Extra GPU/offer table (TOML, same format as the built-in gpus.toml).")
@@ -88,7 +99,7 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
     if margin is None:
         margin = float(spec.extra.get("watchdog", {}).get("vram_margin_gb", est.DEFAULT_MARGIN_GIB))
     items, total_steps, epochs = _steps(spec, steps_override)
-    obs = observations.load_observations(runs_dir or Path("runs"))
+    obs = observations.load_observations(runs_dir or _default_runs_dir())
     ladder = est.ladder_estimates(
         spec, rungs.vram_rungs(spec), rungs.apply, gpu=gpu, vram_gib=vram, ram_gib=ram, margin_gib=margin,
         items=items, total_steps=total_steps, epochs=epochs, observations=obs,
@@ -150,8 +161,13 @@ def _print(ladder, doc, gpu) -> None:
             price = f"${cost.usd:.2f}" + (f"-{cost.usd_max:.2f}" if cost.usd_max else "")
             src = " (guide price)" if cost.source == "guide" else " (example price: check)"
             c.print(f"  {cost.gpu:<11} {cost.provider:<8} {_fmt_hours(cost.hours):>8}  {price}{src}")
-    for note in shown.corrections.notes:
-        c.print(f"Learnt from your runs: {note}")
+    corrected: dict[str, list[str]] = {}
+    for e in ladder.estimates:
+        for note in e.corrections.notes:
+            corrected.setdefault(note, []).append(e.label)
+    for note, labels in corrected.items():
+        c.print(f"Learnt from your runs: {note} (applied to {', '.join(labels)}; other rungs are too far from "
+                "what was observed)" if len(labels) < len(ladder.estimates) else f"Learnt from your runs: {note}")
 
 
 def _changes(changes) -> str:
