@@ -191,7 +191,13 @@ class Ladder:
     def to_dict(self) -> dict[str, Any]:
         return {"first_fit": self.first_fit,
                 "first_fit_label": self.estimates[self.first_fit].label if self.first_fit >= 0 else None,
-                "rungs": [e.to_dict() for e in self.estimates]}
+                "rungs": [{**e.to_dict(), **self._rung_flags(i)} for i, e in enumerate(self.estimates)]}
+
+    def _rung_flags(self, i: int) -> dict[str, Any]:
+        # what climbing to this position costs: new latent caches, or an optimizer state that cannot load
+        applied = self.rungs[:i]
+        return {"needs_recache": any(getattr(r, "needs_recache", False) for r in applied),
+                "keeps_state": all(getattr(r, "keeps_state", True) for r in applied)}
 
 
 def ladder_estimates(spec: Any, rungs: Sequence[Any], apply, **kwargs: Any) -> Ladder:

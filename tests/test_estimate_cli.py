@@ -39,6 +39,11 @@ def test_estimate_json_schema(tmp_path):
     assert doc["first_fit"] >= 0 and doc["first_fit_label"] == doc["rungs"][doc["first_fit"]]["label"]
     assert doc["rungs"][0]["label"] == "base" and doc["rungs"][0]["s_per_step"] is None   # no GPU throughput
     assert all(r_["fits"] is not None for r_ in doc["rungs"])
+    flags = [(r_["label"], r_["needs_recache"], r_["keeps_state"]) for r_ in doc["rungs"]]
+    assert flags[0] == ("base", False, True)
+    recache = [label for label, needs, _ in flags if needs]
+    assert recache and recache[0] == "fewer_frames"          # every rung from fewer_frames on needs new caches
+    assert flags[-1] == ("lower_rank", True, False)
 
 
 def test_estimate_accepts_every_config_render_option(tmp_path):
