@@ -16,10 +16,10 @@ Save nodes write a real small file whose colour encodes the LoRA strengths, so d
 from __future__ import annotations
 
 import base64
-import email.parser
 import hashlib
 import json
 import queue
+import re
 import socket
 import struct
 import subprocess
@@ -127,7 +127,7 @@ class FakeComfy:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
+        self._threads = [threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True),
                          threading.Thread(target=self._worker, daemon=True)]
 
     def images(self):
@@ -374,15 +374,19 @@ class FakeComfy:
                 fake.requests.append(("POST", url.path))
                 body = self._body()
                 if url.path == "/upload/image":
-                    message = email.parser.BytesParser().parsebytes(
-                        b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
-                    fields = {part.get_param("name", header="content-disposition"): part for part in message.get_payload()}
-                    image = fields["image"]
-                    subfolder = fields["subfolder"].get_payload(decode=True).decode() if "subfolder" in fields else ""
+                    # Like aiohttp's multipart reader: part headers are UTF-8 (browsers send raw UTF-8 names).
+                    boundary = self.headers["Content-Type"].split("boundary=", 1)[1].encode()
+                    fields = {}
+                    for part in body.split(b"--" + boundary)[1:-1]:
+                        head, _, content = part.strip(b"\r\n").partition(b"\r\n\r\n")
+                        disposition = head.decode("utf-8").split("\r\n")[0]
+                        params = dict(re.findall(r'(\w+)="([^"]*)"', disposition))
+                        fields[params["name"]] = (params.get("filename"), content)
+                    filename, data = fields["image"]
+                    subfolder = fields.get("subfolder", (None, b""))[1].decode()
                     (fake.input_dir / subfolder).mkdir(parents=True, exist_ok=True)
-                    name = image.get_filename()
-                    (fake.input_dir / subfolder / name).write_bytes(image.get_payload(decode=True))
-                    return self._send(200, {"name": name, "subfolder": subfolder, "type": "input"})
+                    (fake.input_dir / subfolder / filename).write_bytes(data)
+                    return self._send(200, {"name": filename, "subfolder": subfolder, "type": "input"})
                 data = json.loads(body) if body else {}
                 if url.path == "/prompt":
                     if "prompt" not in data:
@@ -446,3 +450,9 @@ class FakeComfy:
                 self.close_connection = True
 
         return Handler
+
+
+def ffmpeg_path() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()

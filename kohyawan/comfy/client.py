@@ -128,8 +128,13 @@ class ComfyClient:
         self._request("POST", "/free", json.dumps({"unload_models": unload_models, "free_memory": free_memory}).encode(),
                       {"Content-Type": "application/json"})
 
-    def queue_prompt(self, workflow: dict) -> str:
-        payload = json.dumps({"prompt": workflow, "client_id": self.client_id}).encode()
+    def queue_prompt(self, workflow: dict, prompt_id: str | None = None) -> str:
+        # ComfyUI takes the prompt id from the request when given one: choosing it here means a Ctrl-C that
+        # lands while POST /prompt is in flight still knows which prompt to stop.
+        body_out = {"prompt": workflow, "client_id": self.client_id}
+        if prompt_id:
+            body_out["prompt_id"] = prompt_id
+        payload = json.dumps(body_out).encode()
         status, data = self._request("POST", "/prompt", payload, {"Content-Type": "application/json"})
         try:
             body = json.loads(data) if data else {}
@@ -186,14 +191,13 @@ class ComfyClient:
             ws = WebSocket.connect(self.ws_url(), timeout=self.timeout)
         except (OSError, WebSocketClosed) as exc:
             raise ServerUnreachable(f"cannot open ComfyUI's WebSocket at {self.url}: {exc}") from None
-        prompt_id = None
+        prompt_id = str(uuid.uuid4())
         try:
-            prompt_id = self.queue_prompt(workflow)
+            self.queue_prompt(workflow, prompt_id)
             self._follow(ws, prompt_id, timeout, on_event)
         except KeyboardInterrupt:
-            if prompt_id is not None:
-                self.interrupt(prompt_id)
-                self.delete_queued([prompt_id])
+            self.interrupt(prompt_id)
+            self.delete_queued([prompt_id])
             raise Interrupted(f"interrupted; asked ComfyUI to stop prompt {prompt_id}") from None
         finally:
             ws.close()

@@ -1,0 +1,154 @@
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from comfy_fake_server import FakeComfy, ffmpeg_path
+from kohyawan.comfy.client import (ComfyClient, ExecutionFailed, PromptRejected, ServerUnreachable, TimedOut,
+                                   node_error_lines, output_files)
+from kohyawan.comfy.validate import check_workflow
+from kohyawan.comfy.workflow import build_workflow
+from kohyawan.errors import Interrupted
+
+
+@pytest.fixture
+def fake(tmp_path):
+    with FakeComfy(tmp_path / "comfy", loras=["sarah_v1.safetensors", "sarah_v2.safetensors"], ffmpeg=ffmpeg_path()) as server:
+        yield server
+
+
+def _wf(**kw):
+    kw.setdefault("loras_high", [("sarah_v1.safetensors", 1.0)])
+    kw.setdefault("loras_low", [("sarah_v1.safetensors", 1.0)])
+    return build_workflow(prompt="a fox", frames=17, steps=4, **kw)
+
+
+def test_run_follows_progress_and_downloads(fake):
+    client = ComfyClient(fake.url)
+    events = []
+    prompt_id, entry = client.run(_wf(), timeout=30, on_event=lambda kind, data: events.append((kind, data)))
+    kinds = [k for k, _ in events]
+    assert "progress" in kinds and "executed" in kinds and kinds[-1] == "execution_success"
+    progress = [d for k, d in events if k == "progress"]
+    assert progress[-1]["value"] == progress[-1]["max"] == 2  # the low-noise sampler runs steps 2..4
+    assert all(d["prompt_id"] == prompt_id for _, d in events)
+    files = output_files(entry)
+    assert files == [{"node": "16", "filename": "wan_00001_.mp4", "subfolder": "kohyawan", "type": "output"}]
+    data = client.view(files[0]["filename"], files[0]["subfolder"])
+    assert data == (fake.output_dir / "kohyawan" / "wan_00001_.mp4").read_bytes() and data[4:8] == b"ftyp"
+    assert entry["status"]["status_str"] == "success"
+
+
+def test_node_errors_are_reported_per_node(fake):
+    client = ComfyClient(fake.url)
+    wf = _wf(loras_high=[("missing.safetensors", 1.0)], cfg=3.5)
+    wf["12"]["inputs"]["cfg"] = 500.0
+    with pytest.raises(PromptRejected) as info:
+        client.run(wf, timeout=5)
+    assert str(info.value) == ("ComfyUI rejected the workflow: node 7 (LoraLoaderModelOnly): Value not in list: "
+                               "lora_name: 'missing.safetensors' not in ['sarah_v1.safetensors', 'sarah_v2.safetensors']"
+                               " (and 1 more)")
+    assert info.value.details[1] == "node 12 (KSamplerAdvanced): Value 500.0 bigger than max of 100.0: cfg"
+    assert info.value.exit_code == 1
+    assert not fake.history
+
+
+def test_unknown_node_type_rejected_with_top_level_error(fake):
+    wf = _wf()
+    wf["16"]["class_type"] = "VHS_VideoCombine"
+    with pytest.raises(PromptRejected, match="Cannot execute because node VHS_VideoCombine does not exist"):
+        ComfyClient(fake.url).queue_prompt(wf)
+
+
+def test_execution_error_names_the_node(fake):
+    fake.fail_class = "KSamplerAdvanced"
+    with pytest.raises(ExecutionFailed) as info:
+        ComfyClient(fake.url).run(_wf(), timeout=30)
+    assert str(info.value) == ("ComfyUI failed at node 12 (KSamplerAdvanced): torch.OutOfMemoryError: "
+                               "Allocation on device")
+
+
+def test_timeout_interrupts_the_prompt(fake):
+    fake.hang = True
+    client = ComfyClient(fake.url)
+    started = time.monotonic()
+    with pytest.raises(TimedOut, match=r"did not finish within 1 s"):
+        client.run(_wf(), timeout=1)
+    assert time.monotonic() - started < 5
+    assert fake.interrupts and fake.interrupts[0]["prompt_id"]
+    for _ in range(50):  # the fake stops sampling once interrupted and records an error
+        if fake.history:
+            break
+        time.sleep(0.05)
+    (entry,) = fake.history.values()
+    assert entry["status"]["status_str"] == "error"
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_interrupted_by_the_server_is_interrupted(fake):
+    fake.hang = True
+    client = ComfyClient(fake.url)
+    threading.Timer(0.5, lambda: ComfyClient(fake.url).interrupt()).start()
+    with pytest.raises(Interrupted):
+        client.run(_wf(), timeout=20)
+
+
+def test_server_down_is_a_clean_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ComfyClient(f"127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ServerUnreachable, match=rf"cannot reach ComfyUI at http://127.0.0.1:{port}: .*refused"):
+        client.object_info()
+    with pytest.raises(ServerUnreachable, match="WebSocket"):
+        client.run(_wf(), timeout=2)
+
+
+def test_missing_file_view_fails(fake):
+    with pytest.raises(Exception, match=r"could not send kohyawan/nope.mp4 \(HTTP 404\)"):
+        ComfyClient(fake.url).view("nope.mp4", "kohyawan")
+
+
+def test_upload_queue_free_interrupt(fake, tmp_path):
+    image = tmp_path / "start frame ü.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    client = ComfyClient(fake.url)
+    name = client.upload_image(image)
+    assert name == "kohyawan/start frame ü.png"
+    assert (fake.input_dir / "kohyawan" / "start frame ü.png").read_bytes() == image.read_bytes()
+    assert name in client.object_info()["LoadImage"]["input"]["required"]["image"][0]
+    assert client.queue() == {"queue_running": [], "queue_pending": []}
+    client.free()
+    assert fake.frees == [{"unload_models": True, "free_memory": True}]
+    client.interrupt()
+    assert fake.interrupts == [{}]
+
+
+def test_validation_against_object_info_handles_both_input_styles(fake):
+    info = ComfyClient(fake.url).object_info()
+    assert check_workflow(_wf(), info) == []
+    assert check_workflow(_wf(output="webp"), info) == []
+    wf = _wf(loras_low=[("nope.safetensors", 0.5)])
+    wf["16"]["inputs"]["format"] = "gif"             # a COMBO input of a newer-API node
+    wf["5"]["inputs"]["length"] = 0                   # below min
+    wf["11"]["inputs"]["model"] = ["2", 0]            # CONDITIONING into MODEL
+    del wf["3"]["inputs"]["text"]
+    wf["99"] = {"class_type": "NoSuchNode", "inputs": {}}
+    problems = [str(p) for p in check_workflow(wf, info)]
+    assert problems == [
+        "node 3 (CLIPTextEncode): text: required input is missing",
+        "node 5 (EmptyHunyuanLatentVideo): length: 0 is below the minimum 1",
+        "node 10 (LoraLoaderModelOnly): lora_name: 'nope.safetensors' is not available "
+        "(allowed: 'sarah_v1.safetensors', 'sarah_v2.safetensors')",
+        "node 11 (ModelSamplingSD3): model: links a CONDITIONING output of node 2 (CLIPTextEncode) to a MODEL input",
+        "node 16 (SaveVideo): format: 'gif' is not available (allowed: 'auto', 'mp4')",
+        "node 99 (NoSuchNode): node type is not on the server (a missing custom node or an older ComfyUI)",
+    ]
+
+
+def test_node_error_lines_without_node_errors():
+    body = {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+            "node_errors": {}}
+    assert node_error_lines(body) == ["Prompt has no outputs"]
