@@ -131,7 +131,8 @@ class FakeComfy:
                          threading.Thread(target=self._worker, daemon=True)]
 
     def images(self):
-        return sorted(str(p.relative_to(self.input_dir)) for p in self.input_dir.rglob("*") if p.is_file())
+        # like LoadImage: only the top of the input folder is listed
+        return sorted(p.name for p in self.input_dir.iterdir() if p.is_file())
 
     def object_info(self):
         return object_info(self.loras, self.unets, self.clips, self.vaes, self.images())
@@ -180,6 +181,11 @@ class FakeComfy:
                 kind = sp[0]
                 extra = sp[1] if len(sp) > 1 else {}
                 if isinstance(val, list):
+                    continue
+                if (node["class_type"], name) == ("LoadImage", "image"):  # LoadImage.VALIDATE_INPUTS
+                    if not (self.input_dir / val).is_file():
+                        errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                                       "details": f"image - Invalid image file: {val}", "extra_info": {}})
                     continue
                 choices = kind if isinstance(kind, list) else extra.get("options") if kind == "COMBO" else None
                 if choices is not None and val not in choices:

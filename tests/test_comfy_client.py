@@ -115,11 +115,22 @@ def test_upload_queue_free_interrupt(fake, tmp_path):
     image = tmp_path / "start frame ü.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\nfake")
     client = ComfyClient(fake.url)
-    name = client.upload_image(image)
-    assert name == "kohyawan/start frame ü.png"
-    assert (fake.input_dir / "kohyawan" / "start frame ü.png").read_bytes() == image.read_bytes()
-    assert name in client.object_info()["LoadImage"]["input"]["required"]["image"][0]
     assert client.queue() == {"queue_running": [], "queue_pending": []}
+    name = client.upload_image(image)
+    assert name == "start frame ü.png"
+    assert (fake.input_dir / "start frame ü.png").read_bytes() == image.read_bytes()
+    assert name in client.object_info()["LoadImage"]["input"]["required"]["image"][0]
+    # a subfolder upload is not listed by LoadImage, yet accepted (LoadImage validates the name itself)
+    sub = client.upload_image(image, subfolder="kohyawan")
+    assert sub == "kohyawan/start frame ü.png"
+    info = client.object_info()
+    assert sub not in info["LoadImage"]["input"]["required"]["image"][0]
+    i2v = build_workflow("i2v-A14B", image=sub, frames=5, steps=2, unet_high=fake.unets[2], unet_low=fake.unets[3])
+    assert check_workflow(i2v, info) == []
+    client.queue_prompt(i2v)
+    i2v["5"]["inputs"]["image"] = "missing.png"
+    with pytest.raises(PromptRejected, match="Invalid image file: missing.png"):
+        client.queue_prompt(i2v)
     client.free()
     assert fake.frees == [{"unload_models": True, "free_memory": True}]
     client.interrupt()

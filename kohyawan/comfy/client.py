@@ -155,8 +155,9 @@ class ComfyClient:
             raise WorkFailed(f"ComfyUI could not send {subfolder + '/' if subfolder else ''}{filename} (HTTP {status})")
         return data
 
-    def upload_image(self, path: Path, subfolder: str = "kohyawan") -> str:
-        """Put a start image into ComfyUI's input folder; returns the name LoadImage takes."""
+    def upload_image(self, path: Path, subfolder: str = "") -> str:
+        """Put a start image into ComfyUI's input folder; returns the name LoadImage takes (ComfyUI renames
+        it "name (1).png" when a different file of that name is already there)."""
         boundary = uuid.uuid4().hex
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         quoted = path.name.replace('"', "%22").replace("\r", " ").replace("\n", " ")

@@ -14,6 +14,10 @@ from typing import Any
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
+# Inputs a node checks itself (a VALIDATE_INPUTS method, which /object_info does not show): ComfyUI then
+# skips its list check. LoadImage lists only the top of the input folder but accepts "sub/name.png".
+SELF_VALIDATED = {("LoadImage", "image")}
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -101,6 +105,8 @@ def check_workflow(workflow: dict, object_info: dict) -> list[Problem]:
             kind, options = _spec_parts(spec)
             if _is_link(value):
                 message = _check_link(workflow, object_info, value, kind)
+            elif (class_type, name) in SELF_VALIDATED:
+                message = None if isinstance(value, str) and value else f"{value!r} is not a file name"
             else:
                 message = _check_value(name, value, kind, options)
             if message:
