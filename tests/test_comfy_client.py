@@ -163,3 +163,51 @@ def test_node_error_lines_without_node_errors():
     body = {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
             "node_errors": {}}
     assert node_error_lines(body) == ["Prompt has no outputs"]
+
+
+def test_websocket_frames_fragments_ping_binary_close():
+    import base64
+    import hashlib
+    import struct
+
+    from kohyawan.comfy.ws import WebSocket, WebSocketClosed
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    got_pong = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(1024)
+            key = [l.split(b":", 1)[1].strip() for l in request.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            long_text = json.dumps({"type": "status", "data": "x" * 300}).encode()
+            conn.sendall(bytes([0x89, 4]) + b"ping"                       # ping
+                         + bytes([0x01, 3]) + b"hel" + bytes([0x80, 2]) + b"lo"  # fragmented text
+                         + bytes([0x81, 126]) + struct.pack("!H", len(long_text)) + long_text
+                         + bytes([0x82, 3]) + b"\x00\x01\x02"                # binary preview
+                         + bytes([0x88, 2]) + struct.pack("!H", 1000))       # close
+            head = conn.recv(2)
+            mask = conn.recv(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(conn.recv(head[1] & 0x7F)))
+            got_pong.append((head[0], bool(head[1] & 0x80), payload))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ws = WebSocket.connect(f"ws://127.0.0.1:{port}/ws?clientId=abc", timeout=5)
+    assert ws.recv(timeout=5) == "hello"
+    assert json.loads(ws.recv(timeout=5))["data"] == "x" * 300
+    assert ws.recv(timeout=5) is None
+    with pytest.raises(WebSocketClosed):
+        ws.recv(timeout=5)
+    ws.close()
+    thread.join(5)
+    listener.close()
+    assert got_pong == [(0x8A, True, b"ping")]

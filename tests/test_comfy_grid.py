@@ -80,3 +80,30 @@ def test_write_grid_files_and_manifest(tmp_path):
         assert json.loads((out / cell["workflow"]).read_text()) == next(
             c["workflow_graph"] for c in m["cells"] if c["id"] == cell["id"])
     assert not list(out.rglob("*.tmp"))
+
+
+def test_first_frame_of_image_webp_and_video(tmp_path):
+    import subprocess
+
+    from PIL import Image
+
+    from comfy_fake_server import ffmpeg_path
+    from kohyawan.comfy.sheet import first_frame
+
+    frames = [Image.new("RGB", (40, 30), c) for c in ((250, 10, 10), (10, 250, 10))]
+    webp = tmp_path / "anim out.webp"
+    frames[0].save(webp, save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    got = Image.open(first_frame(webp, tmp_path / "a.png"))
+    assert got.size == (40, 30) and got.getpixel((5, 5)) == (250, 10, 10)
+
+    video = tmp_path / "-odd name $(x).mp4"
+    subprocess.run([ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "color=c=0x2040f0:s=32x32:d=0.2", "-pix_fmt",
+                    "yuv420p", f"file:{video}"], check=True)
+    got = Image.open(first_frame(video, tmp_path / "v.png")).convert("RGB")
+    assert got.size == (32, 32) and all(abs(a - b) < 12 for a, b in zip(got.getpixel((16, 16)), (0x20, 0x40, 0xF0)))
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(BadInput, match="ffmpeg could not read a frame from broken.mp4"):
+        first_frame(broken, tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()

@@ -210,10 +210,3 @@ def run_grid(client, out_dir: Path, manifest: dict, *, timeout: float,
         save_manifest(out_dir, manifest)
     return manifest
 
-
-def load_manifest(out_dir: Path) -> dict:
-    """grid.json with each cell's workflow read back from workflows/ (for re-running a written grid)."""
-    manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-    for cell in manifest["cells"]:
-        cell["workflow_graph"] = json.loads((out_dir / cell["workflow"]).read_text(encoding="utf-8"))
-    return manifest
