@@ -147,8 +147,9 @@ def test_grid_execution_error_fails_cells_exit_1(fake, tmp_path):
         "comfy", "grid", "--lora", "sarah_v2.safetensors", "--strengths", "1.0", "--prompts", str(prompts),
         "--frames", "5", "--steps", "2", "--out", str(tmp_path / "g"), "--server", fake.url])
     assert r.exit_code == 1
-    assert r.stderr.splitlines()[-1] == ("error: 1 of 1 grid cells failed: p01-lora-s1.00: ComfyUI failed at node 14 "
-                                         "(VAEDecode): torch.OutOfMemoryError: Allocation on device")
+    assert r.stderr.splitlines()[-1] == (f"error: 1 of 1 grid cells failed (see {tmp_path / 'g' / 'grid.json'}); first: "
+                                         "p01-lora-s1.00: ComfyUI failed at node 14 (VAEDecode): "
+                                         "torch.OutOfMemoryError: Allocation on device")
     manifest = json.loads((tmp_path / "g" / "grid.json").read_text())
     assert manifest["cells"][0]["status"] == "failed"
     assert "Allocation on device" in (tmp_path / "g" / "index.html").read_text()

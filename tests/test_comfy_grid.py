@@ -13,6 +13,8 @@ def test_grid_composition_rows_columns_and_seeds():
     assert [c["label"] for c in m["columns"]] == [
         "base model (no LoRA)", "sarah_v2 @ 0.60", "sarah_v2 @ 0.80", "sarah_v2 @ 1.00",
         "sarah_v1 @ 0.60", "sarah_v1 @ 0.80", "sarah_v1 @ 1.00"]
+    assert m["settings"] == {"width": 640, "height": 640, "frames": 17, "steps": 20, "split_step": 10, "cfg": 3.5,
+                             "shift": 8.0, "fps": 16.0}
     cells = m["cells"]
     assert len(cells) == 2 * 7
     assert len({c["id"] for c in cells}) == len(cells)

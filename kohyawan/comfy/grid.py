@@ -133,12 +133,19 @@ def plan_grid(loras: Sequence[str], strengths: Sequence[float], prompts: Sequenc
     return {
         "version": MANIFEST_VERSION, "name": name, "task": task, "lora": list(loras), "compare": list(compare),
         "strengths": list(strengths), "include_base": include_base, "seed": seed,
-        "settings": {k: workflow_args.get(k, wfmod.DEFAULTS.get(k)) for k in
-                     ("width", "height", "frames", "steps", "split_step", "cfg", "shift", "fps")},
+        "settings": _settings(workflow_args),
         "prompts": [{"index": i, "text": p} for i, p in enumerate(prompts, 1)],
         "columns": [{"key": c.key, "role": c.role, "label": c.label, "strength": c.strength} for c in cols],
         "cells": cells, "server": None, "contact_sheet": None, "index": None,
     }
+
+
+def _settings(workflow_args: dict) -> dict:
+    settings = {k: workflow_args.get(k, wfmod.DEFAULTS.get(k)) for k in
+                ("width", "height", "frames", "steps", "split_step", "cfg", "shift", "fps")}
+    if settings["split_step"] is None:  # record the split actually used, not "default"
+        settings["split_step"] = settings["steps"] // 2
+    return settings
 
 
 def _manifest_text(manifest: dict) -> str:

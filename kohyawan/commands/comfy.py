@@ -226,5 +226,6 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
         else:
             console.print("  (pass --server URL to run them and build the contact sheet)", markup=False)
     if failed:
-        raise WorkFailed(f"{len(failed)} of {len(cells)} grid cells failed: "
-                         + "; ".join(f"{c['id']}: {c['error'] or c['status']}" for c in failed[:3]))
+        first = failed[0]
+        raise WorkFailed(f"{len(failed)} of {len(cells)} grid cells failed (see {out_dir / 'grid.json'}); "
+                         f"first: {first['id']}: {first['error'] or first['status']}")
