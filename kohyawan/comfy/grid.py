@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from kohyawan.comfy import workflow as wfmod
 from kohyawan.comfy.atomic import write_bytes, write_text
 from kohyawan.comfy.strengths import LoraRef, parse_lora, stacks
-from kohyawan.errors import BadInput
+from kohyawan.errors import BadInput, Interrupted
 
 MANIFEST = "grid.json"
 MANIFEST_VERSION = 1
@@ -194,8 +194,12 @@ def run_grid(client, out_dir: Path, manifest: dict, *, timeout: float,
             save_manifest(out_dir, manifest)
             report(f"    failed: {exc}")
             continue
-        except BaseException:
+        except (Interrupted, KeyboardInterrupt):
             cell.update(status="interrupted")
+            save_manifest(out_dir, manifest)
+            raise
+        except Exception as exc:  # server gone mid-grid and the like: stop, but leave grid.json truthful
+            cell.update(status="failed", error=str(exc))
             save_manifest(out_dir, manifest)
             raise
         cell["prompt_id"] = prompt_id
