@@ -1,0 +1,238 @@
+"""Where an export comes from: a kohyawan run folder, a plain musubi-tuner output folder, or one file.
+
+A run folder has ``run.json`` (checkpoints with absolute steps, the final file, total steps) and
+``plan.json`` (resolved settings). A plain musubi output folder has ``{name}-step{N:08d}.safetensors``,
+``{name}-{E:06d}.safetensors`` and ``{name}.safetensors``; their steps come from musubi's own ``ss_steps``
+metadata and the total from ``ss_max_train_steps``. Expert pairs (per-expert runs) are told apart by an
+``expert`` field in run.json, else ``kohyawan.expert`` metadata, else ``high``/``low`` in the file name.
+
+``choose`` is the guide's pick, pure: ``auto`` takes the checkpoint nearest 70 % of training among those
+between 60 % and 80 % (a tie goes to the later one); when none falls there (or the total is unknown) it
+takes the final file, else the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from kohyawan.errors import BadInput
+from kohyawan.registry import lora_check, lorafile
+
+_STEP = re.compile(r"(?P<name>.+)-step(?P<step>\d{8})")
+_EPOCH = re.compile(r"(?P<name>.+)-(?P<epoch>\d{6})")
+_EXPERT_WORD = re.compile(r"(?:^|[_\-.])(high|low)(?:[_\-.]|$)")
+# settings that are machine paths, not hyperparameters: they would make every version "differ"
+_PATHISH = {"dit", "dit_high_noise", "vae", "t5", "clip", "output_dir", "output_name", "dataset_config",
+            "logging_dir", "config_file", "resume", "sample_prompts", "network_weights", "base_weights",
+            "image_directory", "video_directory", "cache_directory", "image_jsonl_file", "video_jsonl_file"}
+_SS_HYPER = ("network_dim", "network_alpha", "network_module", "learning_rate", "max_train_steps", "optimizer",
+             "lr_scheduler", "lr_warmup_steps", "seed", "mixed_precision", "fp8_base", "gradient_checkpointing",
+             "gradient_accumulation_steps", "num_epochs", "timestep_sampling", "discrete_flow_shift",
+             "network_dropout", "max_grad_norm")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int | None
+    epoch: int | None = None
+    attempt: int | None = None
+    expert: str = "both"
+    final: bool = False
+
+
+@dataclass
+class Source:
+    kind: str                      # "run" | "folder" | "file"
+    origin: Path
+    checkpoints: list[Checkpoint]  # finals included, flagged final=True
+    total_steps: int | None = None
+    run_id: str | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def experts(self) -> list[str]:
+        return sorted({c.expert for c in self.checkpoints})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read it ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: not a JSON object")
+    return data
+
+
+def _int(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _guess_expert(path: Path, meta: Mapping[str, str], default: str = "both") -> str:
+    value = meta.get(lora_check.META_EXPERT)
+    if value in ("both", "high", "low"):
+        return value
+    m = _EXPERT_WORD.search(path.stem.lower())
+    return m.group(1) if m else default
+
+
+def resolve(arg: str, cwd: Path | None = None) -> Path:
+    path = Path(arg).expanduser()
+    if path.exists():
+        return path
+    cwd = cwd or Path.cwd()
+    if "/" not in arg and (cwd / "runs" / arg).is_dir():
+        return cwd / "runs" / arg
+    raise BadInput(f"{arg}: no such run folder, output folder or file (also looked in {cwd / 'runs'})")
+
+
+def load(path: Path) -> Source:
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise BadInput(f"{path}: not a .safetensors file")
+        meta = lorafile.metadata_of(path)
+        ck = Checkpoint(path.absolute(), _int(meta.get("ss_steps")), _int(meta.get("ss_epoch")),
+                        expert=_guess_expert(path, meta), final=True)
+        return Source("file", path.absolute(), [ck], total_steps=_int(meta.get("ss_max_train_steps")),
+                      run_id=meta.get(lora_check.META_RUN_ID))
+    if (path / "run.json").is_file():
+        return _load_run(path)
+    return _load_folder(path)
+
+
+def _load_run(folder: Path) -> Source:
+    run = _read_json(folder / "run.json")
+    plan = _read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
+    default_expert = run.get("expert") or plan.get("expert") or "both"
+    default_expert = default_expert if default_expert in ("high", "low") else "both"
+    items = []
+    for c in run.get("checkpoints") or []:
+        items.append((c, False))
+    final = run.get("final")
+    for f in final if isinstance(final, list) else [final]:
+        if isinstance(f, str):
+            items.append(({"path": f}, True))
+        elif isinstance(f, dict) and f.get("path"):
+            items.append((f, True))
+    cks = []
+    for c, is_final in items:
+        p = Path(c["path"])
+        p = p if p.is_absolute() else folder / p
+        if not p.is_file():
+            continue  # pruned by --save_last_n_*, or moved: only files that exist can be exported
+        meta = lorafile.metadata_of(p)
+        expert = c.get("expert") if c.get("expert") in ("both", "high", "low") else _guess_expert(p, meta, default_expert)
+        step = _int(c.get("step"))
+        if step is None and is_final:
+            step = _int(run.get("total_steps")) or _int(meta.get("ss_steps"))
+        cks.append(Checkpoint(p, step, _int(c.get("epoch")), _int(c.get("attempt")), expert, is_final))
+    if not cks:
+        raise BadInput(f"{folder}: run.json lists no checkpoint file that exists (the run saved nothing yet?)")
+    return Source("run", folder.absolute(), cks, total_steps=_int(run.get("total_steps")),
+                  run_id=str(run.get("id") or folder.name), run=run, plan=plan)
+
+
+def _load_folder(folder: Path) -> Source:
+    if not folder.is_dir():
+        raise BadInput(f"{folder}: not a folder or file")
+    files = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+    if not files:
+        raise BadInput(f"{folder}: no .safetensors files here (and no run.json): nothing to export")
+    cks, totals = [], []
+    for p in files:
+        meta = lorafile.metadata_of(p)
+        m_step, m_epoch = _STEP.fullmatch(p.stem), _EPOCH.fullmatch(p.stem)
+        step = _int(meta.get("ss_steps"))
+        if step is None and m_step:
+            step = int(m_step.group("step"))
+        epoch = _int(meta.get("ss_epoch")) or (int(m_epoch.group("epoch")) if m_epoch else None)
+        totals.append(_int(meta.get("ss_max_train_steps")))
+        cks.append(Checkpoint(p.absolute(), step, epoch, expert=_guess_expert(p, meta),
+                              final=not (m_step or m_epoch)))
+    total = max((t for t in totals if t), default=None)
+    return Source("folder", folder.absolute(), cks, total_steps=total,
+                  run_id=lorafile.metadata_of(files[0]).get(lora_check.META_RUN_ID))
+
+
+def choose(cks: Sequence[Checkpoint], how: str, total: int | None) -> tuple[Checkpoint, str]:
+    """Pick one checkpoint of one expert: 'final', 'auto' or a step number. Returns (checkpoint, why)."""
+    finals = [c for c in cks if c.final]
+    steps = sorted({c.step for c in cks if c.step is not None})
+    listed = ", ".join(map(str, steps)) or "none known"
+    if len(finals) > 1:
+        raise BadInput(f"several final files ({', '.join(c.path.name for c in finals)}): export one of them by path")
+    if how == "final":
+        if not finals:
+            raise BadInput(f"no final checkpoint (the run did not finish?): choose --checkpoint STEP (steps: {listed})")
+        return finals[0], "final"
+    if how == "auto":
+        if total:
+            lo, hi, aim = 0.6 * total, 0.8 * total, 0.7 * total
+            cands = [c for c in cks if c.step is not None and lo <= c.step <= hi]
+            if cands:
+                best = min(cands, key=lambda c: (abs(c.step - aim), -c.step))
+                return best, f"auto: step {best.step} is nearest 70 % of {total} among {len(cands)} in 60-80 %"
+        if finals:
+            why = "no checkpoint between 60 and 80 %" if total else "total steps unknown"
+            return finals[0], f"auto: {why}, took the final file"
+        last = max(cks, key=lambda c: (c.step or -1))
+        return last, "auto: no candidate in 60-80 % and no final file, took the last checkpoint"
+    step = _int(how)
+    if step is None or str(how).strip() != str(step):
+        raise BadInput(f"--checkpoint {how!r}: give a step number, 'final' or 'auto'")
+    hits = [c for c in cks if c.step == step]
+    if not hits:
+        raise BadInput(f"no checkpoint at step {step} (steps: {listed})")
+    return max(hits, key=lambda c: c.final), f"step {step} as asked"
+
+
+def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
+    """task, profile, hyperparameters, dataset facts from plan.json/run.json, else the file's metadata."""
+    plan, run = source.plan, source.run
+    spec = plan.get("spec") if isinstance(plan.get("spec"), dict) else {}
+
+    def pick(*names):
+        for where in (plan, spec, run):
+            for n in names:
+                if where.get(n) not in (None, ""):
+                    return where[n]
+        return None
+
+    train = pick("train") or {}
+    hyper = {k: v for k, v in train.items() if k not in _PATHISH and not (isinstance(v, str) and "/" in v)}
+    if not hyper:
+        hyper = {k: _typed(meta[f"ss_{k}"]) for k in _SS_HYPER if meta.get(f"ss_{k}") not in (None, "", "None")}
+    ds_cfg = pick("dataset") or {}
+    dataset = {k: v for k, v in ds_cfg.items() if k not in _PATHISH} if isinstance(ds_cfg, dict) else {}
+    steps = pick("steps") or {}
+    dataset["hash"] = pick("dataset_hash") or meta.get(lora_check.META_DATASET_HASH)
+    dataset["size"] = _int(pick("dataset_size") or (steps.get("items") if isinstance(steps, dict) else None)
+                           or meta.get(lora_check.META_DATASET_SIZE) or meta.get("ss_num_train_items"))
+    rehearsal = pick("rehearsal")
+    if rehearsal is None and meta.get(lora_check.META_REHEARSAL) is not None:
+        rehearsal = meta[lora_check.META_REHEARSAL].lower() == "true"
+    dataset["rehearsal"] = rehearsal
+    return {
+        "task": pick("task") or meta.get(lora_check.META_TASK),
+        "profile": pick("profile") or meta.get(lora_check.META_PROFILE),
+        "hyperparameters": hyper,
+        "dataset": dataset,
+    }
+
+
+def _typed(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)

@@ -1,0 +1,83 @@
+"""Tiny LoRA files in musubi-tuner's exact key format, and run folders around them, for registry tests.
+
+INTEGRATOR: once the ``lora`` branch is merged, ``write_lora`` can be replaced by
+``kohyawan.lora.fabricate.write_lora`` (same job: real key names and shapes per task, tiny rank).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# task -> (blocks, width, ffn width, Wan 2.1 image cross-attention)
+TASKS = {
+    "t2v-A14B": (40, 5120, 13824, False), "i2v-A14B": (40, 5120, 13824, False),
+    "i2v-14B": (40, 5120, 13824, True), "t2v-1.3B": (30, 1536, 8960, False),
+}
+
+
+def write_lora(path, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, seed=0, extra_keys=None):
+    import torch
+    from safetensors.torch import save_file
+
+    blocks, dim, ffn, img = TASKS[task]
+    tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    gen = torch.Generator().manual_seed(seed)
+    modules = [f"{a}_{p}" for a in ("self_attn", "cross_attn") for p in "qkvo"]
+    if img:
+        modules += ["cross_attn_k_img", "cross_attn_v_img"]
+    tensors = {}
+    for b in range(blocks):
+        for m in modules + ["ffn_0", "ffn_2"]:
+            fan_in = ffn if m == "ffn_2" else dim
+            fan_out = ffn if m == "ffn_0" else dim
+            key = f"lora_unet_blocks_{b}_{m}"
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen).to(tdtype)
+            tensors[f"{key}.lora_up.weight"] = (torch.randn(fan_out, rank, generator=gen) * 0.01).to(tdtype)
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank)).to(tdtype)
+    for k, shape in (extra_keys or {}).items():
+        tensors[k] = torch.zeros(shape, dtype=tdtype)
+    meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), "ss_network_module": "networks.lora_wan",
+            "modelspec.architecture": "wan2.1/lora"}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return Path(path)
+
+
+def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, task="t2v-1.3B",
+             experts=("both",), run_id=None, train=None, dataset_hash="ds-aaaa", items=12, status="done"):
+    """A kohyawan run folder: run.json + plan.json + one tiny LoRA per checkpoint (and per expert)."""
+    folder = Path(folder)
+    out = folder / "output"
+    run_id = run_id or folder.name
+    train = train if train is not None else {"network_dim": 1, "network_alpha": 1, "learning_rate": 2e-4,
+                                             "optimizer_type": "adamw8bit", "dit": "/models/dit.safetensors"}
+    cks, finals = [], []
+    for expert in experts:
+        name = "lora" if expert == "both" else f"lora_{expert}"
+        for i, s in enumerate(steps):
+            p = write_lora(out / f"{name}-step{s:08d}.safetensors", task, seed=s, metadata={"ss_steps": s})
+            cks.append({"path": str(p.relative_to(folder)), "step": s, "epoch": None, "attempt": 1,
+                        "bytes": p.stat().st_size, "sha256": "", **({} if expert == "both" else {"expert": expert})})
+        if final:
+            p = write_lora(out / f"{name}.safetensors", task, seed=99999, metadata={"ss_steps": total})
+            finals.append({"path": str(p), "step": total, **({} if expert == "both" else {"expert": expert})})
+    run = {"version": 1, "id": run_id, "status": status, "profile": "character", "task": task,
+           "total_steps": total, "attempts": [{"n": 1}], "checkpoints": cks,
+           "final": (finals[0] if len(finals) == 1 else finals) if finals else None}
+    plan = {"profile": "character", "task": task, "train": train,
+            "dataset": {"resolution": [256, 256], "target_frames": [1, 17], "num_repeats": 1,
+                        "video_directory": "/data/clips"},
+            "steps": {"items": items, "total_steps": total}, "dataset_hash": dataset_hash}
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return folder
+
+
+def header(path):
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
