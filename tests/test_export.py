@@ -1,0 +1,185 @@
+"""kohyawan export: checkpoint choice, naming, metadata, refusals, registry location."""
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kohyawan.cli import cli
+from registry_fakes import header, make_run, write_lora
+
+TODAY = f"{date.today():%Y%m%d}"
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "runs" / "r 1 $(x)", steps=(150, 450, 600, 750, 900))
+
+
+def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_dir, tmp_path):
+    reg = tmp_path / "reg"
+    r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--client", "brand-x",
+               "--registry", reg, "--notes", "first try", "--score", "likeness=8", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["version"] == 1 and res["status"] == "testing" and res["model"] == "character/brand-x/sarah"
+    f = res["files"][0]
+    assert f["path"] == f"characters/brand-x/wan2.2_character_sarah_v1_{TODAY}.safetensors"
+    assert f["step"] == 750 and f["checkpoint"].endswith("lora-step00000750.safetensors")
+    meta = header(reg / f["path"])["__metadata__"]
+    assert meta["kohyawan.task"] == "t2v-1.3B" and meta["kohyawan.expert"] == "both"
+    assert meta["kohyawan.run_id"] == "r 1 $(x)" and meta["kohyawan.profile"] == "character"
+    assert meta["kohyawan.dataset_hash"] == "ds-aaaa" and meta["kohyawan.dataset_size"] == "12"
+    assert meta["kohyawan.notes"] == "first try" and meta["kohyawan.step"] == "750"
+    assert json.loads(meta["kohyawan.hyperparameters"])["learning_rate"] == 2e-4
+    assert "dit" not in json.loads(meta["kohyawan.hyperparameters"])  # machine paths are not hyperparameters
+    assert meta["ss_network_dim"] == "1"  # musubi's own metadata is kept
+    # tensors are copied byte for byte when the dtype is kept
+    src = run_dir / "output" / "lora-step00000750.safetensors"
+    h_src, h_dst = header(src), header(reg / f["path"])
+    assert {k: v for k, v in h_src.items() if k != "__metadata__"} == {k: v for k, v in h_dst.items() if k != "__metadata__"}
+    index = json.loads((reg / "index.json").read_text())
+    assert index["schema"] == 1
+    v1 = index["models"]["character/brand-x/sarah"]["versions"][0]
+    import hashlib
+    assert v1["files"][0]["sha256"] == hashlib.sha256((reg / f["path"]).read_bytes()).hexdigest()
+    assert v1["scores"] == {"likeness": 8}
+    assert not [p for p in reg.rglob(".tmp-*")]
+
+
+def test_second_export_is_v2_and_final_and_step_choices_work(run_dir, tmp_path):
+    reg = tmp_path / "reg"
+    assert invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg).exit_code == 0
+    r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg,
+               "--checkpoint", "final", "--json")
+    res = json.loads(r.stdout)
+    assert res["version"] == 2 and res["files"][0]["checkpoint"].endswith("output/lora.safetensors")
+    assert res["files"][0]["path"] == f"characters/default/wan2.2_character_sarah_v2_{TODAY}.safetensors"
+    r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg, "--checkpoint", "450", "--json")
+    assert json.loads(r.stdout)["files"][0]["step"] == 450
+    r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg, "--checkpoint", "451")
+    assert r.exit_code == 2 and "no checkpoint at step 451" in r.stderr
+
+
+def test_run_id_under_runs_folder_is_found(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("export", "r 1 $(x)", "--name", "s", "--kind", "style", "--registry", tmp_path / "reg", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["files"][0]["path"].startswith("styles/default/wan2.2_style_s_v1_")
+
+
+def test_dtype_conversion(tmp_path):
+    src = write_lora(tmp_path / "plain" / "mine.safetensors", dtype="fp32", metadata={"kohyawan.task": "t2v-1.3B"})
+    reg = tmp_path / "reg"
+    r = invoke("export", src, "--name", "m", "--kind", "motion", "--registry", reg, "--dtype", "bf16", "--json")
+    assert r.exit_code == 0, r.stderr
+    f = json.loads(r.stdout)["files"][0]
+    assert f["dtype"] == "bf16"
+    h = header(reg / f["path"])
+    assert {v["dtype"] for k, v in h.items() if k != "__metadata__"} == {"BF16"}
+    assert h["__metadata__"]["kohyawan.task"] == "t2v-1.3B"
+    assert f["bytes"] < src.stat().st_size * 0.6
+
+
+def test_plain_musubi_folder_uses_ss_steps_and_max_train_steps(tmp_path):
+    out = tmp_path / "musubi out"
+    for s in (200, 400, 600):
+        write_lora(out / f"sarah-step{s:08d}.safetensors", seed=s, metadata={"ss_steps": s, "ss_max_train_steps": 800})
+    write_lora(out / "sarah-000002.safetensors", seed=1, metadata={"ss_steps": 800, "ss_epoch": 2, "ss_max_train_steps": 800})
+    write_lora(out / "sarah.safetensors", seed=2, metadata={"ss_steps": 800, "ss_max_train_steps": 800})
+    reg = tmp_path / "reg"
+    r = invoke("export", out, "--name", "sarah", "--kind", "character", "--registry", reg, "--json")
+    assert r.exit_code == 2 and "--task" in r.stderr and "not recorded" in r.stderr
+    r = invoke("export", out, "--name", "sarah", "--kind", "character", "--registry", reg, "--task", "t2v-1.3B", "--json")
+    assert r.exit_code == 0, r.stderr
+    f = json.loads(r.stdout)["files"][0]
+    assert f["step"] == 600 and f["checkpoint"].endswith("sarah-step00000600.safetensors")  # 600 = 75 % of 800
+    idx = json.loads((reg / "index.json").read_text())["models"]["character/default/sarah"]["versions"][0]
+    assert idx["hyperparameters"]["network_dim"] == 1 and idx["hyperparameters"]["max_train_steps"] == 800
+
+
+def test_expert_pair_is_one_version_with_high_and_low_files(tmp_path):
+    run = make_run(tmp_path / "pair", steps=(700,), task="t2v-A14B", experts=("high", "low"))
+    reg = tmp_path / "reg"
+    r = invoke("export", run, "--name", "walk", "--kind", "motion", "--registry", reg, "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["version"] == 1
+    assert sorted(f["path"].rsplit("/", 1)[1] for f in res["files"]) == [
+        f"wan2.2_motion_walk_high_v1_{TODAY}.safetensors", f"wan2.2_motion_walk_low_v1_{TODAY}.safetensors"]
+    for f in res["files"]:
+        assert header(reg / f["path"])["__metadata__"]["kohyawan.expert"] == f["expert"]
+
+
+@pytest.mark.parametrize("case", ["not a lora", "truncated", "other size", "wan21 i2v on 2.2", "not safetensors"])
+def test_files_that_would_not_load_are_refused(tmp_path, case):
+    p = tmp_path / "bad.safetensors"
+    task = "t2v-1.3B"
+    if case == "not a lora":
+        from safetensors.numpy import save_file
+        import numpy as np
+        save_file({"blocks.0.self_attn.q.weight": np.zeros((4, 4), np.float32)}, str(p))
+    elif case == "truncated":
+        write_lora(p)
+        with open(p, "r+b") as f:
+            f.truncate(p.stat().st_size - 1000)
+    elif case == "other size":
+        write_lora(p, task="t2v-1.3B")
+        task = "t2v-A14B"
+    elif case == "wan21 i2v on 2.2":
+        write_lora(p, task="i2v-14B")
+        task = "i2v-A14B"
+    else:
+        p.write_bytes(b"hello world, not a model at all")
+    r = invoke("export", p, "--name", "x", "--kind", "style", "--registry", tmp_path / "reg", "--task", task)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.output
+    reg = tmp_path / "reg"
+    assert not list(reg.rglob("*.safetensors")) if reg.exists() else True
+    if case == "wan21 i2v on 2.2":
+        assert "would not load" in r.stderr and "k_img" in r.stderr
+
+
+def test_task_contradicting_the_run_is_refused(run_dir, tmp_path):
+    r = invoke("export", run_dir, "--name", "s", "--kind", "style", "--registry", tmp_path / "reg", "--task", "t2v-A14B")
+    assert r.exit_code == 2 and "contradicts" in r.stderr
+
+
+@pytest.mark.parametrize("opt,value", [("--name", "../../etc"), ("--name", "a/b"), ("--client", "/abs"),
+                                       ("--client", ".."), ("--name", "")])
+def test_hostile_names_exit_2_and_write_nothing(run_dir, tmp_path, opt, value):
+    args = {"--name": "ok", "--client": "ok"}
+    args[opt] = value
+    r = invoke("export", run_dir, "--kind", "style", "--registry", tmp_path / "reg", *sum(args.items(), ()))
+    assert r.exit_code == 2 and ("not allowed" in r.stderr or "empty" in r.stderr)
+    assert not (tmp_path / "reg").exists()
+    assert not list(tmp_path.parent.glob("etc*"))
+
+
+def test_registry_location_option_project_file_env_and_none(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("export", run_dir, "--name", "s", "--kind", "style")
+    assert r.exit_code == 2 and "no registry given" in r.stderr and "KOHYAWAN_REGISTRY" in r.stderr
+    r = invoke("export", run_dir, "--name", "s", "--kind", "style", env={"KOHYAWAN_REGISTRY": str(tmp_path / "from env")})
+    assert r.exit_code == 0 and (tmp_path / "from env" / "index.json").is_file()
+    (tmp_path / "kohyawan.toml").write_text('registry = "team reg"\n')
+    r = invoke("export", run_dir, "--name", "s", "--kind", "style", env={"KOHYAWAN_REGISTRY": str(tmp_path / "from env")})
+    assert r.exit_code == 0 and (tmp_path / "team reg" / "index.json").is_file()
+    r = invoke("export", run_dir, "--name", "s", "--kind", "style", "--registry", tmp_path / "explicit")
+    assert r.exit_code == 0 and (tmp_path / "explicit" / "index.json").is_file()
+    r = invoke("registry", "list", "--registry", tmp_path / "nowhere")
+    assert r.exit_code == 2 and "no registry at" in r.stderr
+
+
+def test_export_output_is_readable(run_dir, tmp_path):
+    r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", tmp_path / "reg")
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[0] == "exported character/default/sarah v1 (testing, task t2v-1.3B)"
+    assert "auto: step 750 is nearest 70 % of 1000" in r.stdout
