@@ -2,7 +2,7 @@
 
 import json
 import os
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from kohyawan.cli import cli
 from registry_fakes import header, make_run, write_lora
 
-TODAY = f"{date.today():%Y%m%d}"
+TODAY = f"{datetime.now(timezone.utc):%Y%m%d}"
 
 
 def invoke(*args, env=None):
@@ -183,3 +183,32 @@ def test_export_output_is_readable(run_dir, tmp_path):
     assert r.exit_code == 0
     assert r.stdout.splitlines()[0] == "exported character/default/sarah v1 (testing, task t2v-1.3B)"
     assert "auto: step 750 is nearest 70 % of 1000" in r.stdout
+
+
+def test_expert_words_in_a_lone_name_are_not_experts_and_expert_overrides(tmp_path):
+    out = tmp_path / "out"
+    write_lora(out / "sarah_low_light.safetensors", metadata={"ss_steps": 10})
+    reg = tmp_path / "reg"
+    r = invoke("export", out, "--name", "ll", "--kind", "style", "--registry", reg, "--task", "t2v-1.3B", "--json")
+    assert json.loads(r.stdout)["files"][0]["expert"] == "both"
+    r = invoke("export", out, "--name", "ll", "--kind", "style", "--registry", reg, "--task", "t2v-1.3B",
+               "--expert", "high", "--json")
+    f = json.loads(r.stdout)["files"][0]
+    assert f["expert"] == "high" and "_ll_high_v2_" in f["path"]
+
+
+def test_one_half_of_a_pair(tmp_path):
+    run = make_run(tmp_path / "pair", steps=(700,), task="t2v-A14B", experts=("high", "low"))
+    r = invoke("export", run, "--name", "w", "--kind", "motion", "--registry", tmp_path / "reg", "--expert", "low", "--json")
+    assert [f["expert"] for f in json.loads(r.stdout)["files"]] == ["low"]
+    r = invoke("export", run, "--name", "w", "--kind", "motion", "--registry", tmp_path / "reg", "--expert", "both")
+    assert r.exit_code == 2 and "holds high, low" in r.stderr
+
+
+def test_musubi_pair_folder_is_recognised_by_file_names(tmp_path):
+    out = tmp_path / "out"
+    for e in ("high", "low"):
+        write_lora(out / f"walk_{e}.safetensors", task="t2v-A14B", metadata={"ss_steps": 10})
+    r = invoke("export", out, "--name", "w", "--kind", "motion", "--registry", tmp_path / "reg", "--task", "t2v-A14B",
+               "--json")
+    assert sorted(f["expert"] for f in json.loads(r.stdout)["files"]) == ["high", "low"]

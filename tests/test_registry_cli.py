@@ -168,3 +168,30 @@ def test_six_processes_exporting_at_once_lose_no_version(tmp_path, one_lora):
     assert not list(reg.rglob(".tmp-*"))
     r = invoke("registry", "verify", "--registry", reg, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["checked"] == 6
+
+
+def test_a_held_lock_makes_writers_wait_then_give_up(tmp_path, one_lora):
+    import fcntl
+
+    reg = tmp_path / "reg"
+    assert invoke("export", one_lora, "--name", "s", "--kind", "style", "--registry", reg).exit_code == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "KOHYAWAN_LOCK_TIMEOUT": "1"}
+    with open(reg / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = subprocess.run([sys.executable, "-m", "kohyawan", "registry", "promote", "s", "v1", "--registry", str(reg)],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1
+    assert "waiting for the registry lock" in p.stderr and "stayed locked for 1 s" in p.stderr
+    assert json.loads((reg / "index.json").read_text())["models"]["style/default/s"]["versions"][0]["status"] == "testing"
+
+
+def test_files_are_readable_by_the_team_and_reading_needs_no_torch(reg):
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in list(reg.rglob("*.safetensors")) + [reg / "index.json"]:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p  # not mkstemp's private 0600
+    code = ("import sys; from kohyawan.commands import registry; from kohyawan.registry import export, deploy, verify, "
+            "sources, store; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "False"

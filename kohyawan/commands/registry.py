@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
@@ -52,9 +51,11 @@ def _size(n):
 @click.option("--notes", default=None, help="A note for this version (goes into training_notes.md and the file).")
 @click.option("--score", "scores", multiple=True, metavar="KEY=VALUE", help="A test result; repeatable.")
 @click.option("--task", default=None, help="musubi task (t2v-A14B, i2v-A14B, ...) when the source does not record it.")
+@click.option("--expert", type=click.Choice(["both", "high", "low"]), default=None,
+              help="Which expert the source trained, when it does not say; or one half of a high/low pair.")
 @_registry_option
 @_json_option
-def export(run, name, kind, client, checkpoint, dtype, notes, scores, task, registry_dir, as_json):
+def export(run, name, kind, client, checkpoint, dtype, notes, scores, task, expert, registry_dir, as_json):
     """Publish a checkpoint of RUN as the next version of a model in the registry.
 
     RUN is a kohyawan run folder (or its id under ./runs), a plain musubi-tuner output folder, or one
@@ -71,7 +72,8 @@ def export(run, name, kind, client, checkpoint, dtype, notes, scores, task, regi
     from kohyawan.registry import export as ex, store, versions
 
     req = ex.ExportRequest(source=run, name=name, kind=kind, client=client, checkpoint=checkpoint, dtype=dtype,
-                           notes=notes, scores=versions.parse_scores(scores), task=task)
+                           notes=notes, scores=versions.parse_scores(scores), task=task,
+                           expert=expert)
     result = ex.export(store.locate(registry_dir), req, warn=warn)
     if as_json:
         print_json(result)
@@ -172,48 +174,62 @@ def show(name, client, kind, registry_dir, as_json):
         con.print(f"deployed v{d['version']}: {d['file']}")
 
 
-def _transition(action):
-    """promote / deprecate: same shape, one pure function from versions each."""
+def _change_status(action, name, version, reason, client, kind, registry_dir, as_json):
+    """promote / deprecate: the same shape, one pure function from ``versions`` each."""
+    from kohyawan.registry import naming, roles, store, versions
 
-    def run(name, version, reason, client, kind, registry_dir, as_json):
-        from kohyawan.registry import naming, roles, store, versions
-
-        reg = _open(registry_dir)
-        user = store.current_user()
-        roles.check(reg.root, action, user)
-        n = naming.parse_version(version)
-        with reg.transaction() as index:
-            m = store.find_model(index, name, client=client, kind=kind)
-            key = f"{m['kind']}/{m['client']}/{m['name']}"
-            new = getattr(versions, action)(m, n, at=store.now_iso(), user=user, reason=reason)
-            index["models"][key] = new
-        cur = versions.current_of(new)
-        result = {"model": key, "action": action, "version": n,
-                  "current": cur["version"] if cur else None,
-                  "statuses": {f"v{v['version']}": v["status"] for v in new["versions"]}}
-        if as_json:
-            print_json(result)
-        else:
-            out().print(f"{key}: v{n} {action}d; current is "
-                        + (f"v{result['current']}" if cur else "none"))
-        if action == "deprecate" and cur is None:
-            warn(f"{key} has no current version now")
-
-    return run
+    reg = _open(registry_dir)
+    user = store.current_user()
+    roles.check(reg.root, action, user)
+    n = naming.parse_version(version)
+    with reg.transaction() as index:
+        m = store.find_model(index, name, client=client, kind=kind)
+        key = f"{m['kind']}/{m['client']}/{m['name']}"
+        new = getattr(versions, action)(m, n, at=store.now_iso(), user=user, reason=reason)
+        index["models"][key] = new
+    cur = versions.current_of(new)
+    result = {"model": key, "action": action, "version": n, "current": cur["version"] if cur else None,
+              "statuses": {f"v{v['version']}": v["status"] for v in new["versions"]}}
+    if as_json:
+        print_json(result)
+    else:
+        out().print(f"{key}: v{n} {action}d; current is " + (f"v{result['current']}" if cur else "none"))
+    if action == "deprecate" and cur is None:
+        warn(f"{key} has no current version now")
 
 
-_VERSION_HELP = {"promote": "Make VERSION the current (production) version; the previous current one is deprecated.",
-                 "deprecate": "Mark VERSION deprecated (kept on disk and in the index)."}
+@registry.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", default=None, help="Why (recorded in the notes).")
+@_which_options
+@_registry_option
+@_json_option
+def promote(name, version, reason, client, kind, registry_dir, as_json):
+    """Make VERSION the current (production) version; the previous current one becomes deprecated.
 
-for _action, _example in (("promote", "kohyawan registry promote sarah v3 --reason 'passed phase 3'"),
-                          ("deprecate", "kohyawan registry deprecate sarah v1 --reason 'identity drift'")):
-    _fn = _transition(_action)
-    _fn.__doc__ = f"{_VERSION_HELP[_action]}\n\n    \b\n    Example:\n      {_example}\n    "
-    _cmd = functools.reduce(lambda f, d: d(f), [
-        _json_option, _registry_option, _which_options,
-        click.option("--reason", default=None, help="Why (recorded in the notes)."),
-        click.argument("version"), click.argument("name")], _fn)
-    registry.command(_action, help=_fn.__doc__)(_cmd)
+    \b
+    Example:
+      kohyawan registry promote sarah v3 --reason "passed the phase 3 tests"
+    """
+    _change_status("promote", name, version, reason, client, kind, registry_dir, as_json)
+
+
+@registry.command("deprecate")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", default=None, help="Why (recorded in the notes).")
+@_which_options
+@_registry_option
+@_json_option
+def deprecate(name, version, reason, client, kind, registry_dir, as_json):
+    """Mark VERSION deprecated (its files stay in the registry and in the index).
+
+    \b
+    Example:
+      kohyawan registry deprecate sarah v1 --reason "identity drift at strength 1.0"
+    """
+    _change_status("deprecate", name, version, reason, client, kind, registry_dir, as_json)
 
 
 @registry.command("rollback")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +30,21 @@ class ExportRequest:
     notes: str | None = None
     scores: Mapping[str, Any] = field(default_factory=dict)
     task: str | None = None
+    expert: str | None = None         # override: relabel a one-expert source, or pick one half of a pair
+
+
+def _apply_expert(src: sources.Source, expert: str | None) -> None:
+    if expert is None:
+        return
+    if expert not in naming.EXPERTS:
+        raise BadInput(f"--expert {expert!r}: choose one of {', '.join(naming.EXPERTS)}")
+    experts = src.experts()
+    if len(experts) == 1:
+        src.checkpoints = [replace(c, expert=expert) for c in src.checkpoints]
+    elif expert in experts:
+        src.checkpoints = [c for c in src.checkpoints if c.expert == expert]
+    else:
+        raise BadInput(f"--expert {expert}: {src.origin} holds {', '.join(experts)} files; pick one of those")
 
 
 def _plan_files(src: sources.Source, how: str) -> list[tuple[str, sources.Checkpoint, str]]:
@@ -76,6 +91,7 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
     user = user or store.current_user()
     roles.check(root, "export", user)
     src = sources.load(sources.resolve(req.source))
+    _apply_expert(src, req.expert)
     picked = _plan_files(src, req.checkpoint)
 
     first_meta = lorafile.metadata_of(picked[0][1].path)
@@ -128,7 +144,7 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
 
 def _publish(reg, req, key, kind, client, name, folder_rel, prepared, src, settings, task, user, today):
     at = store.now_iso()
-    day = today or date.today()
+    day = today or datetime.now(timezone.utc).date()  # the same day as the index's UTC timestamps
     record = {
         "task": task,
         "profile": settings.get("profile"),

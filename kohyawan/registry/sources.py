@@ -4,7 +4,9 @@ A run folder has ``run.json`` (checkpoints with absolute steps, the final file, 
 ``plan.json`` (resolved settings). A plain musubi output folder has ``{name}-step{N:08d}.safetensors``,
 ``{name}-{E:06d}.safetensors`` and ``{name}.safetensors``; their steps come from musubi's own ``ss_steps``
 metadata and the total from ``ss_max_train_steps``. Expert pairs (per-expert runs) are told apart by an
-``expert`` field in run.json, else ``kohyawan.expert`` metadata, else ``high``/``low`` in the file name.
+``expert`` field in run.json, else ``kohyawan.expert`` metadata, else ``high``/``low`` as a word in the
+file name, but the name is trusted only when it yields a real pair (both a high and a low file): a lone
+``sarah_low_light.safetensors`` is a style, not an expert. ``export --expert`` overrides all of this.
 
 ``choose`` is the guide's pick, pure: ``auto`` takes the checkpoint nearest 70 % of training among those
 between 60 % and 80 % (a tie goes to the later one); when none falls there (or the total is unknown) it
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -43,6 +45,7 @@ class Checkpoint:
     attempt: int | None = None
     expert: str = "both"
     final: bool = False
+    expert_by_name: bool = False   # expert guessed from the file name only (see _settle)
 
 
 @dataclass
@@ -76,12 +79,21 @@ def _int(value) -> int | None:
         return None
 
 
-def _guess_expert(path: Path, meta: Mapping[str, str], default: str = "both") -> str:
+def _expert(path: Path, meta: Mapping[str, str], default: str) -> tuple[str, bool]:
+    """(expert, guessed from the name only)."""
     value = meta.get(lora_check.META_EXPERT)
     if value in ("both", "high", "low"):
-        return value
+        return value, False
     m = _EXPERT_WORD.search(path.stem.lower())
-    return m.group(1) if m else default
+    return (m.group(1), True) if m else (default, False)
+
+
+def _settle(cks: list[Checkpoint], default: str) -> list[Checkpoint]:
+    """Drop name-only expert guesses unless they form a high/low pair."""
+    named = {c.expert for c in cks if c.expert_by_name}
+    if {"high", "low"} <= named:
+        return cks
+    return [replace(c, expert=default, expert_by_name=False) if c.expert_by_name else c for c in cks]
 
 
 def resolve(arg: str, cwd: Path | None = None) -> Path:
@@ -100,8 +112,9 @@ def load(path: Path) -> Source:
         if path.suffix != ".safetensors":
             raise BadInput(f"{path}: not a .safetensors file")
         meta = lorafile.metadata_of(path)
+        expert, _ = _expert(path, meta, "both")
         ck = Checkpoint(path.absolute(), _int(meta.get("ss_steps")), _int(meta.get("ss_epoch")),
-                        expert=_guess_expert(path, meta), final=True)
+                        expert=expert, final=True)
         return Source("file", path.absolute(), [ck], total_steps=_int(meta.get("ss_max_train_steps")),
                       run_id=meta.get(lora_check.META_RUN_ID))
     if (path / "run.json").is_file():
@@ -112,8 +125,8 @@ def load(path: Path) -> Source:
 def _load_run(folder: Path) -> Source:
     run = _read_json(folder / "run.json")
     plan = _read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
-    default_expert = run.get("expert") or plan.get("expert") or "both"
-    default_expert = default_expert if default_expert in ("high", "low") else "both"
+    run_expert = run.get("expert") or plan.get("expert")
+    default_expert = run_expert if run_expert in ("high", "low") else "both"
     items = []
     for c in run.get("checkpoints") or []:
         items.append((c, False))
@@ -130,14 +143,19 @@ def _load_run(folder: Path) -> Source:
         if not p.is_file():
             continue  # pruned by --save_last_n_*, or moved: only files that exist can be exported
         meta = lorafile.metadata_of(p)
-        expert = c.get("expert") if c.get("expert") in ("both", "high", "low") else _guess_expert(p, meta, default_expert)
+        if c.get("expert") in ("both", "high", "low"):
+            expert, by_name = c["expert"], False
+        elif run_expert in ("both", "high", "low"):  # a one-file or one-expert run: names cannot override it
+            expert, by_name = run_expert, False
+        else:
+            expert, by_name = _expert(p, meta, default_expert)
         step = _int(c.get("step"))
         if step is None and is_final:
             step = _int(run.get("total_steps")) or _int(meta.get("ss_steps"))
-        cks.append(Checkpoint(p, step, _int(c.get("epoch")), _int(c.get("attempt")), expert, is_final))
+        cks.append(Checkpoint(p, step, _int(c.get("epoch")), _int(c.get("attempt")), expert, is_final, by_name))
     if not cks:
         raise BadInput(f"{folder}: run.json lists no checkpoint file that exists (the run saved nothing yet?)")
-    return Source("run", folder.absolute(), cks, total_steps=_int(run.get("total_steps")),
+    return Source("run", folder.absolute(), _settle(cks, default_expert), total_steps=_int(run.get("total_steps")),
                   run_id=str(run.get("id") or folder.name), run=run, plan=plan)
 
 
@@ -156,10 +174,11 @@ def _load_folder(folder: Path) -> Source:
             step = int(m_step.group("step"))
         epoch = _int(meta.get("ss_epoch")) or (int(m_epoch.group("epoch")) if m_epoch else None)
         totals.append(_int(meta.get("ss_max_train_steps")))
-        cks.append(Checkpoint(p.absolute(), step, epoch, expert=_guess_expert(p, meta),
-                              final=not (m_step or m_epoch)))
+        expert, by_name = _expert(p, meta, "both")
+        cks.append(Checkpoint(p.absolute(), step, epoch, expert=expert, final=not (m_step or m_epoch),
+                              expert_by_name=by_name))
     total = max((t for t in totals if t), default=None)
-    return Source("folder", folder.absolute(), cks, total_steps=total,
+    return Source("folder", folder.absolute(), _settle(cks, "both"), total_steps=total,
                   run_id=lorafile.metadata_of(files[0]).get(lora_check.META_RUN_ID))
 
 
