@@ -26,7 +26,7 @@ def run_dir(tmp_path):
 def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_dir, tmp_path):
     reg = tmp_path / "reg"
     r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--client", "brand-x",
-               "--registry", reg, "--notes", "first try", "--score", "likeness=8", "--json")
+               "--registry", reg, "--notes", "first try ✓ überprüft", "--score", "likeness=8", "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["version"] == 1 and res["status"] == "testing" and res["model"] == "character/brand-x/sarah"
@@ -37,7 +37,7 @@ def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_d
     assert meta["kohyawan.task"] == "t2v-1.3B" and meta["kohyawan.expert"] == "both"
     assert meta["kohyawan.run_id"] == "r 1 $(x)" and meta["kohyawan.profile"] == "character"
     assert meta["kohyawan.dataset_hash"] == "ds-aaaa" and meta["kohyawan.dataset_size"] == "12"
-    assert meta["kohyawan.notes"] == "first try" and meta["kohyawan.step"] == "750"
+    assert meta["kohyawan.notes"] == "first try ✓ überprüft" and meta["kohyawan.step"] == "750"
     assert json.loads(meta["kohyawan.hyperparameters"])["learning_rate"] == 2e-4
     assert "dit" not in json.loads(meta["kohyawan.hyperparameters"])  # machine paths are not hyperparameters
     assert meta["ss_network_dim"] == "1"  # musubi's own metadata is kept
@@ -45,6 +45,10 @@ def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_d
     src = run_dir / "output" / "lora-step00000750.safetensors"
     h_src, h_dst = header(src), header(reg / f["path"])
     assert {k: v for k, v in h_src.items() if k != "__metadata__"} == {k: v for k, v in h_dst.items() if k != "__metadata__"}
+    # the rewritten header is a valid safetensors file with identical tensors (what ComfyUI's loader reads)
+    from safetensors.torch import load_file
+    a, b = load_file(str(src)), load_file(str(reg / f["path"]))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     index = json.loads((reg / "index.json").read_text())
     assert index["schema"] == 1
     v1 = index["models"]["character/brand-x/sarah"]["versions"][0]
@@ -86,6 +90,15 @@ def test_dtype_conversion(tmp_path):
     assert {v["dtype"] for k, v in h.items() if k != "__metadata__"} == {"BF16"}
     assert h["__metadata__"]["kohyawan.task"] == "t2v-1.3B"
     assert f["bytes"] < src.stat().st_size * 0.6
+    import torch
+    from safetensors.torch import load_file
+    a, b = load_file(str(src)), load_file(str(reg / f["path"]))
+    assert a.keys() == b.keys()
+    assert all(b[k].dtype == torch.bfloat16 and b[k].equal(a[k].to(torch.bfloat16)) for k in a)
+    # and back up to fp32 from the bf16 copy: exact (bf16 -> fp32 loses nothing)
+    r = invoke("export", reg / f["path"], "--name", "m", "--kind", "motion", "--registry", reg, "--dtype", "fp32", "--json")
+    c = load_file(str(reg / json.loads(r.stdout)["files"][0]["path"]))
+    assert all(c[k].dtype == torch.float32 and c[k].equal(b[k].float()) for k in a)
 
 
 def test_plain_musubi_folder_uses_ss_steps_and_max_train_steps(tmp_path):
@@ -212,3 +225,28 @@ def test_musubi_pair_folder_is_recognised_by_file_names(tmp_path):
     r = invoke("export", out, "--name", "w", "--kind", "motion", "--registry", tmp_path / "reg", "--task", "t2v-A14B",
                "--json")
     assert sorted(f["expert"] for f in json.loads(r.stdout)["files"]) == ["high", "low"]
+
+
+def test_numpy_casts_match_torch_exactly_including_ties_nan_inf(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kohyawan.registry import lorafile
+
+    edge = torch.tensor([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38, 65504.0, 70000.0, 1e-8,
+                         float("inf"), float("-inf"), float("nan"), 2.0 ** -133], dtype=torch.float32)
+    x = torch.cat([edge, torch.randn(5000) * 10, torch.randn(5000) * 1e-5])
+    src = tmp_path / "a.safetensors"
+    save_file({"w": x, "h": x.half(), "b": x.bfloat16(), "i": torch.arange(5)}, str(src), metadata={"k": "v"})
+    for name, code, tdt in (("bf16", "BF16", torch.bfloat16), ("fp16", "F16", torch.float16), ("fp32", "F32", torch.float32)):
+        dst = tmp_path / f"{name}.safetensors"
+        lorafile.convert(src, dst, name, {"kohyawan.task": "t"})
+        got, ref = load_file(str(dst)), {"w": x, "h": x.half(), "b": x.bfloat16()}
+        for k, t in ref.items():
+            want = t.to(tdt)
+            assert got[k].dtype == tdt
+            assert torch.equal(got[k].isnan(), want.isnan()), (name, k)
+            ok = ~want.isnan()
+            assert torch.equal(got[k][ok], want[ok]), (name, k)
+        assert torch.equal(got["i"], torch.arange(5))
+        assert lorafile.metadata_of(dst) == {"k": "v", "kohyawan.task": "t"}

@@ -2,7 +2,8 @@
 
 Metadata lives in the safetensors JSON header, so without a dtype change the file is rewritten by
 streaming: new header, then the tensor bytes copied unchanged (no torch, memory stays flat, tensors stay
-bit-identical). A dtype change needs torch (imported here only) and holds one file's tensors in memory.
+bit-identical). A dtype change streams one tensor at a time through numpy (no torch).
+safetensors stores tensors little-endian, as every machine this runs on is.
 """
 
 from __future__ import annotations
@@ -75,25 +76,69 @@ def rewrite_metadata(src: Path, dst: Path, metadata: Mapping[str, str]) -> None:
         _fsync_close(fout)
 
 
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1, "F8_E5M2": 1}
+_FLOATS = ("F32", "F16", "BF16", "F64")
+
+
+def _to_f32(raw: bytes, code: str):
+    import numpy as np
+
+    if code == "BF16":  # bf16 is the high half of an f32
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view("<f4")
+    return np.frombuffer(raw, dtype={"F32": "<f4", "F16": "<f2", "F64": "<f8"}[code]).astype("<f4")
+
+
+def _from_f32(x, code: str) -> bytes:
+    import numpy as np
+
+    if code == "BF16":
+        # round to nearest, ties to even (what torch's .to(bfloat16) does); NaN stays a quiet NaN
+        u = x.view("<u4")
+        out = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype("<u2")
+        out[np.isnan(x)] = 0x7FC0
+        return out.tobytes()
+    with np.errstate(over="ignore"):  # fp16 overflow gives inf, as in torch
+        return x.astype({"F32": "<f4", "F16": "<f2", "F64": "<f8"}[code]).tobytes()
+
+
 def convert(src: Path, dst: Path, dtype: str, metadata: Mapping[str, str]) -> None:
-    """Cast every floating tensor to ``dtype`` (bf16|fp16|fp32) and write ``dst`` with merged metadata."""
+    """Cast every floating tensor to ``dtype`` (bf16|fp16|fp32), one tensor at a time, into ``dst``.
+
+    The new header is computed from the shapes first, then each tensor is read, cast (numpy, through
+    fp32, which holds bf16 and fp16 exactly) and appended, so memory stays near the largest tensor and no
+    torch import is needed. fp8 and integer tensors are left as they are (casting fp8 needs a scale).
+    """
     if dtype not in DTYPES:
         raise BadInput(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    target = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    meta = metadata_of(src)
+    code = DTYPES[dtype]
+    header, start, size = read_header(src)
+    meta = dict(header.pop("__metadata__", None) or {})
     meta.update({str(k): str(v) for k, v in metadata.items()})
-    tensors = {}
-    with safe_open(str(src), framework="pt") as f:
-        for key in f.keys():
-            t = f.get_tensor(key)
-            tensors[key] = t.to(target) if t.is_floating_point() else t
-    save_file(tensors, str(dst), metadata=meta)
-    with open(dst, "rb+") as f:
-        os.fsync(f.fileno())
+    names = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    new, offset = {}, 0
+    for k in names:
+        t = header[k]
+        out_code = code if t["dtype"] in _FLOATS else t["dtype"]
+        n = 1
+        for d in t["shape"]:
+            n *= d
+        length = n * _ITEMSIZE[out_code]
+        new[k] = {"dtype": out_code, "shape": t["shape"], "data_offsets": [offset, offset + length]}
+        offset += length
+    if start + max((t["data_offsets"][1] for t in header.values()), default=0) > size:
+        raise ModelFileError(f"{src}: truncated ({size} bytes)")
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(_encode_header({"__metadata__": meta, **new}))
+        for k in names:
+            t = header[k]
+            a, b = t["data_offsets"]
+            fin.seek(start + a)
+            raw = fin.read(b - a)
+            if t["dtype"] in _FLOATS and t["dtype"] != code:
+                raw = _from_f32(_to_f32(raw, t["dtype"]), code)
+            fout.write(raw)
+        _fsync_close(fout)
 
 
 def tensor_dtypes(path: Path) -> dict[str, int]:
