@@ -195,3 +195,14 @@ def test_files_are_readable_by_the_team_and_reading_needs_no_torch(reg):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "False"
+
+
+def test_a_damaged_index_is_reported_and_the_previous_one_is_kept(reg):
+    prev = json.loads((reg / "index.prev.json").read_text())
+    assert len(prev["models"]) == 1  # the state before the style model was exported
+    (reg / "index.json").write_text('{"schema": 1, "models": {')
+    r = invoke("registry", "list", "--registry", reg)
+    assert r.exit_code == 1 and "damaged" in r.stderr and "index.prev.json" in r.stderr
+    (reg / "index.json").write_text('{"schema": 99, "models": {}}')
+    r = invoke("registry", "list", "--registry", reg)
+    assert r.exit_code == 2 and "schema 99" in r.stderr

@@ -30,6 +30,7 @@ from kohyawan.errors import BadInput, ConfigError, WorkFailed
 
 SCHEMA = 1
 INDEX = "index.json"
+PREVIOUS = "index.prev.json"  # the index before the last change: one step of undo for a damaged index
 LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
 ENV_REGISTRY = "KOHYAWAN_REGISTRY"
@@ -175,7 +176,8 @@ class Registry:
         except FileNotFoundError:
             return empty_index()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise WorkFailed(f"{path} is damaged ({exc}); restore it from a backup") from None
+            raise WorkFailed(f"{path} is damaged ({exc}); the previous state is in {self.root / PREVIOUS}: "
+                             "check it and copy it over the index") from None
         schema = data.get("schema")
         if not isinstance(schema, int) or schema > SCHEMA:
             raise ConfigError(f"{path} has schema {schema!r}; this kohyawan reads schema <= {SCHEMA}: upgrade it")
@@ -222,11 +224,17 @@ class Registry:
         """Locked read-modify-write of the index; notes regenerated before the lock is released."""
         with self.lock():
             index = self.read_index()
+            try:
+                before = (self.root / INDEX).read_bytes()
+            except FileNotFoundError:
+                before = None
             yield index
             index["schema"] = SCHEMA
             from kohyawan import __version__
 
             index["written_by"] = f"kohyawan {__version__}"
+            if before is not None:
+                atomic_write_bytes(self.root / PREVIOUS, before)
             atomic_write_text(self.root / INDEX, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
             try:
                 self._write_notes(index)
