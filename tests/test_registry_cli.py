@@ -206,3 +206,10 @@ def test_a_damaged_index_is_reported_and_the_previous_one_is_kept(reg):
     (reg / "index.json").write_text('{"schema": 99, "models": {}}')
     r = invoke("registry", "list", "--registry", reg)
     assert r.exit_code == 2 and "schema 99" in r.stderr
+
+
+def test_a_bad_lock_timeout_setting_is_a_clear_error(reg):
+    r = invoke("registry", "promote", "sarah", "v1", "--registry", reg, env={"KOHYAWAN_LOCK_TIMEOUT": "soon"})
+    assert r.exit_code == 2 and "KOHYAWAN_LOCK_TIMEOUT='soon'" in r.stderr
+    r = invoke("registry", "notes", "sarah", "--version", "v1", "--registry", reg)
+    assert r.exit_code == 2 and "--version goes with --add or --score" in r.stderr

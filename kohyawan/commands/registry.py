@@ -307,6 +307,8 @@ def notes_cmd(name, text, version, scores, client, kind, registry_dir, as_json):
     from kohyawan.registry import naming, roles, store, versions
 
     reg = _open(registry_dir)
+    if version and text is None and not scores:
+        raise BadInput("--version goes with --add or --score (the notes file always shows every version)")
     if text is not None or scores:
         user = store.current_user()
         roles.check(reg.root, "annotate", user)

@@ -10,5 +10,5 @@ Layout of a registry folder (usable on a shared drive, see ``store`` for the loc
 
 Modules: ``naming`` (pure names), ``store`` (folder, index, lock), ``versions`` (pure status changes),
 ``notes`` (pure markdown), ``roles``, ``lorafile`` (metadata/dtype rewrite), ``sources`` (run folders and
-checkpoints), ``export``, ``deploy``, ``lora_check`` (adapter to ``kohyawan.lora``).
+checkpoints), ``export``, ``deploy``, ``verify``, ``lora_check`` (adapter to ``kohyawan.lora``).
 """

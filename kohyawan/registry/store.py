@@ -35,7 +35,16 @@ LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
 ENV_REGISTRY = "KOHYAWAN_REGISTRY"
 PROJECT_FILE = "kohyawan.toml"
-LOCK_TIMEOUT_S = float(os.environ.get("KOHYAWAN_LOCK_TIMEOUT", "300"))
+
+
+def lock_timeout() -> float:
+    """Seconds a writer waits for the lock ($KOHYAWAN_LOCK_TIMEOUT, default 300)."""
+    raw = os.environ.get("KOHYAWAN_LOCK_TIMEOUT", "300")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"KOHYAWAN_LOCK_TIMEOUT={raw!r} is not a number of seconds") from None
+    return max(value, 0.0)
 
 
 def now_iso() -> str:
@@ -197,7 +206,8 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            timeout = lock_timeout()
+            deadline = time.monotonic() + timeout
             told = False
             while True:
                 try:
@@ -208,7 +218,7 @@ class Registry:
                         raise WorkFailed(f"cannot lock {self.root / LOCK}: {exc.strerror}") from None
                 if time.monotonic() > deadline:
                     raise WorkFailed(
-                        f"registry {self.root} stayed locked for {LOCK_TIMEOUT_S:.0f} s by another process; "
+                        f"registry {self.root} stayed locked for {timeout:.0f} s by another process; "
                         "try again, or check for a hung kohyawan"
                     )
                 if not told:
