@@ -1,7 +1,8 @@
 """Tiny LoRA files in musubi-tuner's exact key format, and run folders around them, for registry tests.
 
-INTEGRATOR: once the ``lora`` branch is merged, ``write_lora`` can be replaced by
-``kohyawan.lora.fabricate.write_lora`` (same job: real key names and shapes per task, tiny rank).
+``write_lora`` uses ``kohyawan.lora.fabricate.write_lora`` when the LoRA tools are importable (after the
+``lora`` branch is merged) and this file's own minimal writer otherwise; both write real key names and
+shapes per task at a tiny rank. INTEGRATOR: once merged, ``_own_write_lora`` can be deleted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ TASKS = {
 }
 
 
-def write_lora(path, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, seed=0, extra_keys=None):
+def write_lora(path, *, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, seed=0):
+    meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), "modelspec.architecture": "wan2.1/lora"}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from kohyawan.lora.fabricate import write_lora as real
+    except ImportError:
+        return _own_write_lora(Path(path), task=task, rank=rank, dtype=dtype, metadata=meta, seed=seed)
+    return real(Path(path), task=task, rank=rank, alpha=float(rank), dtype=dtype, metadata=meta, seed=seed)
+
+
+def _own_write_lora(path, *, task, rank, dtype, metadata, seed):
     import torch
     from safetensors.torch import save_file
 
@@ -35,12 +47,7 @@ def write_lora(path, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, seed=
             tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen).to(tdtype)
             tensors[f"{key}.lora_up.weight"] = (torch.randn(fan_out, rank, generator=gen) * 0.01).to(tdtype)
             tensors[f"{key}.alpha"] = torch.tensor(float(rank)).to(tdtype)
-    for k, shape in (extra_keys or {}).items():
-        tensors[k] = torch.zeros(shape, dtype=tdtype)
-    meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), "ss_network_module": "networks.lora_wan",
-            "modelspec.architecture": "wan2.1/lora"}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"ss_network_module": "networks.lora_wan", **metadata}
     save_file(tensors, str(path), metadata=meta)
     return Path(path)
 
@@ -57,11 +64,11 @@ def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, tas
     for expert in experts:
         name = "lora" if expert == "both" else f"lora_{expert}"
         for i, s in enumerate(steps):
-            p = write_lora(out / f"{name}-step{s:08d}.safetensors", task, seed=s, metadata={"ss_steps": s})
+            p = write_lora(out / f"{name}-step{s:08d}.safetensors", task=task, seed=s, metadata={"ss_steps": s})
             cks.append({"path": str(p.relative_to(folder)), "step": s, "epoch": None, "attempt": 1,
                         "bytes": p.stat().st_size, "sha256": "", **({} if expert == "both" else {"expert": expert})})
         if final:
-            p = write_lora(out / f"{name}.safetensors", task, seed=99999, metadata={"ss_steps": total})
+            p = write_lora(out / f"{name}.safetensors", task=task, seed=99999, metadata={"ss_steps": total})
             finals.append({"path": str(p), "step": total, **({} if expert == "both" else {"expert": expert})})
     run = {"version": 1, "id": run_id, "status": status, "profile": "character", "task": task,
            "total_steps": total, "attempts": [{"n": 1}], "checkpoints": cks,
