@@ -53,30 +53,44 @@ def _own_write_lora(path, *, task, rank, dtype, metadata, seed):
 
 
 def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, task="t2v-1.3B",
-             experts=("both",), run_id=None, train=None, dataset_hash="ds-aaaa", items=12, status="done"):
-    """A kohyawan run folder: run.json + plan.json + one tiny LoRA per checkpoint (and per expert)."""
+             experts=("both",), run_id=None, train=None, dataset_hash=None, items=12, status="succeeded",
+             dataset_dir=None, rehearsal=False):
+    """A run folder shaped like the runner's (kohyawan.ledger / render.plan_document): run.json with
+    checkpoints (absolute step, stage, final flag) hard-linked under checkpoints/, ``final`` with one output
+    per train stage, and plan.json with the resolved ``values``. One tiny LoRA per checkpoint and stage."""
     folder = Path(folder)
-    out = folder / "output"
+    out = folder / "checkpoints"
     run_id = run_id or folder.name
     train = train if train is not None else {"network_dim": 1, "network_alpha": 1, "learning_rate": 2e-4,
                                              "optimizer_type": "adamw8bit", "dit": "/models/dit.safetensors"}
-    cks, finals = [], []
+    run_expert = "sequential" if set(experts) == {"high", "low"} else experts[0]
+    cks, outputs = [], []
     for expert in experts:
-        name = "lora" if expert == "both" else f"lora_{expert}"
-        for i, s in enumerate(steps):
+        stage = "train" if len(experts) == 1 else f"train_{expert}"
+        name = f"{run_id}" if stage == "train" else f"{run_id}_{expert}"
+        for s in steps:
             p = write_lora(out / f"{name}-step{s:08d}.safetensors", task=task, seed=s, metadata={"ss_steps": s})
-            cks.append({"path": str(p.relative_to(folder)), "step": s, "epoch": None, "attempt": 1,
-                        "bytes": p.stat().st_size, "sha256": "", **({} if expert == "both" else {"expert": expert})})
+            cks.append({"path": str(p), "step": s, "epoch": None, "attempt": 1, "bytes": p.stat().st_size,
+                        "sha256": "", "stage": stage, "trainer_path": "/elsewhere/x.safetensors", "final": False})
         if final:
             p = write_lora(out / f"{name}.safetensors", task=task, seed=99999, metadata={"ss_steps": total})
-            finals.append({"path": str(p), "step": total, **({} if expert == "both" else {"expert": expert})})
+            cks.append({"path": str(p), "step": total, "epoch": 10, "attempt": 1, "bytes": p.stat().st_size,
+                        "sha256": "", "stage": stage, "final": True})
+            outputs.append({"stage": stage, "path": str(p), "step": total, "bytes": p.stat().st_size,
+                            "sha256": "", "rehearsal": rehearsal})
     run = {"version": 1, "id": run_id, "status": status, "profile": "character", "task": task,
            "total_steps": total, "attempts": [{"n": 1}], "checkpoints": cks,
-           "final": (finals[0] if len(finals) == 1 else finals) if finals else None}
-    plan = {"profile": "character", "task": task, "train": train,
-            "dataset": {"resolution": [256, 256], "target_frames": [1, 17], "num_repeats": 1,
-                        "video_directory": "/data/clips"},
-            "steps": {"items": items, "total_steps": total}, "dataset_hash": dataset_hash}
+           "final": {**outputs[-1], "outputs": outputs} if outputs else None,
+           "variant": "standard", "expert": run_expert, "rehearsal": rehearsal}
+    if dataset_hash:
+        run["dataset_hash"] = dataset_hash
+    values = [{"key": f"train.{k}", "value": v, "source": "profile:character"} for k, v in sorted(train.items())]
+    values += [{"key": f"dataset.{k}", "value": v, "source": "profile:character"} for k, v in
+               (("num_repeats", 1), ("resolution", [256, 256]), ("target_frames", [1, 17]))]
+    values += [{"key": "watchdog.stall_minutes", "value": 10, "source": "base"}]
+    plan = {"version": 1, "profile": "character", "variant": "standard", "task": task, "expert": run_expert,
+            "dataset": str(dataset_dir or folder / "no-dataset"), "values": values,
+            "steps": {"items": items, "batches_per_epoch": items, "epochs": 10, "total_steps": total}}
     (folder / "run.json").write_text(json.dumps(run))
     (folder / "plan.json").write_text(json.dumps(plan))
     return folder

@@ -20,7 +20,7 @@ def invoke(*args, env=None):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    return make_run(tmp_path / "runs" / "r 1 $(x)", steps=(150, 450, 600, 750, 900))
+    return make_run(tmp_path / "runs" / "r 1 $(x)", steps=(150, 450, 600, 750, 900), dataset_hash="ds-aaaa")
 
 
 def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_dir, tmp_path):
@@ -32,7 +32,7 @@ def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_d
     assert res["version"] == 1 and res["status"] == "testing" and res["model"] == "character/brand-x/sarah"
     f = res["files"][0]
     assert f["path"] == f"characters/brand-x/wan2.2_character_sarah_v1_{TODAY}.safetensors"
-    assert f["step"] == 750 and f["checkpoint"].endswith("lora-step00000750.safetensors")
+    assert f["step"] == 750 and f["checkpoint"].endswith("checkpoints/r 1 $(x)-step00000750.safetensors")
     meta = header(reg / f["path"])["__metadata__"]
     assert meta["kohyawan.task"] == "t2v-1.3B" and meta["kohyawan.expert"] == "both"
     assert meta["kohyawan.run_id"] == "r 1 $(x)" and meta["kohyawan.profile"] == "character"
@@ -42,7 +42,7 @@ def test_export_from_a_run_picks_the_guides_checkpoint_and_stamps_metadata(run_d
     assert "dit" not in json.loads(meta["kohyawan.hyperparameters"])  # machine paths are not hyperparameters
     assert meta["ss_network_dim"] == "1"  # musubi's own metadata is kept
     # tensors are copied byte for byte when the dtype is kept
-    src = run_dir / "output" / "lora-step00000750.safetensors"
+    src = run_dir / "checkpoints" / "r 1 $(x)-step00000750.safetensors"
     h_src, h_dst = header(src), header(reg / f["path"])
     assert {k: v for k, v in h_src.items() if k != "__metadata__"} == {k: v for k, v in h_dst.items() if k != "__metadata__"}
     # the rewritten header is a valid safetensors file with identical tensors (what ComfyUI's loader reads)
@@ -64,7 +64,7 @@ def test_second_export_is_v2_and_final_and_step_choices_work(run_dir, tmp_path):
     r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg,
                "--checkpoint", "final", "--json")
     res = json.loads(r.stdout)
-    assert res["version"] == 2 and res["files"][0]["checkpoint"].endswith("output/lora.safetensors")
+    assert res["version"] == 2 and res["files"][0]["checkpoint"].endswith("checkpoints/r 1 $(x).safetensors")
     assert res["files"][0]["path"] == f"characters/default/wan2.2_character_sarah_v2_{TODAY}.safetensors"
     r = invoke("export", run_dir, "--name", "sarah", "--kind", "character", "--registry", reg, "--checkpoint", "450", "--json")
     assert json.loads(r.stdout)["files"][0]["step"] == 450
@@ -182,7 +182,7 @@ def test_registry_location_option_project_file_env_and_none(run_dir, tmp_path, m
     assert r.exit_code == 2 and "no registry given" in r.stderr and "KOHYAWAN_REGISTRY" in r.stderr
     r = invoke("export", run_dir, "--name", "s", "--kind", "style", env={"KOHYAWAN_REGISTRY": str(tmp_path / "from env")})
     assert r.exit_code == 0 and (tmp_path / "from env" / "index.json").is_file()
-    (tmp_path / "kohyawan.toml").write_text('registry = "team reg"\n')
+    (tmp_path / "kohyawan.toml").write_text('[kohyawan]\nprofile = "character"\nregistry = "team reg"\n')
     r = invoke("export", run_dir, "--name", "s", "--kind", "style", env={"KOHYAWAN_REGISTRY": str(tmp_path / "from env")})
     assert r.exit_code == 0 and (tmp_path / "team reg" / "index.json").is_file()
     r = invoke("export", run_dir, "--name", "s", "--kind", "style", "--registry", tmp_path / "explicit")
@@ -196,6 +196,48 @@ def test_export_output_is_readable(run_dir, tmp_path):
     assert r.exit_code == 0
     assert r.stdout.splitlines()[0] == "exported character/default/sarah v1 (testing, task t2v-1.3B)"
     assert "auto: step 750 is nearest 70 % of 1000" in r.stdout
+
+
+def test_dataset_identity_without_a_recorded_hash_is_computed_and_diffed(tmp_path):
+    data = tmp_path / "data set"
+    (data / ".kohyawan").mkdir(parents=True)
+    (data / ".kohyawan" / "manifest.json").write_text("{}")  # kohyawan's own state: not part of the identity
+    (data / "a.mp4").write_bytes(b"video")
+    (data / "a.txt").write_text("sarah walking")
+    reg = tmp_path / "reg"
+    run = make_run(tmp_path / "r1", steps=(700,), dataset_dir=data)
+    assert invoke("export", run, "--name", "s", "--kind", "character", "--registry", reg).exit_code == 0
+    (data / ".kohyawan" / "manifest.json").write_text('{"changed": 1}')
+    run2 = make_run(tmp_path / "r2", steps=(700,), dataset_dir=data)
+    assert invoke("export", run2, "--name", "s", "--kind", "character", "--registry", reg).exit_code == 0
+    (data / "a.txt").write_text("sarah running")  # a caption edit is a different dataset
+    run3 = make_run(tmp_path / "r3", steps=(700,), dataset_dir=data, items=13)
+    assert invoke("export", run3, "--name", "s", "--kind", "character", "--registry", reg).exit_code == 0
+    vs = json.loads((reg / "index.json").read_text())["models"]["character/default/s"]["versions"]
+    hashes = [v["dataset"]["hash"] for v in vs]
+    assert hashes[0] and hashes[0] == hashes[1] != hashes[2]
+    assert vs[0]["dataset"]["hash_source"].startswith("computed at export")
+    assert vs[0]["dataset"]["path"] == str(data) and vs[0]["variant"] == "standard"
+    notes = next(reg.rglob("*_training_notes.md")).read_text()
+    section_v3 = notes[notes.index("## v3"):notes.index("## v2")]
+    assert "dataset `hash`:" in section_v3 and "dataset `size`: 12 → 13" in section_v3
+    section_v2 = notes[notes.index("## v2"):notes.index("## v1")]
+    assert "No changes in hyperparameters or dataset since v1." in section_v2
+    assert "**profile**: character (standard)" in notes
+
+
+def test_other_ledger_shapes_final_as_a_path_and_plain_train_table(tmp_path):
+    run = tmp_path / "old"
+    p = write_lora(run / "out" / "x.safetensors", metadata={"ss_steps": 500})
+    (run / "run.json").write_text(json.dumps({"id": "old", "task": "t2v-1.3B", "total_steps": 500, "status": "failed",
+                                              "checkpoints": [], "final": "out/x.safetensors"}))
+    (run / "plan.json").write_text(json.dumps({"train": {"learning_rate": 3e-4}, "dataset": {"num_repeats": 2}}))
+    r = invoke("export", run, "--name", "o", "--kind", "domain", "--registry", tmp_path / "reg", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "status 'failed'" in r.stderr  # exporting from a failed run works but says so
+    v = json.loads((tmp_path / "reg" / "index.json").read_text())["models"]["domain/default/o"]["versions"][0]
+    assert v["hyperparameters"] == {"learning_rate": 3e-4} and v["dataset"]["num_repeats"] == 2
+    assert v["source"]["step"] == 500
 
 
 def test_expert_words_in_a_lone_name_are_not_experts_and_expert_overrides(tmp_path):

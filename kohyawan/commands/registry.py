@@ -14,7 +14,7 @@ KINDS = ("character", "style", "motion", "domain")
 
 def _registry_option(f):
     return click.option("--registry", "registry_dir", type=click.Path(file_okay=False), default=None,
-                        help="Registry folder (else kohyawan.toml 'registry' in this folder, else $KOHYAWAN_REGISTRY).")(f)
+                        help="Registry folder (else [kohyawan] registry in ./kohyawan.toml, else $KOHYAWAN_REGISTRY).")(f)
 
 
 def _json_option(f):

@@ -104,7 +104,7 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
         )
     if req.task and settings["task"] and req.task != settings["task"]:
         raise BadInput(f"--task {req.task} contradicts the run, which trained {settings['task']}")
-    if src.run.get("status") not in (None, "done", "succeeded", "success", "finished", "completed"):
+    if src.run.get("status") not in (None, "succeeded"):
         warn(f"run {src.run_id} has status {src.run.get('status')!r}; exporting a checkpoint it saved")
     if settings["dataset"].get("rehearsal"):
         warn("this checkpoint comes from a rehearsal run")
@@ -148,6 +148,7 @@ def _publish(reg, req, key, kind, client, name, folder_rel, prepared, src, setti
     record = {
         "task": task,
         "profile": settings.get("profile"),
+        "variant": settings.get("variant"),
         "expert": "+".join(p["expert"] for p in prepared) if len(prepared) > 1 else prepared[0]["expert"],
         "source": {
             "origin": str(src.origin), "kind": src.kind, "run_id": src.run_id, "choice": req.checkpoint,

@@ -60,7 +60,7 @@ def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> 
     ):
         for key, a, b in diff(old, new):
             out.append(f"- {title} `{key}`: {_val(a)} → {_val(b)}")
-    for key in ("task", "profile", "expert"):
+    for key in ("task", "profile", "variant", "expert"):
         if prev.get(key) != v.get(key):
             out.append(f"- {key}: {_val(prev.get(key))} → {_val(v.get(key))}")
     return out or [f"No changes in hyperparameters or dataset since v{prev['version']}."]
@@ -89,7 +89,8 @@ def _version_section(model: Mapping[str, Any], v: Mapping[str, Any], prev: Mappi
             step += f" of {src['total_steps']} ({100 * src['step'] / src['total_steps']:.0f} %)"
     choice = f", chosen by `{src['choice']}`" if src.get("choice") else ""
     lines.append(f"- **Source**: {where}{step}{choice}")
-    lines.append(f"- **Task**: {v.get('task') or '?'}; **profile**: {v.get('profile') or '?'}; **exported by** {v.get('user')}")
+    profile = (v.get("profile") or "?") + (f" ({v['variant']})" if v.get("variant") else "")
+    lines.append(f"- **Task**: {v.get('task') or '?'}; **profile**: {profile}; **exported by** {v.get('user')}")
     ds = _dataset_view(v)
     if ds:
         lines.append("- **Dataset**: " + ", ".join(f"{k} `{_val(val)}`" for k, val in sorted(ds.items())))

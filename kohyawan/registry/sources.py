@@ -1,7 +1,8 @@
 """Where an export comes from: a kohyawan run folder, a plain musubi-tuner output folder, or one file.
 
-A run folder has ``run.json`` (checkpoints with absolute steps, the final file, total steps) and
-``plan.json`` (resolved settings). A plain musubi output folder has ``{name}-step{N:08d}.safetensors``,
+A run folder has ``run.json`` (the runner's ledger: checkpoints with absolute steps, their ``stage``
+train/train_high/train_low and ``final`` flag, the ``final`` outputs, total steps, expert, rehearsal) and
+``plan.json`` (resolved settings as a ``values`` list of ``train.X`` / ``dataset.X``; steps.items). A plain musubi output folder has ``{name}-step{N:08d}.safetensors``,
 ``{name}-{E:06d}.safetensors`` and ``{name}.safetensors``; their steps come from musubi's own ``ss_steps``
 metadata and the total from ``ss_max_train_steps``. Expert pairs (per-expert runs) are told apart by an
 ``expert`` field in run.json, else ``kohyawan.expert`` metadata, else ``high``/``low`` as a word in the
@@ -122,37 +123,55 @@ def load(path: Path) -> Source:
     return _load_folder(path)
 
 
+_STAGE_EXPERT = {"train_high": "high", "train_low": "low"}
+
+
+def _final_entries(final) -> list[dict]:
+    """run.json ``final``: the runner writes ``{stage, path, step, ..., outputs: [one per train stage]}``;
+    a bare path or a list of such objects is accepted too."""
+    if isinstance(final, str):
+        return [{"path": final}]
+    if isinstance(final, dict):
+        outs = final.get("outputs")
+        return [o for o in outs if isinstance(o, dict)] if isinstance(outs, list) and outs else [final]
+    if isinstance(final, list):
+        return [f if isinstance(f, dict) else {"path": f} for f in final if f]
+    return []
+
+
 def _load_run(folder: Path) -> Source:
     run = _read_json(folder / "run.json")
     plan = _read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
-    run_expert = run.get("expert") or plan.get("expert")
+    run_expert = run.get("expert") or plan.get("expert")  # both | high | low | sequential
     default_expert = run_expert if run_expert in ("high", "low") else "both"
-    items = []
+    entries: dict[str, dict] = {}
     for c in run.get("checkpoints") or []:
-        items.append((c, False))
-    final = run.get("final")
-    for f in final if isinstance(final, list) else [final]:
-        if isinstance(f, str):
-            items.append(({"path": f}, True))
-        elif isinstance(f, dict) and f.get("path"):
-            items.append((f, True))
+        if isinstance(c, dict) and c.get("path"):
+            entries[str(c["path"])] = {**c, "final": bool(c.get("final"))}
+    for f in _final_entries(run.get("final")):
+        if f.get("path"):
+            merged = {**f, **entries.get(str(f["path"]), {})}
+            entries[str(f["path"])] = {**merged, "final": True}
     cks = []
-    for c, is_final in items:
+    for c in entries.values():
         p = Path(c["path"])
         p = p if p.is_absolute() else folder / p
         if not p.is_file():
-            continue  # pruned by --save_last_n_*, or moved: only files that exist can be exported
+            continue  # pruned, or moved: only files that exist can be exported
         meta = lorafile.metadata_of(p)
+        by_name = False
         if c.get("expert") in ("both", "high", "low"):
-            expert, by_name = c["expert"], False
-        elif run_expert in ("both", "high", "low"):  # a one-file or one-expert run: names cannot override it
-            expert, by_name = run_expert, False
+            expert = c["expert"]
+        elif c.get("stage") in _STAGE_EXPERT:
+            expert = _STAGE_EXPERT[c["stage"]]
+        elif run_expert in ("both", "high", "low"):  # one output per stage: names cannot override it
+            expert = run_expert
         else:
             expert, by_name = _expert(p, meta, default_expert)
         step = _int(c.get("step"))
-        if step is None and is_final:
+        if step is None and c["final"]:
             step = _int(run.get("total_steps")) or _int(meta.get("ss_steps"))
-        cks.append(Checkpoint(p, step, _int(c.get("epoch")), _int(c.get("attempt")), expert, is_final, by_name))
+        cks.append(Checkpoint(p, step, _int(c.get("epoch")), _int(c.get("attempt")), expert, c["final"], by_name))
     if not cks:
         raise BadInput(f"{folder}: run.json lists no checkpoint file that exists (the run saved nothing yet?)")
     return Source("run", folder.absolute(), _settle(cks, default_expert), total_steps=_int(run.get("total_steps")),
@@ -214,35 +233,82 @@ def choose(cks: Sequence[Checkpoint], how: str, total: int | None) -> tuple[Chec
     return max(hits, key=lambda c: c.final), f"step {step} as asked"
 
 
+def _plan_sections(plan: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(train, dataset) settings from plan.json: its ``values`` list of ``{key: "train.X", value}``, or
+    plain ``train`` / ``dataset`` objects."""
+    train, dataset = {}, {}
+    values = plan.get("values")
+    if isinstance(values, list):
+        for item in values:
+            key = str(item.get("key", "")) if isinstance(item, dict) else ""
+            section, _, name = key.partition(".")
+            if section == "train" and name:
+                train[name] = item.get("value")
+            elif section == "dataset" and name:
+                dataset[name] = item.get("value")
+    if not train and isinstance(plan.get("train"), dict):
+        train = dict(plan["train"])
+    if not dataset and isinstance(plan.get("dataset"), dict):
+        dataset = dict(plan["dataset"])
+    return train, dataset
+
+
+def dataset_fingerprint(folder: Path) -> str | None:
+    """A cheap identity of a dataset folder: every file's relative path and size, and caption text.
+
+    Used only when the run recorded no dataset hash; it describes the folder as it is at export time.
+    Hidden entries (kohyawan's own state) and .safetensors caches are left out.
+    """
+    import hashlib
+
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.suffix == ".safetensors":
+            continue
+        h.update(f"{rel.as_posix()}\0{p.stat().st_size}\0".encode("utf-8", "surrogateescape"))
+        if p.suffix in (".txt", ".caption", ".jsonl", ".toml"):
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
-    """task, profile, hyperparameters, dataset facts from plan.json/run.json, else the file's metadata."""
+    """task, profile, hyperparameters, dataset facts from run.json/plan.json, else the file's metadata."""
     plan, run = source.plan, source.run
-    spec = plan.get("spec") if isinstance(plan.get("spec"), dict) else {}
 
     def pick(*names):
-        for where in (plan, spec, run):
+        for where in (run, plan):
             for n in names:
                 if where.get(n) not in (None, ""):
                     return where[n]
         return None
 
-    train = pick("train") or {}
+    train, ds_cfg = _plan_sections(plan)
     hyper = {k: v for k, v in train.items() if k not in _PATHISH and not (isinstance(v, str) and "/" in v)}
     if not hyper:
         hyper = {k: _typed(meta[f"ss_{k}"]) for k in _SS_HYPER if meta.get(f"ss_{k}") not in (None, "", "None")}
-    ds_cfg = pick("dataset") or {}
-    dataset = {k: v for k, v in ds_cfg.items() if k not in _PATHISH} if isinstance(ds_cfg, dict) else {}
-    steps = pick("steps") or {}
+    dataset = {k: v for k, v in ds_cfg.items() if k not in _PATHISH}
+    folder = plan.get("dataset") if isinstance(plan.get("dataset"), str) else None
+    if folder:
+        dataset["path"] = folder
+    steps = plan.get("steps") if isinstance(plan.get("steps"), dict) else {}
     dataset["hash"] = pick("dataset_hash") or meta.get(lora_check.META_DATASET_HASH)
-    dataset["size"] = _int(pick("dataset_size") or (steps.get("items") if isinstance(steps, dict) else None)
-                           or meta.get(lora_check.META_DATASET_SIZE) or meta.get("ss_num_train_items"))
+    if dataset["hash"] is None and folder:
+        dataset["hash"] = dataset_fingerprint(Path(folder))
+        if dataset["hash"]:
+            dataset["hash_source"] = "computed at export from the dataset folder"
+    dataset["size"] = _int(pick("dataset_size") or steps.get("items") or meta.get(lora_check.META_DATASET_SIZE)
+                           or meta.get("ss_num_train_items"))
     rehearsal = pick("rehearsal")
     if rehearsal is None and meta.get(lora_check.META_REHEARSAL) is not None:
         rehearsal = meta[lora_check.META_REHEARSAL].lower() == "true"
-    dataset["rehearsal"] = rehearsal
+    dataset["rehearsal"] = bool(rehearsal) if rehearsal is not None else None
     return {
         "task": pick("task") or meta.get(lora_check.META_TASK),
         "profile": pick("profile") or meta.get(lora_check.META_PROFILE),
+        "variant": pick("variant"),
         "hyperparameters": hyper,
         "dataset": dataset,
     }

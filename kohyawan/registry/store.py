@@ -115,6 +115,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _project_registry(cwd: Path) -> Path | None:
+    """``registry`` in the ``[kohyawan]`` table of ./kohyawan.toml (the project settings table, whose keys
+    ``profiles.project_settings`` validates); a relative path is relative to that file's folder."""
     project = cwd / PROJECT_FILE
     if not project.is_file():
         return None
@@ -124,19 +126,18 @@ def _project_registry(cwd: Path) -> Path | None:
         data = tomllib.loads(project.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{project}: not valid TOML ({exc})") from None
-    value = data.get("registry")
-    if isinstance(value, dict):  # a [registry] table with path = "..."
-        value = value.get("path")
+    table = data.get("kohyawan")
+    value = table.get("registry") if isinstance(table, dict) else None
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{project}: 'registry' must be a folder path (a string)")
+        raise ConfigError(f"{project}: [kohyawan] registry must be a folder path (a string)")
     path = Path(value).expanduser()
     return path if path.is_absolute() else (cwd / path)
 
 
 def locate(option: str | os.PathLike | None, *, cwd: Path | None = None) -> Path:
-    """Registry folder: --registry, else kohyawan.toml 'registry' in cwd, else $KOHYAWAN_REGISTRY."""
+    """Registry folder: --registry, else [kohyawan] registry in ./kohyawan.toml, else $KOHYAWAN_REGISTRY."""
     if option:
         return Path(option).expanduser().absolute()
     cwd = cwd or Path.cwd()
@@ -147,7 +148,7 @@ def locate(option: str | os.PathLike | None, *, cwd: Path | None = None) -> Path
     if env:
         return Path(env).expanduser().absolute()
     raise BadInput(
-        f"no registry given: pass --registry DIR, set 'registry = \"DIR\"' in {PROJECT_FILE}, "
+        f"no registry given: pass --registry DIR, set registry = \"DIR\" under [kohyawan] in {PROJECT_FILE}, "
         f"or set {ENV_REGISTRY}"
     )
 
