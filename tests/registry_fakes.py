@@ -8,6 +8,7 @@ shapes per task at a tiny rank. INTEGRATOR: once merged, ``_own_write_lora`` can
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 # task -> (blocks, width, ffn width, Wan 2.1 image cross-attention)
@@ -81,7 +82,8 @@ def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, tas
     run = {"version": 1, "id": run_id, "status": status, "profile": "character", "task": task,
            "total_steps": total, "attempts": [{"n": 1}], "checkpoints": cks,
            "final": {**outputs[-1], "outputs": outputs} if outputs else None,
-           "variant": "standard", "expert": run_expert, "rehearsal": rehearsal}
+           "variant": "standard", "expert": run_expert, "rehearsal": rehearsal,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if dataset_hash:
         run["dataset_hash"] = dataset_hash
     values = [{"key": f"train.{k}", "value": v, "source": "profile:character"} for k, v in sorted(train.items())]

@@ -213,15 +213,19 @@ def test_dataset_identity_without_a_recorded_hash_is_computed_and_diffed(tmp_pat
     (data / "a.txt").write_text("sarah running")  # a caption edit is a different dataset
     run3 = make_run(tmp_path / "r3", steps=(700,), dataset_dir=data, items=13)
     assert invoke("export", run3, "--name", "s", "--kind", "character", "--registry", reg).exit_code == 0
+    future = (data / "a.txt").stat().st_mtime + 30
+    os.utime(data / "a.mp4", (future, future))  # touched after run3 started: no longer its training data
+    assert invoke("export", run3, "--name", "s", "--kind", "character", "--registry", reg).exit_code == 0
     vs = json.loads((reg / "index.json").read_text())["models"]["character/default/s"]["versions"]
     hashes = [v["dataset"]["hash"] for v in vs]
-    assert hashes[0] and hashes[0] == hashes[1] != hashes[2]
+    assert hashes[0] and hashes[0] == hashes[1] != hashes[2] and hashes[3] is None
     assert vs[0]["dataset"]["hash_source"].startswith("computed at export")
+    assert vs[3]["dataset"]["hash_source"] == "unknown: the dataset folder changed after the run started"
     assert vs[0]["dataset"]["path"] == str(data) and vs[0]["variant"] == "standard"
     notes = next(reg.rglob("*_training_notes.md")).read_text()
-    section_v3 = notes[notes.index("## v3"):notes.index("## v2")]
+    section_v3 = notes[notes.index("## v3 "):notes.index("## v2 ")]
     assert "dataset `hash`:" in section_v3 and "dataset `size`: 12 → 13" in section_v3
-    section_v2 = notes[notes.index("## v2"):notes.index("## v1")]
+    section_v2 = notes[notes.index("## v2 "):notes.index("## v1 ")]
     assert "No changes in hyperparameters or dataset since v1." in section_v2
     assert "**profile**: character (standard)" in notes
 
@@ -292,3 +296,13 @@ def test_numpy_casts_match_torch_exactly_including_ties_nan_inf(tmp_path):
             assert torch.equal(got[k][ok], want[ok]), (name, k)
         assert torch.equal(got["i"], torch.arange(5))
         assert lorafile.metadata_of(dst) == {"k": "v", "kohyawan.task": "t"}
+
+
+def test_a_moved_run_folder_still_finds_its_checkpoints(tmp_path):
+    run = make_run(tmp_path / "a" / "r", steps=(700,))
+    moved = tmp_path / "b" / "r"
+    moved.parent.mkdir()
+    run.rename(moved)  # run.json still names /…/a/r/checkpoints/…
+    r = invoke("export", moved, "--name", "m", "--kind", "style", "--registry", tmp_path / "reg", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["files"][0]["checkpoint"] == str(moved / "checkpoints" / "r-step00000700.safetensors")

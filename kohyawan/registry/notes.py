@@ -56,7 +56,9 @@ def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> 
     out = []
     for title, old, new in (
         ("hyperparameter", prev.get("hyperparameters") or {}, v.get("hyperparameters") or {}),
-        ("dataset", _dataset_view(prev), _dataset_view(v)),
+        # hash_source explains a hash; the hash line itself already shows the change
+        ("dataset", {k: x for k, x in _dataset_view(prev).items() if k != "hash_source"},
+         {k: x for k, x in _dataset_view(v).items() if k != "hash_source"}),
     ):
         for key, a, b in diff(old, new):
             out.append(f"- {title} `{key}`: {_val(a)} → {_val(b)}")

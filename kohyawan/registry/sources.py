@@ -139,6 +139,16 @@ def _final_entries(final) -> list[dict]:
     return []
 
 
+def _locate(folder: Path, path: Path) -> Path | None:
+    """A ledger path as written (absolute, or relative to the folder or to where the run was started),
+    else the same name under the run's checkpoints/ folder: a run folder moved or copied to another
+    machine or mount keeps working."""
+    for p in (path, folder / path, folder / "checkpoints" / path.name):
+        if p.is_file():
+            return p.absolute()
+    return None
+
+
 def _load_run(folder: Path) -> Source:
     run = _read_json(folder / "run.json")
     plan = _read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
@@ -154,10 +164,9 @@ def _load_run(folder: Path) -> Source:
             entries[str(f["path"])] = {**merged, "final": True}
     cks = []
     for c in entries.values():
-        p = Path(c["path"])
-        p = p if p.is_absolute() else folder / p
-        if not p.is_file():
-            continue  # pruned, or moved: only files that exist can be exported
+        p = _locate(folder, Path(c["path"]))
+        if p is None:
+            continue  # pruned: only files that exist can be exported
         meta = lorafile.metadata_of(p)
         by_name = False
         if c.get("expert") in ("both", "high", "low"):
@@ -253,25 +262,49 @@ def _plan_sections(plan: Mapping[str, Any]) -> tuple[dict, dict]:
     return train, dataset
 
 
-def dataset_fingerprint(folder: Path) -> str | None:
-    """A cheap identity of a dataset folder: every file's relative path and size, and caption text.
-
-    Used only when the run recorded no dataset hash; it describes the folder as it is at export time.
-    Hidden entries (kohyawan's own state) and .safetensors caches are left out.
-    """
+def dataset_fingerprint(folder: Path) -> tuple[str, float] | None:
+    """A cheap identity of a dataset folder: every file's relative path and size, and caption text;
+    with the newest modification time seen, so a caller can tell whether it still describes the data
+    a run trained on. Hidden entries (kohyawan's own state) and .safetensors caches are left out."""
     import hashlib
 
     if not folder.is_dir():
         return None
     h = hashlib.sha256()
+    newest = 0.0
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.suffix == ".safetensors":
             continue
-        h.update(f"{rel.as_posix()}\0{p.stat().st_size}\0".encode("utf-8", "surrogateescape"))
+        st = p.stat()
+        newest = max(newest, st.st_mtime)
+        h.update(f"{rel.as_posix()}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
         if p.suffix in (".txt", ".caption", ".jsonl", ".toml"):
             h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16], newest
+
+
+def _epoch(iso: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _computed_hash(folder: Path, run: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The fingerprint of the dataset folder now, only if nothing in it changed after the run started."""
+    found = dataset_fingerprint(folder)
+    if found is None:
+        return None, "unknown: the dataset folder is gone"
+    digest, newest = found
+    started = _epoch(run.get("created"))
+    if started is None:
+        return None, "unknown: the run does not say when it started"
+    if newest > started + 1:  # whole-second timestamps in run.json
+        return None, "unknown: the dataset folder changed after the run started"
+    return digest, "computed at export (dataset folder unchanged since the run started)"
 
 
 def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
@@ -296,9 +329,7 @@ def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
     steps = plan.get("steps") if isinstance(plan.get("steps"), dict) else {}
     dataset["hash"] = pick("dataset_hash") or meta.get(lora_check.META_DATASET_HASH)
     if dataset["hash"] is None and folder:
-        dataset["hash"] = dataset_fingerprint(Path(folder))
-        if dataset["hash"]:
-            dataset["hash_source"] = "computed at export from the dataset folder"
+        dataset["hash"], dataset["hash_source"] = _computed_hash(Path(folder), run)
     dataset["size"] = _int(pick("dataset_size") or steps.get("items") or meta.get(lora_check.META_DATASET_SIZE)
                            or meta.get("ss_num_train_items"))
     rehearsal = pick("rehearsal")
