@@ -306,3 +306,24 @@ def test_a_moved_run_folder_still_finds_its_checkpoints(tmp_path):
     r = invoke("export", moved, "--name", "m", "--kind", "style", "--registry", tmp_path / "reg", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["files"][0]["checkpoint"] == str(moved / "checkpoints" / "r-step00000700.safetensors")
+
+
+def test_a_failed_write_leaves_no_temp_files(tmp_path, monkeypatch):
+    from kohyawan.registry import lorafile
+
+    src = write_lora(tmp_path / "in" / "x.safetensors", metadata={"kohyawan.task": "t2v-1.3B"})
+    reg = tmp_path / "reg"
+    assert invoke("export", src, "--name", "a", "--kind", "style", "--registry", reg).exit_code == 0
+    real = lorafile.rewrite_metadata
+
+    def disk_full(s, d, meta):  # a full disk cannot be had here: write half, then fail like ENOSPC does
+        real(s, d, meta)
+        with open(d, "r+b") as f:
+            f.truncate(1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lorafile, "rewrite_metadata", disk_full)
+    with pytest.raises(OSError):
+        invoke("export", src, "--name", "a", "--kind", "style", "--registry", reg)
+    assert not list(reg.rglob(".tmp-*"))
+    assert [v["version"] for v in json.loads((reg / "index.json").read_text())["models"]["style/default/a"]["versions"]] == [1]

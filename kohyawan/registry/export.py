@@ -118,10 +118,11 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
     reg = store.Registry.open(root, create=True)
     folder = reg.root / folder_rel
     folder.mkdir(parents=True, exist_ok=True)
-    prepared = []
+    prepared, temps = [], []
     try:
         for expert, ck, why in picked:
             tmp = store.temp_path(folder, f"export-{expert}.safetensors")
+            temps.append(tmp)
             meta = _metadata(req, settings, task, expert, ck, src, key)
             if req.dtype:
                 lorafile.convert(ck.path, tmp, req.dtype, meta)
@@ -138,8 +139,8 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
             })
         return _publish(reg, req, key, kind, client, name, folder_rel, prepared, src, settings, task, user, today)
     finally:
-        for p in prepared:
-            p["tmp"].unlink(missing_ok=True)
+        for tmp in temps:  # renamed into place on success; on any failure nothing half-written stays
+            tmp.unlink(missing_ok=True)
 
 
 def _publish(reg, req, key, kind, client, name, folder_rel, prepared, src, settings, task, user, today):
