@@ -323,7 +323,7 @@ def test_a_failed_write_leaves_no_temp_files(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(lorafile, "rewrite_metadata", disk_full)
-    with pytest.raises(OSError):
-        invoke("export", src, "--name", "a", "--kind", "style", "--registry", reg)
+    r = invoke("export", src, "--name", "a", "--kind", "style", "--registry", reg)
+    assert r.exit_code == 1 and r.stderr == "error: No space left on device\n"
     assert not list(reg.rglob(".tmp-*"))
     assert [v["version"] for v in json.loads((reg / "index.json").read_text())["models"]["style/default/a"]["versions"]] == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -24,6 +25,20 @@ def _json_option(f):
 def _which_options(f):
     f = click.option("--kind", type=click.Choice(KINDS), default=None, help="Narrow NAME to this kind.")(f)
     return click.option("--client", default=None, help="Narrow NAME to this client.")(f)
+
+
+def _io_errors(f):
+    """A file-system failure (disk full, permission denied, a vanished mount) is one line and exit 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise WorkFailed(f"{where}{exc.strerror or exc}") from None
+
+    return wrapper
 
 
 def _open(registry_dir):
@@ -55,6 +70,7 @@ def _size(n):
               help="Which expert the source trained, when it does not say; or one half of a high/low pair.")
 @_registry_option
 @_json_option
+@_io_errors
 def export(run, name, kind, client, checkpoint, dtype, notes, scores, task, expert, registry_dir, as_json):
     """Publish a checkpoint of RUN as the next version of a model in the registry.
 
@@ -104,6 +120,7 @@ def registry():
 @click.option("--client", default=None)
 @_registry_option
 @_json_option
+@_io_errors
 def list_cmd(kind, client, registry_dir, as_json):
     """List the models in the registry with their current and latest versions.
 
@@ -143,6 +160,7 @@ def list_cmd(kind, client, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def show(name, client, kind, registry_dir, as_json):
     """Show every version of one model: status, date, files, source, scores.
 
@@ -205,6 +223,7 @@ def _change_status(action, name, version, reason, client, kind, registry_dir, as
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def promote(name, version, reason, client, kind, registry_dir, as_json):
     """Make VERSION the current (production) version; the previous current one becomes deprecated.
 
@@ -222,6 +241,7 @@ def promote(name, version, reason, client, kind, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def deprecate(name, version, reason, client, kind, registry_dir, as_json):
     """Mark VERSION deprecated (its files stay in the registry and in the index).
 
@@ -238,6 +258,7 @@ def deprecate(name, version, reason, client, kind, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def rollback(name, reason, client, kind, registry_dir, as_json):
     """Make the previous good version current again; the current one is deprecated and marked rolled back.
 
@@ -266,6 +287,7 @@ def rollback(name, reason, client, kind, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def verify_cmd(name, client, kind, registry_dir, as_json):
     """Check that every recorded file exists with its sha256; exit 1 when one is missing or corrupted.
 
@@ -297,6 +319,7 @@ def verify_cmd(name, client, kind, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def notes_cmd(name, text, version, scores, client, kind, registry_dir, as_json):
     """Print a model's training_notes.md, or add a note or test results to it.
 
@@ -341,6 +364,7 @@ def notes_cmd(name, text, version, scores, client, kind, registry_dir, as_json):
 @_which_options
 @_registry_option
 @_json_option
+@_io_errors
 def deploy_cmd(name, version, comfy_dir, undeploy, client, kind, registry_dir, as_json):
     """Copy a version (default: current) into ComfyUI's models/loras/kohyawan/<kind>/, or take it out.
 
