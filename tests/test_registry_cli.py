@@ -117,6 +117,9 @@ def test_verify_finds_corrupted_and_missing_files(reg):
         f.write(bytes([b[0] ^ 0xFF]))
     files[1].unlink()
     (files[2].parent / "stray.safetensors").write_bytes(b"x")
+    r = invoke("registry", "verify", "--registry", reg, "--quick")
+    assert r.exit_code == 1 and "missing" in r.stdout and "sha256 differs" not in r.stdout
+    assert "4 file(s) checked (presence and size only), 1 problem(s)" in r.stdout
     r = invoke("registry", "verify", "--registry", reg)
     assert r.exit_code == 1
     assert "sha256 differs" in r.stdout and "missing" in r.stdout and "does not know" in r.stdout

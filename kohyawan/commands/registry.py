@@ -284,11 +284,12 @@ def rollback(name, reason, client, kind, registry_dir, as_json):
 
 @registry.command("verify")
 @click.argument("name", required=False)
+@click.option("--quick", is_flag=True, help="Check presence and size only, without hashing.")
 @_which_options
 @_registry_option
 @_json_option
 @_io_errors
-def verify_cmd(name, client, kind, registry_dir, as_json):
+def verify_cmd(name, quick, client, kind, registry_dir, as_json):
     """Check that every recorded file exists with its sha256; exit 1 when one is missing or corrupted.
 
     \b
@@ -297,7 +298,7 @@ def verify_cmd(name, client, kind, registry_dir, as_json):
     """
     from kohyawan.registry.verify import verify
 
-    result = verify(_open(registry_dir), name=name, client=client, kind=kind)
+    result = verify(_open(registry_dir), name=name, client=client, kind=kind, quick=quick)
     if as_json:
         print_json(result)
     else:
@@ -306,7 +307,8 @@ def verify_cmd(name, client, kind, registry_dir, as_json):
             con.print(f"PROBLEM {p['file']}: {p['problem']}")
         for s in result["untracked"]:
             con.print(f"note    {s['file']}: {s['what']}")
-        con.print(f"{result['checked']} file(s) checked, {len(result['problems'])} problem(s)")
+        how = "sha256" if result["hashed"] else "presence and size only"
+        con.print(f"{result['checked']} file(s) checked ({how}), {len(result['problems'])} problem(s)")
     if not result["ok"]:
         raise WorkFailed(f"registry verify found {len(result['problems'])} problem(s)")
 
