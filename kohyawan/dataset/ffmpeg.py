@@ -1,0 +1,62 @@
+"""Finding and running the ffmpeg binary.
+
+The system ffmpeg wins when it is on PATH (users may have a build with more codecs); otherwise the
+static binary that the ``imageio-ffmpeg`` wheel ships (an install requirement, so a fresh
+``pip install kohyawan`` has one). imageio-ffmpeg has no ffprobe, so probing is done with ffmpeg itself
+(see ``probe``). Paths always go to ffmpeg as ``file:`` URLs: a name containing ``:`` would otherwise
+be read as a protocol and a name starting with ``-`` as an option.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from kohyawan.errors import ToolMissing
+
+INSTALL_HINT = (
+    "ffmpeg not found: install it with `pip install imageio-ffmpeg` (a bundled static ffmpeg) "
+    "or your system package manager (e.g. `apt install ffmpeg`), or set KOHYAWAN_FFMPEG to its path"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    explicit = os.environ.get("KOHYAWAN_FFMPEG")
+    if explicit:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise ToolMissing(f"KOHYAWAN_FFMPEG={explicit!r} is not an executable file; {INSTALL_HINT}")
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # imported lazily: it is only needed when there is no system ffmpeg
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # ImportError, or the wheel lacks a binary for this platform
+        exe = None
+    if exe and os.path.isfile(exe):
+        return exe
+    raise ToolMissing(INSTALL_HINT)
+
+
+def url(path: Path | str) -> str:
+    return "file:" + os.fspath(Path(path).absolute())
+
+
+def base_argv() -> list[str]:
+    # -nostdin: ffmpeg must never read the terminal (it would eat the user's keystrokes in a pool).
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y"]
+
+
+def run(args: Sequence[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*base_argv(), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
+def error_tail(stderr: bytes, lines: int = 2) -> str:
+    text = stderr.decode("utf-8", "replace").strip().splitlines()
+    return " | ".join(line.strip() for line in text[-lines:]) or "no message"

@@ -1,0 +1,235 @@
+"""Probe and measure one media file in a single ffmpeg decode.
+
+imageio-ffmpeg ships no ffprobe, and PyAV would add a second, differently built copy of the ffmpeg
+libraries. So one decode with the same ffmpeg that later encodes answers everything: the stream header
+(size, rate, duration) is read from ffmpeg's own input description, and the frame count, decodability and
+every quality measure come from really decoding the frames, through the same ``fps`` filter the encoder
+uses, as self-describing PGM images on a pipe. Only the header needs text parsing, and a header that
+cannot be parsed makes the file ``unreadable`` rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kohyawan.dataset import ffmpeg, quality
+from kohyawan.dataset.settings import Settings
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
+_SIZE = re.compile(r"[ ,](\d{1,5})x(\d{1,5})(?=[ ,\[]|$)")
+_FPS = re.compile(r"([\d.]+) fps")
+_TBR = re.compile(r"([\d.]+)(k?) tbr")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
+
+
+@dataclass
+class Probe:
+    ok: bool
+    error: str = ""
+    width: int = 0                  # display size (after rotation)
+    height: int = 0
+    fps: float = 0.0                # source rate (0 for images)
+    duration: float = 0.0
+    frames: int = 0                 # decoded frames at the target rate (1 for images)
+    sharpness: list = field(default_factory=list)   # per frame, None for flat frames
+    luma: list = field(default_factory=list)        # mean luminance per frame
+    cuts: list = field(default_factory=list)        # histogram distance, step i -> i+1
+    similarity: list = field(default_factory=list)  # structure correlation, step i -> i+1
+    shifts: list = field(default_factory=list)      # (dy, dx) thumbnail px, step i -> i+1
+    dhash: int | None = None
+    notes: list = field(default_factory=list)
+
+
+def read_source(path: Path) -> bytes:
+    """Read a file without touching it: read-only, and without updating atime where permitted."""
+    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:  # O_NOATIME needs ownership of the file
+        fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def parse_header(text: str) -> dict:
+    """Size, rate, duration and rotation of the first video stream from ffmpeg's input description."""
+    text = text.split("Output #0")[0]
+    info: dict = {}
+    match = _DURATION.search(text)
+    if match:
+        h, m, s = match.groups()
+        info["duration"] = int(h) * 3600 + int(m) * 60 + float(s)
+    video = _VIDEO.search(text)
+    if not video:
+        return info
+    desc = video.group(1)
+    size = _SIZE.search(desc)
+    if size:
+        info["width"], info["height"] = int(size.group(1)), int(size.group(2))
+    fps = _FPS.search(desc)
+    tbr = _TBR.search(desc)
+    if fps:
+        info["fps"] = float(fps.group(1))
+    elif tbr:
+        info["fps"] = float(tbr.group(1)) * (1000 if tbr.group(2) else 1)
+    rot = _ROTATION.search(text)
+    if rot and info.get("width"):
+        angle = abs(round(float(rot.group(1) or rot.group(2)))) % 180
+        if angle == 90:
+            info["width"], info["height"] = info["height"], info["width"]
+    return info
+
+
+def scale_short_side(short: int) -> str:
+    # shorter side -> `short` px, aspect kept; measured at training scale (see settings)
+    return (f"scale=w='if(lte(iw,ih),{short},-2)':h='if(lte(iw,ih),-2,{short})'"
+            f":flags=area")
+
+
+def _read_pgm(stream) -> np.ndarray | None:
+    """One binary PGM (P5, maxval 255) from the pipe; None at end of stream."""
+    magic = stream.read(2)
+    if len(magic) < 2:
+        return None
+    if magic != b"P5":
+        raise ValueError("unexpected data from ffmpeg")
+    fields: list[bytes] = []
+    token = b""
+    while len(fields) < 3:
+        ch = stream.read(1)
+        if not ch:
+            return None
+        if ch.isspace():
+            if token:
+                fields.append(token)
+                token = b""
+        else:
+            token += ch
+    width, height, _maxval = (int(f) for f in fields)
+    data = stream.read(width * height)
+    if len(data) < width * height:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width)
+
+
+def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0) -> Probe:
+    """Decode ``path`` once at training scale and target rate; measure every frame."""
+    source: bytes | None = None
+    if kind == "image":
+        # Images go in through a pipe: ffmpeg's image2 demuxer would read '%' in a name as a pattern.
+        source = read_source(path)
+        if not source:
+            return Probe(ok=False, error="zero bytes")
+        inp = ["-i", "pipe:0"]
+        filters = scale_short_side(settings.resolution)
+        limit = ["-frames:v", "1"]
+    else:
+        if path.stat().st_size == 0:
+            return Probe(ok=False, error="zero bytes")
+        inp = ["-i", ffmpeg.url(path)]
+        filters = f"fps={settings.fps:g}," + scale_short_side(settings.resolution)
+        limit = []
+    argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-sn", "-dn",
+            "-vf", filters + ",format=gray", *limit, "-f", "image2pipe", "-c:v", "pgm", "pipe:1"]
+    result = Probe(ok=True)
+    prev_hist = prev_thumb = None
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if source is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=errfile)
+        if source is not None:
+            import threading
+
+            def feed() -> None:
+                try:
+                    proc.stdin.write(source)
+                    proc.stdin.close()
+                except (BrokenPipeError, OSError):
+                    pass
+            threading.Thread(target=feed, daemon=True).start()
+        try:
+            while True:
+                raw = _read_pgm(proc.stdout)
+                if raw is None:
+                    break
+                img = raw.astype(np.float32) * (1.0 / 255.0)
+                result.sharpness.append(quality.sharpness(img))
+                result.luma.append(float(img.mean()))
+                hist = quality.histogram(img)
+                thumb = quality.thumbnail(img) if kind == "video" else None
+                if prev_hist is not None:
+                    result.cuts.append(float(np.abs(hist - prev_hist).sum()))
+                    result.similarity.append(quality.structure_similarity(prev_thumb, thumb))
+                    result.shifts.append(quality.shift_between(prev_thumb, thumb))
+                prev_hist, prev_thumb = hist, thumb
+                if kind == "image":
+                    result.dhash = quality.dhash(img)
+        except ValueError as exc:
+            proc.kill()
+            result.ok, result.error = False, str(exc)
+        finally:
+            proc.stdout.close()
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+        errfile.seek(0)
+        stderr = errfile.read().decode("utf-8", "replace")
+    return _conclude(result, stderr, code, kind, settings.fps)
+
+
+def _conclude(result: Probe, stderr: str, code: int, kind: str, target_fps: float) -> Probe:
+    header = parse_header(stderr)
+    result.frames = len(result.luma)
+    result.width, result.height = header.get("width", 0), header.get("height", 0)
+    result.fps = header.get("fps", 0.0) if kind == "video" else 0.0
+    result.duration = header.get("duration", 0.0) if kind == "video" else 0.0
+    problems = [line.strip() for line in stderr.split("Output #0")[0].splitlines()
+                if re.search(r"error|invalid|corrupt|truncat|incomplete|moov atom not found", line, re.I)]
+    problems += [line.strip() for line in stderr.split("Output #0")[-1].splitlines()
+                 if re.search(r"error|invalid|corrupt|truncat|incomplete", line, re.I)]
+    if not result.ok:
+        return result
+    if code != 0 or result.frames == 0:
+        result.ok = False
+        result.error = problems[-1] if problems else (stderr.strip().splitlines() or ["cannot decode"])[-1]
+    elif not result.width or not result.height:
+        result.ok = False
+        result.error = "no video stream size in the header"
+    elif kind == "image" and problems:
+        result.ok = False
+        result.error = problems[0]
+    elif kind == "video" and problems:
+        # Decoder errors plus a stream that ends well before its header says it should: truncated.
+        expected = result.duration * target_fps
+        if expected and result.frames < 0.9 * expected - 1:
+            result.ok = False
+            result.error = f"truncated: {result.frames} of {expected:.0f} frames decode ({problems[0][:120]})"
+        else:
+            result.notes.append("decoder warnings: " + problems[0][:200])
+    return result
+
+
+def count_frames(path: Path, kind: str, timeout: float = 600.0) -> tuple[int, int, int, str]:
+    """(frames at the file's own rate, width, height, error) by decoding every frame to 8x8 gray."""
+    inp = ["-i", "pipe:0"] if kind == "image" else ["-i", ffmpeg.url(path)]
+    data = read_source(path) if kind == "image" else None
+    argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-vf", "scale=8:8,format=gray",
+            "-f", "rawvideo", "pipe:1"]
+    proc = subprocess.run(argv, input=data, stdin=None if data is not None else subprocess.DEVNULL,
+                          capture_output=True, timeout=timeout)
+    stderr = proc.stderr.decode("utf-8", "replace")
+    header = parse_header(stderr)
+    frames = len(proc.stdout) // 64
+    if proc.returncode != 0 or frames == 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return 0, 0, 0, (lines[-1].strip() if lines else "cannot decode")
+    return frames, header.get("width", 0), header.get("height", 0), ""
