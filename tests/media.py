@@ -39,7 +39,7 @@ def two_scenes(path: Path, *, seconds: float = 2.0, size: str = "160x120", rate:
 def image(path: Path, *, size: str = "160x120", vf: str | None = None, source: str = "testsrc2",
           at: float = 0.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    args = ["-f", "lavfi", "-i", f"{source}=size={size}:rate=25:duration={at + 0.2}", "-ss", str(at)]
+    args = ["-f", "lavfi", "-i", f"{source}=size={size}:rate=25", "-ss", str(at)]
     if vf:
         args += ["-vf", vf]
     fmt = {".jpg": "mjpeg", ".jpeg": "mjpeg", ".webp": "webp", ".bmp": "bmp"}.get(path.suffix.lower(), "png")

@@ -60,3 +60,48 @@ def run(args: Sequence[str], *, timeout: float | None = None) -> subprocess.Comp
 def error_tail(stderr: bytes, lines: int = 2) -> str:
     text = stderr.decode("utf-8", "replace").strip().splitlines()
     return " | ".join(line.strip() for line in text[-lines:]) or "no message"
+
+
+def open_readonly(path: Path | str) -> int:
+    """A read-only descriptor that, where the kernel allows (we own the file), does not update atime."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+    except PermissionError:  # O_NOATIME is refused on files owned by someone else
+        return os.open(path, os.O_RDONLY)
+
+
+@functools.lru_cache(maxsize=1)
+def has_fd_protocol() -> bool:
+    # ffmpeg >= 6 reads (and seeks in) an inherited descriptor through the fd: protocol
+    proc = run(["-protocols"])
+    return any(line.strip() == "fd" for line in proc.stdout.decode("utf-8", "replace").splitlines())
+
+
+class SourceInput:
+    """``-i`` arguments for a source file, plus the stdin to give ffmpeg.
+
+    With the fd: protocol ffmpeg reads through our own O_NOATIME descriptor, so preparing a dataset
+    leaves even the source files' access times alone; older ffmpeg builds get a file: URL.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def __enter__(self) -> "SourceInput":
+        if has_fd_protocol():
+            self.fd = open_readonly(self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @property
+    def args(self) -> list[str]:
+        return ["-i", "fd:" if self.fd is not None else url(self.path)]
+
+    @property
+    def stdin(self):
+        return self.fd if self.fd is not None else subprocess.DEVNULL

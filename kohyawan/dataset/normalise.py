@@ -36,14 +36,14 @@ def image_argv(final: Path, size: tuple[int, int]) -> list[str]:
             ffmpeg.url(partial_name(final))]
 
 
-def video_argv(source: Path, outputs: Sequence[tuple[Path, Piece]], size: tuple[int, int],
+def video_argv(source: list[str], outputs: Sequence[tuple[Path, Piece]], size: tuple[int, int],
                settings: Settings, threads: int = 0) -> list[str]:
     k = len(outputs)
     graph = f"[0:v:0]fps={settings.fps:g},{fit_filter(*size)}"
     graph += f",split={k}" + "".join(f"[s{i}]" for i in range(k)) + ";" if k > 1 else "[s0];"
     graph += ";".join(f"[s{i}]trim=start_frame={p.start}:end_frame={p.start + p.frames},setpts=PTS-STARTPTS[o{i}]"
                       for i, (_, p) in enumerate(outputs))
-    argv = [*ffmpeg.base_argv(), "-v", "error", "-i", ffmpeg.url(source), "-filter_complex", graph]
+    argv = [*ffmpeg.base_argv(), "-v", "error", *source, "-filter_complex", graph]
     for i, (final, piece) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-an", "-sn", "-dn", "-frames:v", str(piece.frames),
                  "-c:v", "libx264", "-preset", settings.preset, "-crf", str(settings.crf),
@@ -74,6 +74,7 @@ def write_clips(source: Path, outputs: Sequence[tuple[Path, Piece]], size: tuple
                 settings: Settings, threads: int = 0) -> None:
     if not outputs:
         return
-    proc = subprocess.run(video_argv(source, outputs, size, settings, threads),
-                          stdin=subprocess.DEVNULL, capture_output=True)
+    with ffmpeg.SourceInput(source) as src_in:
+        proc = subprocess.run(video_argv(src_in.args, outputs, size, settings, threads),
+                              stdin=src_in.stdin, capture_output=True)
     _finish([f for f, _ in outputs], proc, str(source))

@@ -25,35 +25,49 @@ def _check_paths(src: Path, dest: Path) -> None:
         raise DatasetError(f"the source {src} is inside --out {dest}")
 
 
-def _run_pool(jobs: int, tasks: list[tuple[str, Callable, tuple]], progress: Progress, phase: str) -> dict[str, Any]:
-    """Run (label, fn, args) tasks on `jobs` processes (inline for 1); label -> result."""
+class _Pool:
+    """One process pool for both phases, started on first use (spawn: safe beside rich's refresh thread)."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.executor: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn"))
+        return self.executor
+
+    def close(self, cancel: bool = False) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+            self.executor = None
+
+
+def _run_pool(pool: _Pool, tasks: list[tuple[str, Callable, tuple]], progress: Progress, phase: str) -> dict[str, Any]:
+    """Run (label, fn, args) tasks on the pool's processes (inline for 1 job); label -> result."""
     progress.phase(phase, len(tasks))
     results: dict[str, Any] = {}
+    jobs = pool.jobs
     if jobs <= 1 or len(tasks) <= 1:
         for label, fn, args in tasks:
             progress.started(label)
             results[label] = fn(*args)
             progress.finished(label, results[label].get("error", "") if isinstance(results[label], dict) else "")
         return results
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
-    try:
-        pending: dict[Future, str] = {}
-        queue = list(tasks)
-        while queue or pending:
-            while queue and len(pending) < jobs * 2:
-                label, fn, args = queue.pop(0)
-                pending[pool.submit(fn, *args)] = label
-                if len(pending) <= jobs:
-                    progress.started(label)
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                label = pending.pop(fut)
-                results[label] = fut.result()
-                progress.finished(label, results[label].get("error", "") if isinstance(results[label], dict) else "")
-        pool.shutdown()
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise Interrupted("interrupted: finished outputs are kept, partial ones are ignored and redone next run")
+    executor = pool.get()
+    pending: dict[Future, str] = {}
+    queue = list(tasks)
+    while queue or pending:
+        # keep exactly `jobs` tasks in flight so "running" on the progress bar is the truth
+        while queue and len(pending) < jobs:
+            label, fn, args = queue.pop(0)
+            pending[executor.submit(fn, *args)] = label
+            progress.started(label)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            label = pending.pop(fut)
+            results[label] = fut.result()
+            progress.finished(label, results[label].get("error", "") if isinstance(results[label], dict) else "")
     return results
 
 
@@ -91,13 +105,21 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
             entries[source.rel]["probe"] = prev["probe"]
         else:
             to_probe.append((source.rel, probe_job, (str(source.path), source.kind, settings)))
-    with progress:
-        for rel, result in _run_pool(jobs, to_probe, progress, "probing").items():
-            entries[rel]["probe"] = result
-        items, work = _decide(dest, settings, sources, entries, old)
-        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-        tasks = [(rel, encode_job, (path, kind, outs, size, settings, threads)) for rel, path, kind, outs, size in work]
-        failures = _run_pool(jobs, tasks, progress, "encoding")
+    pool = _Pool(jobs)
+    try:
+        with progress:
+            for rel, result in _run_pool(pool, to_probe, progress, "probing").items():
+                entries[rel]["probe"] = result
+            items, work = _decide(dest, settings, sources, entries, old)
+            # x264 threads: all cores for one job; shared out when several encoders run at once
+            threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+            tasks = [(rel, encode_job, (path, kind, outs, size, settings, threads))
+                     for rel, path, kind, outs, size in work]
+            failures = _run_pool(pool, tasks, progress, "encoding")
+        pool.close()
+    except KeyboardInterrupt:
+        pool.close(cancel=True)
+        raise Interrupted("interrupted: finished outputs are kept; partial ones are ignored and redone next run")
     by_rel = {item["source"]: item for item in items}
     for rel, result in failures.items():
         if result.get("error"):

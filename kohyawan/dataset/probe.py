@@ -50,12 +50,7 @@ class Probe:
 
 def read_source(path: Path) -> bytes:
     """Read a file without touching it: read-only, and without updating atime where permitted."""
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-    try:
-        fd = os.open(path, flags)
-    except PermissionError:  # O_NOATIME needs ownership of the file
-        fd = os.open(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as handle:
+    with os.fdopen(ffmpeg.open_readonly(path), "rb") as handle:
         return handle.read()
 
 
@@ -134,15 +129,21 @@ def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0) 
     else:
         if path.stat().st_size == 0:
             return Probe(ok=False, error="zero bytes")
-        inp = ["-i", ffmpeg.url(path)]
+        inp = None
         filters = f"fps={settings.fps:g}," + scale_short_side(settings.resolution)
         limit = []
+    with ffmpeg.SourceInput(path) as src_in:
+        return _decode(src_in.args if inp is None else inp, src_in.stdin, source, kind, filters, limit,
+                       settings, timeout)
+
+
+def _decode(inp, stdin, source, kind, filters, limit, settings, timeout) -> Probe:
     argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-sn", "-dn",
             "-vf", filters + ",format=gray", *limit, "-f", "image2pipe", "-c:v", "pgm", "pipe:1"]
     result = Probe(ok=True)
     prev_hist = prev_thumb = None
     with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if source is not None else subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if source is not None else stdin,
                                 stdout=subprocess.PIPE, stderr=errfile)
         if source is not None:
             import threading
@@ -220,12 +221,15 @@ def _conclude(result: Probe, stderr: str, code: int, kind: str, target_fps: floa
 
 def count_frames(path: Path, kind: str, timeout: float = 600.0) -> tuple[int, int, int, str]:
     """(frames at the file's own rate, width, height, error) by decoding every frame to 8x8 gray."""
-    inp = ["-i", "pipe:0"] if kind == "image" else ["-i", ffmpeg.url(path)]
-    data = read_source(path) if kind == "image" else None
-    argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-vf", "scale=8:8,format=gray",
-            "-f", "rawvideo", "pipe:1"]
-    proc = subprocess.run(argv, input=data, stdin=None if data is not None else subprocess.DEVNULL,
-                          capture_output=True, timeout=timeout)
+    with ffmpeg.SourceInput(path) as src_in:
+        inp = ["-i", "pipe:0"] if kind == "image" else src_in.args
+        data = read_source(path) if kind == "image" else None
+        argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-vf", "scale=8:8,format=gray",
+                "-f", "rawvideo", "pipe:1"]
+        if data is not None:
+            proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
+        else:
+            proc = subprocess.run(argv, stdin=src_in.stdin, capture_output=True, timeout=timeout)
     stderr = proc.stderr.decode("utf-8", "replace")
     header = parse_header(stderr)
     frames = len(proc.stdout) // 64

@@ -52,12 +52,30 @@ def _caption_for(src: Path, path: Path) -> Path | None:
     return None
 
 
+def _walk(top: Path):
+    """os.walk without touching access times: each folder is listed through an O_NOATIME descriptor."""
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as listing:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    finally:
+        os.close(fd)
+    dirs = sorted(name for name, is_dir in entries if is_dir)
+    files = sorted(name for name, is_dir in entries if not is_dir)
+    yield top, dirs, files
+    for name in dirs:
+        if not name.startswith("."):
+            yield from _walk(top / name)
+
+
 def scan(src: Path) -> tuple[list[Source], list[str]]:
     """Media sources (sorted by relative path) and the relative paths of files that were ignored."""
     sources: list[Source] = []
     ignored: list[str] = []
-    for root, dirs, files in os.walk(src, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, files in _walk(src):
         base = Path(root)
         for name in sorted(files):
             if name.startswith("."):
