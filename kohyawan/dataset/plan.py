@@ -69,11 +69,10 @@ def split_segment(start: int, end: int, lengths: tuple[int, ...]) -> tuple[list[
 def judge_clip(probe: dict, piece: Piece, settings: Settings) -> tuple[str, str] | None:
     """The reason a clip must be dropped (code, detail), or None."""
     a, b = piece.start, piece.start + piece.frames
-    scores = [s for s in probe["sharpness"][a:b]]
-    measured = [s for s in scores if s is not None]
-    soft = [s for s in measured if s < settings.blur_threshold]
-    if measured and len(soft) > settings.blurry_frame_share * len(scores):
-        return "blurry", f"{len(soft)} of {len(scores)} frames below sharpness {settings.blur_threshold:g}"
+    scores = [s for i, s in probe["sharpness"] if a <= i < b]
+    soft = [s for s in scores if s is not None and s < settings.blur_threshold]
+    if scores and len(soft) > settings.blurry_frame_share * len(scores):
+        return "blurry", f"{len(soft)} of {len(scores)} sampled frames below sharpness {settings.blur_threshold:g}"
     luma = probe["luma"][a:b]
     swing = max(luma) - min(luma)
     if swing > settings.lighting_change:
@@ -128,7 +127,7 @@ def decide_video(probe: dict, settings: Settings) -> Decision:
 
 def decide_image(probe: dict, settings: Settings) -> Decision:
     decision = Decision()
-    score = probe["sharpness"][0] if probe["sharpness"] else None
+    score = probe["sharpness"][0][1] if probe["sharpness"] else None
     if score is not None and score < settings.blur_threshold:
         decision.drop("blurry", f"sharpness {score:.4f} below {settings.blur_threshold:g}")
     return decision
@@ -137,7 +136,7 @@ def decide_image(probe: dict, settings: Settings) -> Decision:
 def quality_rank(item: dict) -> tuple:
     """Which of two near-duplicates to keep: more pixels, then sharper, then the earlier path."""
     probe = item["probe"]
-    sharp = (probe.get("sharpness") or [None])[0] or 0.0
+    sharp = (probe.get("sharpness") or [[0, None]])[0][1] or 0.0
     return (-(probe["width"] * probe["height"]), -sharp, item["rel"])
 
 

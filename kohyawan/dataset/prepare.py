@@ -124,7 +124,7 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
     for rel, result in failures.items():
         if result.get("error"):
             item = by_rel[rel]
-            item.update(status="dropped", outputs=[])
+            item.update(status="dropped", outputs=[], clips=[])
             item["reasons"] = ["unreadable"]
             item["notes"].append("unreadable: " + result["error"])
     _write_captions_and_prune(dest, items, entries, old)
@@ -186,7 +186,9 @@ def _decide(dest: Path, settings: Settings, sources, entries, old):
                       "reasons": decision.reasons, "notes": decision.notes, "outputs": entry["outputs"],
                       "width": probe.get("width", 0), "height": probe.get("height", 0),
                       "fps": probe.get("fps", 0.0), "frames": probe.get("frames", 0) if source.kind == "video" else 1,
-                      "duration": probe.get("duration", 0.0), "output_size": list(size) if outs else None})
+                      "duration": probe.get("duration", 0.0), "output_size": list(size) if outs else None,
+                      "clips": [{"output": o, "start": start, "frames": n} for o, start, n in outs
+                                if source.kind == "video"]})
     return items, work
 
 

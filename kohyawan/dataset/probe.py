@@ -27,6 +27,9 @@ _VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
 _SIZE = re.compile(r"[ ,](\d{1,5})x(\d{1,5})(?=[ ,\[]|$)")
 _FPS = re.compile(r"([\d.]+) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
+# Sharpness is measured on every other frame: "blurry" is a verdict on most frames of a clip, and the
+# Laplacian at training scale is the costliest measure (this keeps the probe pass well under the encode).
+SHARP_STEP = 2
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
 
 
@@ -39,7 +42,7 @@ class Probe:
     fps: float = 0.0                # source rate (0 for images)
     duration: float = 0.0
     frames: int = 0                 # decoded frames at the target rate (1 for images)
-    sharpness: list = field(default_factory=list)   # per frame, None for flat frames
+    sharpness: list = field(default_factory=list)   # [frame, score or None (flat)] every SHARP_STEP frames
     luma: list = field(default_factory=list)        # mean luminance per frame
     cuts: list = field(default_factory=list)        # histogram distance, step i -> i+1
     similarity: list = field(default_factory=list)  # structure correlation, step i -> i+1
@@ -160,18 +163,25 @@ def _decode(inp, stdin, source, kind, filters, limit, settings, timeout) -> Prob
                 raw = _read_pgm(proc.stdout)
                 if raw is None:
                     break
-                img = raw.astype(np.float32) * (1.0 / 255.0)
-                result.sharpness.append(quality.sharpness(img))
-                result.luma.append(float(img.mean()))
-                hist = quality.histogram(img)
-                thumb = quality.thumbnail(img) if kind == "video" else None
+                index = len(result.luma)
+                if index % SHARP_STEP == 0:
+                    result.sharpness.append([index, quality.sharpness(raw)])
+                if kind == "video":
+                    # brightness, histogram and motion from the 128 px thumbnail: cheap, and exact enough
+                    thumb = quality.thumbnail(raw)
+                    result.luma.append(float(thumb.mean()))
+                    hist = quality.histogram(thumb)
+                else:
+                    thumb = None
+                    result.luma.append(float(raw.mean()) * (1.0 / 255.0))
+                    hist = quality.histogram(raw)
                 if prev_hist is not None:
                     result.cuts.append(float(np.abs(hist - prev_hist).sum()))
                     result.similarity.append(quality.structure_similarity(prev_thumb, thumb))
                     result.shifts.append(quality.shift_between(prev_thumb, thumb))
                 prev_hist, prev_thumb = hist, thumb
                 if kind == "image":
-                    result.dhash = quality.dhash(img)
+                    result.dhash = quality.dhash(raw)
         except ValueError as exc:
             proc.kill()
             result.ok, result.error = False, str(exc)

@@ -20,24 +20,41 @@ def area_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def sharpness(img: np.ndarray) -> float | None:
-    """var(Laplacian) / var(image): contrast-free high-frequency share; None for a flat frame."""
+    """var(Laplacian) / var(image): contrast-free high-frequency share; None for a flat frame.
+
+    Takes float (0..1) or uint8 frames; the ratio does not depend on the scale of the values.
+    """
     if img.shape[0] < 3 or img.shape[1] < 3:
         return None
-    spread = float(img.var())
-    if spread < 1e-4:  # black or uniform frame: neither sharp nor blurry (fades handle those)
+    work = img.astype(np.int16) if img.dtype == np.uint8 else img  # int16: exact and fast for 8-bit frames
+    spread = float(work.var())
+    unit = 255.0 ** 2 if img.dtype == np.uint8 else 1.0
+    if spread < 1e-4 * unit:  # black or uniform frame: neither sharp nor blurry (fades handle those)
         return None
-    lap = (img[1:-1, :-2] + img[1:-1, 2:] + img[:-2, 1:-1] + img[2:, 1:-1]) - 4.0 * img[1:-1, 1:-1]
+    lap = (work[1:-1, :-2] + work[1:-1, 2:] + work[:-2, 1:-1] + work[2:, 1:-1]) - 4 * work[1:-1, 1:-1]
     return float(lap.var()) / spread
 
 
 def histogram(img: np.ndarray) -> np.ndarray:
-    hist, _ = np.histogram(img, bins=HIST_BINS, range=(0.0, 1.0))
+    if img.dtype == np.uint8:
+        hist = np.bincount((img >> 3).ravel(), minlength=HIST_BINS)  # 256 / 32 levels per bin
+    else:
+        hist, _ = np.histogram(img, bins=HIST_BINS, range=(0.0, 1.0))
     return hist.astype(np.float32) / max(1, img.size)
+
+
+def block_mean(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fast box downscale by whole blocks (the few edge pixels that do not fill a block are left out)."""
+    by, bx = max(1, img.shape[0] // height), max(1, img.shape[1] // width)
+    if img.shape[0] < height or img.shape[1] < width:
+        return area_resize(img.astype(np.float32), height, width)
+    cropped = img[: by * height, : bx * width]
+    return cropped.reshape(height, by, width, bx).mean(axis=(1, 3), dtype=np.float32)
 
 
 def dhash(img: np.ndarray) -> int:
     """64-bit difference hash: sign of horizontal gradients on a 9x8 box-filtered thumbnail."""
-    small = area_resize(img, 8, 9)
+    small = area_resize(img.astype(np.float32), 8, 9)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
 
@@ -47,7 +64,8 @@ def hamming(a: int, b: int) -> int:
 
 
 def thumbnail(img: np.ndarray) -> np.ndarray:
-    return area_resize(img, THUMB, THUMB).astype(np.float32)
+    thumb = block_mean(img, THUMB, THUMB)
+    return thumb * (1.0 / 255.0) if img.dtype == np.uint8 else thumb
 
 
 _WINDOW = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
