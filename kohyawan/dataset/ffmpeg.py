@@ -105,3 +105,9 @@ class SourceInput:
     @property
     def stdin(self):
         return self.fd if self.fd is not None else subprocess.DEVNULL
+
+
+def passthrough_timing() -> list[str]:
+    """Output option: pass frames as they come (no duplicates to fill the gaps a select filter leaves)."""
+    # -fps_mode arrived in ffmpeg 5.1 (fd: in 6.0); older builds only know -vsync
+    return ["-fps_mode", "passthrough"] if has_fd_protocol() else ["-vsync", "passthrough"]

@@ -27,9 +27,10 @@ _VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
 _SIZE = re.compile(r"[ ,](\d{1,5})x(\d{1,5})(?=[ ,\[]|$)")
 _FPS = re.compile(r"([\d.]+) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
-# Sharpness is measured on every other frame: "blurry" is a verdict on most frames of a clip, and the
-# Laplacian at training scale is the costliest measure (this keeps the probe pass well under the encode).
-SHARP_STEP = 2
+# Sharpness is measured on every 4th frame: "blurry" is a verdict on most frames of a clip (still 4-6
+# samples in a 17-25 frame clip), and decoding plus the Laplacian at training scale is the costliest part
+# of the probe pass; everything else is measured on 128 px thumbnails of every frame.
+SHARP_STEP = 4
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
 
 
@@ -119,69 +120,73 @@ def _read_pgm(stream) -> np.ndarray | None:
 
 
 def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0) -> Probe:
-    """Decode ``path`` once at training scale and target rate; measure every frame."""
-    source: bytes | None = None
+    """Decode ``path`` once at the target rate and measure it (see the module doc)."""
     if kind == "image":
         # Images go in through a pipe: ffmpeg's image2 demuxer would read '%' in a name as a pattern.
         source = read_source(path)
         if not source:
             return Probe(ok=False, error="zero bytes")
-        inp = ["-i", "pipe:0"]
-        filters = scale_short_side(settings.resolution)
-        limit = ["-frames:v", "1"]
-    else:
-        if path.stat().st_size == 0:
-            return Probe(ok=False, error="zero bytes")
-        inp = None
-        filters = f"fps={settings.fps:g}," + scale_short_side(settings.resolution)
-        limit = []
+        argv = [*ffmpeg.base_argv(), "-nostats", "-i", "pipe:0", "-map", "0:v:0",
+                "-vf", scale_short_side(settings.resolution) + ",format=gray", "-frames:v", "1",
+                "-f", "image2pipe", "-c:v", "pgm", "pipe:1"]
+        return _run_probe(argv, source, None, kind, settings, timeout)
+    if path.stat().st_size == 0:
+        return Probe(ok=False, error="zero bytes")
+    # Two outputs from one decode: every frame as a small fixed thumbnail (brightness, cuts, motion),
+    # and every SHARP_STEP-th frame at training scale (sharpness), on its own pipe.
+    graph = (f"[0:v:0]fps={settings.fps:g},split=2[t][s];"
+             f"[t]scale={quality.THUMB}:{quality.THUMB}:flags=area,format=gray[thumb];"
+             f"[s]select='not(mod(n,{SHARP_STEP}))',{scale_short_side(settings.resolution)},format=gray[sharp]")
     with ffmpeg.SourceInput(path) as src_in:
-        return _decode(src_in.args if inp is None else inp, src_in.stdin, source, kind, filters, limit,
-                       settings, timeout)
+        argv = [*ffmpeg.base_argv(), "-nostats", *src_in.args, "-filter_complex", graph,
+                "-map", "[thumb]", "-f", "image2pipe", "-c:v", "pgm", "pipe:1",
+                "-map", "[sharp]", *ffmpeg.passthrough_timing(), "-f", "image2pipe", "-c:v", "pgm", "pipe:3"]
+        return _run_probe(argv, None, src_in.stdin, kind, settings, timeout)
 
 
-def _decode(inp, stdin, source, kind, filters, limit, settings, timeout) -> Probe:
-    argv = [*ffmpeg.base_argv(), "-nostats", *inp, "-map", "0:v:0", "-an", "-sn", "-dn",
-            "-vf", filters + ",format=gray", *limit, "-f", "image2pipe", "-c:v", "pgm", "pipe:1"]
+def _run_probe(argv, source: bytes | None, stdin, kind: str, settings: Settings, timeout: float) -> Probe:
+    import threading
+
     result = Probe(ok=True)
-    prev_hist = prev_thumb = None
+    sharp_read = sharp_write = None
+    if kind == "video":
+        sharp_read, sharp_write = os.pipe()
+        # ffmpeg writes "pipe:3": the write end must be fd 3 in the child
+        os.set_inheritable(sharp_write, True)
     with tempfile.TemporaryFile() as errfile:
+        preexec = None
+        if sharp_write is not None:
+            def preexec(fd=sharp_write):  # runs in the child before exec
+                os.dup2(fd, 3)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if source is not None else stdin,
-                                stdout=subprocess.PIPE, stderr=errfile)
+                                stdout=subprocess.PIPE, stderr=errfile, preexec_fn=preexec,
+                                close_fds=sharp_write is None, pass_fds=())
+        threads = []
         if source is not None:
-            import threading
-
             def feed() -> None:
                 try:
                     proc.stdin.write(source)
                     proc.stdin.close()
                 except (BrokenPipeError, OSError):
                     pass
-            threading.Thread(target=feed, daemon=True).start()
+            threads.append(threading.Thread(target=feed, daemon=True))
+        if sharp_read is not None:
+            os.close(sharp_write)
+
+            def sharp_reader() -> None:
+                with os.fdopen(sharp_read, "rb") as stream:
+                    index = 0
+                    while True:
+                        raw = _read_pgm(stream)
+                        if raw is None:
+                            return
+                        result.sharpness.append([index * SHARP_STEP, quality.sharpness(raw)])
+                        index += 1
+            threads.append(threading.Thread(target=sharp_reader, daemon=True))
+        for thread in threads:
+            thread.start()
         try:
-            while True:
-                raw = _read_pgm(proc.stdout)
-                if raw is None:
-                    break
-                index = len(result.luma)
-                if index % SHARP_STEP == 0:
-                    result.sharpness.append([index, quality.sharpness(raw)])
-                if kind == "video":
-                    # brightness, histogram and motion from the 128 px thumbnail: cheap, and exact enough
-                    thumb = quality.thumbnail(raw)
-                    result.luma.append(float(thumb.mean()))
-                    hist = quality.histogram(thumb)
-                else:
-                    thumb = None
-                    result.luma.append(float(raw.mean()) * (1.0 / 255.0))
-                    hist = quality.histogram(raw)
-                if prev_hist is not None:
-                    result.cuts.append(float(np.abs(hist - prev_hist).sum()))
-                    result.similarity.append(quality.structure_similarity(prev_thumb, thumb))
-                    result.shifts.append(quality.shift_between(prev_thumb, thumb))
-                prev_hist, prev_thumb = hist, thumb
-                if kind == "image":
-                    result.dhash = quality.dhash(raw)
+            _read_main(proc.stdout, kind, result)
         except ValueError as exc:
             proc.kill()
             result.ok, result.error = False, str(exc)
@@ -192,9 +197,33 @@ def _decode(inp, stdin, source, kind, filters, limit, settings, timeout) -> Prob
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
+            for thread in threads:
+                thread.join(timeout=60)
         errfile.seek(0)
         stderr = errfile.read().decode("utf-8", "replace")
     return _conclude(result, stderr, code, kind, settings.fps)
+
+
+def _read_main(stream, kind: str, result: Probe) -> None:
+    prev_hist = prev_spectrum = prev_thumb = None
+    while True:
+        raw = _read_pgm(stream)
+        if raw is None:
+            return
+        if kind == "image":
+            result.sharpness.append([0, quality.sharpness(raw)])
+            result.luma.append(float(raw.mean()) * (1.0 / 255.0))
+            result.dhash = quality.dhash(raw)
+            continue
+        thumb = raw.astype(np.float32) * (1.0 / 255.0)
+        hist = quality.histogram(raw)
+        spectrum = quality.spectrum(thumb)
+        result.luma.append(float(thumb.mean()))
+        if prev_hist is not None:
+            result.cuts.append(float(np.abs(hist - prev_hist).sum()))
+            result.similarity.append(quality.structure_similarity(prev_thumb, thumb))
+            result.shifts.append(quality.shift_from_spectra(prev_spectrum, spectrum))
+        prev_hist, prev_spectrum, prev_thumb = hist, spectrum, thumb
 
 
 def _conclude(result: Probe, stderr: str, code: int, kind: str, target_fps: float) -> Probe:

@@ -71,13 +71,20 @@ def thumbnail(img: np.ndarray) -> np.ndarray:
 _WINDOW = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
 
 
+def spectrum(thumb: np.ndarray) -> np.ndarray:
+    """Windowed FFT of a THUMB x THUMB thumbnail, computed once per frame and reused for both steps."""
+    return np.fft.rfft2((thumb - thumb.mean()) * _WINDOW)
+
+
 def shift_between(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Global translation (dy, dx) from a to b in thumbnail pixels, by phase correlation."""
-    fa = np.fft.fft2((a - a.mean()) * _WINDOW)
-    fb = np.fft.fft2((b - b.mean()) * _WINDOW)
+    return shift_from_spectra(spectrum(a), spectrum(b))
+
+
+def shift_from_spectra(fa: np.ndarray, fb: np.ndarray) -> tuple[float, float]:
     cross = fb * np.conj(fa)
     cross /= np.maximum(np.abs(cross), 1e-9)
-    corr = np.fft.ifft2(cross).real
+    corr = np.fft.irfft2(cross, s=(THUMB, THUMB))
     py, px = np.unravel_index(int(np.argmax(corr)), corr.shape)
 
     def refine(idx: int, axis: int) -> float:
