@@ -31,7 +31,7 @@ from kohyawan.dataset.prepare import prepare  # noqa: E402
 from tests import media  # noqa: E402
 
 
-def timed(fn):
+def _unused_timed(fn):
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
@@ -50,14 +50,47 @@ def plain_ffmpeg(src: Path, dest: Path, report: dict, settings, threads: int = 0
         subprocess.run(argv, check=True, capture_output=True, stdin=subprocess.DEVNULL)
 
 
+def run_variant(variant: str, root: Path, resolution: int) -> None:
+    """One measured variant, in its own process (so its CPU time can be read with wait4)."""
+    settings = settings_from({"resolution": resolution})
+    src = root / "src"
+    if variant == "plain":
+        report = json.loads((root / "plan.json").read_text())
+        plain_ffmpeg(src, root / "plain", report, settings)
+    elif variant in ("j1", "j2"):
+        dest = root / variant
+        shutil.rmtree(dest, ignore_errors=True)
+        prepare(src, dest, settings, jobs=int(variant[1]))
+    elif variant == "rerun":
+        prepare(src, root / "plan", settings, jobs=1)
+
+
+def measure(variant: str, root: Path, resolution: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process tree) for one variant."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--variant", variant, "--root", str(root),
+                             "--resolution", str(resolution)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"variant {variant} failed")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--size", default="960x540")
     parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per variant, interleaved; the best is kept")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variant:
+        run_variant(args.variant, Path(args.root), args.resolution)
+        return
     root = Path(tempfile.mkdtemp(prefix="kohyawan-bench-"))
     try:
         src = root / "src"
@@ -65,21 +98,30 @@ def main() -> None:
             media.video(src / f"v{i}.mp4", size=args.size, seconds=args.seconds, rate=30)
             (src / f"v{i}.txt").write_text(f"test pattern {i}")
         settings = settings_from({"resolution": args.resolution})
-        t1, report = timed(lambda: prepare(src, root / "j1", settings, jobs=1))
-        t2, _ = timed(lambda: prepare(src, root / "j2", settings, jobs=2))
-        trerun, _ = timed(lambda: prepare(src, root / "j1", settings, jobs=1))
-        tplain, _ = timed(lambda: plain_ffmpeg(src, root / "plain", report, settings))
+        report = prepare(src, root / "plan", settings, jobs=1)  # the clip plan plain ffmpeg re-runs
+        (root / "plan.json").write_text(json.dumps(report))
+        names = {"plain": "plain ffmpeg", "j1": "prepare --jobs 1", "j2": "prepare --jobs 2",
+                 "rerun": "rerun (unchanged)"}
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(args.repeat):
+            for variant in names:
+                wall, cpu = measure(variant, root, args.resolution)
+                old = best.get(variant)
+                best[variant] = (min(wall, old[0]) if old else wall, min(cpu, old[1]) if old else cpu)
         clips = report["summary"]["clips"]
         seconds = args.videos * args.seconds
-        rows = {"plain ffmpeg": tplain, "prepare --jobs 1": t1, "prepare --jobs 2": t2, "rerun (unchanged)": trerun}
-        print(f"ffmpeg: {ffmpeg.ffmpeg_exe()}  cpus: {os.cpu_count()}")
+        print(f"ffmpeg: {ffmpeg.ffmpeg_exe()}  cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}")
         print(f"sources: {args.videos} x {args.seconds:g} s {args.size} 30 fps H.264 -> {clips} clips "
-              f"at {args.resolution}px {settings.fps:g} fps, crf {settings.crf} {settings.preset}")
-        for name, t in rows.items():
-            print(f"{name:20s} {t:7.2f} s  {clips / t:7.2f} clips/s  {seconds / t:7.2f} source-s/s")
-        print(f"overhead of prepare --jobs 1 over plain ffmpeg: {100 * (t1 / tplain - 1):+.1f} %")
-        print(f"speed-up --jobs 2 over --jobs 1: {t1 / t2:.2f}x")
-        print(json.dumps({k: round(v, 3) for k, v in rows.items()}))
+              f"at {args.resolution}px {settings.fps:g} fps, crf {settings.crf} {settings.preset}; best of {args.repeat}")
+        for variant, name in names.items():
+            wall, cpu = best[variant]
+            print(f"{name:20s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  {clips / wall:7.2f} clips/s  "
+                  f"{seconds / wall:7.2f} source-s/s")
+        (pw, pc), (w1, c1), (w2, _c2) = best["plain"], best["j1"], best["j2"]
+        print(f"overhead of prepare --jobs 1 over plain ffmpeg: wall {100 * (w1 / pw - 1):+.1f} %, "
+              f"cpu {100 * (c1 / pc - 1):+.1f} %")
+        print(f"speed-up --jobs 2 over --jobs 1 (wall): {w1 / w2:.2f}x")
+        print(json.dumps({v: {"wall": round(w, 3), "cpu": round(c, 3)} for v, (w, c) in best.items()}))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -60,6 +60,7 @@ class Progress:
     def _refresh(self) -> None:
         if self._bar is not None:
             shown = ", ".join(self._running[:3]) + (" ..." if len(self._running) > 3 else "")
+            shown = shown.replace("\n", "\\n")  # a newline in a file name must not break the bar
             self._bar.update(self._task, running=shown)
 
     def _line(self, text: str) -> None:
