@@ -318,3 +318,22 @@ def test_missing_ffmpeg_says_how_to_get_it(tmp_path, kohyawan_argv):
     proc = subprocess.run([*kohyawan_argv, "dataset", "prepare", str(src), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "pip install imageio-ffmpeg" in proc.stderr and "apt install ffmpeg" in proc.stderr
+
+
+def test_keep_aspect_writes_bucketable_sizes(source, tmp_path):
+    src = tmp_path / "wide"
+    src.mkdir()
+    shutil.copy(source / "videos" / "long.mp4", src / "wide.mp4")
+    (src / "wide.txt").write_text("wide")
+    media.image(src / "tall.png", size="90x160")
+    (src / "tall.txt").write_text("tall")
+    dest = tmp_path / "out"
+    report = prepare(src, dest, settings_from({"resolution": RES, "keep_aspect": True}), jobs=1)
+    sizes = {i["source"]: tuple(i["output_size"]) for i in report["items"]}
+    assert sizes == {"wide.mp4": (64, 48), "tall.png": (48, 80)}
+    for item in report["items"]:
+        for out in item["outputs"]:
+            _, width, height, error = count_frames(dest / out, "video" if out.endswith(".mp4") else "image")
+            assert not error and (width, height) == sizes[item["source"]]
+    assert tomllib.loads((dest / "dataset.toml").read_text())["general"]["enable_bucket"] is True
+    assert check_dataset(dest).ok

@@ -33,14 +33,25 @@ class Decision:
 
 
 def output_size(width: int, height: int, settings: Settings) -> tuple[int, int]:
-    """Output frame size: square by default; with keep_aspect, the source aspect at about R*R pixels."""
+    """Output frame size: square by default; with keep_aspect, the source aspect at about R*R pixels.
+
+    Sides are multiples of 16 (the trainer's bucket step); among sizes of at most R*R pixels and at least
+    70 % of that, the one closest to the source aspect wins (then the larger one).
+    """
     r = settings.resolution
     if not settings.keep_aspect or not width or not height:
         return r, r
     aspect = width / height
-    out_w = max(16, round((r * r * aspect) ** 0.5 / 16) * 16)
-    out_h = max(16, round((r * r / aspect) ** 0.5 / 16) * 16)
-    return out_w, out_h
+    best = None
+    for w in range(16, 4 * r + 1, 16):
+        h = max(16, round(w / aspect / 16) * 16)
+        area = w * h
+        if area > r * r or area < 0.7 * r * r:
+            continue
+        key = (abs(w / h - aspect) / aspect, -area)
+        if best is None or key < best[0]:
+            best = (key, (w, h))
+    return best[1] if best else (r, r)
 
 
 def segments(n_frames: int, cut_scores: list[float], threshold: float,
