@@ -118,3 +118,11 @@ def test_sharpness_and_hash_measures():
     b = np.roll(a, 3, axis=1)
     dy, dx = quality.shift_between(a, b)
     assert abs(dx - 3) < 0.5 and abs(dy) < 0.5
+
+
+def test_duplicates_keep_the_bigger_then_lossless_copy():
+    def item(rel, w, sharp, h=0xF0F0F0F0F0F0F0F0):
+        return {"rel": rel, "probe": {"width": w, "height": w, "sharpness": [[0, sharp]], "dhash": h}}
+    images = [item("a.jpg", 640, 0.5), item("b.png", 640, 0.3), item("c.png", 320, 0.9),
+              item("d.png", 640, 0.3, h=0x0F0F0F0F0F0F0F0F)]
+    assert plan.find_duplicates(images, 4) == {"a.jpg": "b.png", "c.png": "b.png"}

@@ -144,11 +144,16 @@ def decide_image(probe: dict, settings: Settings) -> Decision:
     return decision
 
 
+LOSSLESS = (".png", ".bmp")
+
+
 def quality_rank(item: dict) -> tuple:
-    """Which of two near-duplicates to keep: more pixels, then sharper, then the earlier path."""
+    """Which of two near-duplicates to keep: more pixels, then a lossless file, then sharper, then the
+    earlier path. Lossless before sharper: JPEG block artefacts raise the Laplacian of a copy."""
     probe = item["probe"]
     sharp = (probe.get("sharpness") or [[0, None]])[0][1] or 0.0
-    return (-(probe["width"] * probe["height"]), -sharp, item["rel"])
+    lossy = not item["rel"].lower().endswith(LOSSLESS)
+    return (-(probe["width"] * probe["height"]), lossy, -sharp, item["rel"])
 
 
 def find_duplicates(images: list[dict], max_bits: int) -> dict[str, str]:
