@@ -337,3 +337,17 @@ def test_keep_aspect_writes_bucketable_sizes(source, tmp_path):
             assert not error and (width, height) == sizes[item["source"]]
     assert tomllib.loads((dest / "dataset.toml").read_text())["general"]["enable_bucket"] is True
     assert check_dataset(dest).ok
+
+
+def test_lost_output_is_rebuilt_from_the_source(prepared, source, tmp_path):
+    # the probe result is reused from the manifest, so this encode decodes the source itself
+    # (the other runs hand the probe pass's normalised frames to the encoder)
+    dest = tmp_path / "lost"
+    shutil.copytree(prepared["dest"], dest)
+    item = _item(prepared["report"], "videos/long.mp4")
+    lost = dest / item["outputs"][1]
+    lost.unlink()
+    report = prepare(source, dest, prepared["settings"], jobs=1, profile="character")
+    assert _item(report, "videos/long.mp4")["outputs"] == item["outputs"]
+    assert count_frames(lost, "video")[:3] == (25, RES, RES)
+    assert not (dest / ".kohyawan" / "scratch").exists()  # scratch frames never outlive a run

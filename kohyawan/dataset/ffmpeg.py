@@ -111,3 +111,16 @@ def passthrough_timing() -> list[str]:
     """Output option: pass frames as they come (no duplicates to fill the gaps a select filter leaves)."""
     # -fps_mode arrived in ffmpeg 5.1 (fd: in 6.0); older builds only know -vsync
     return ["-fps_mode", "passthrough"] if has_fd_protocol() else ["-vsync", "passthrough"]
+
+
+def fit_filter(width: int, height: int) -> str:
+    # cover the target box, then centre-crop; lanczos keeps detail when downscaling
+    return (f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=lanczos,"
+            f"crop={width}:{height},setsar=1")
+
+
+def header(path: Path | str) -> str:
+    """ffmpeg's description of an input (no decoding): stderr of `ffmpeg -i` with no output."""
+    with SourceInput(path) as src_in:
+        proc = subprocess.run([*base_argv(), *src_in.args], stdin=src_in.stdin, capture_output=True)
+    return proc.stderr.decode("utf-8", "replace")

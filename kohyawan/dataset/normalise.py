@@ -20,10 +20,13 @@ from kohyawan.dataset.settings import Settings
 from kohyawan.errors import WorkFailed
 
 
-def fit_filter(width: int, height: int) -> str:
-    # cover the target box, then centre-crop; lanczos keeps detail when downscaling
-    return (f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=lanczos,"
-            f"crop={width}:{height},setsar=1")
+fit_filter = ffmpeg.fit_filter
+
+
+def intermediate_input(path: Path, size: tuple[int, int], settings: Settings) -> list[str]:
+    """-i arguments for the probe pass's normalised raw frames (already at the target rate and size)."""
+    return ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{size[0]}x{size[1]}",
+            "-framerate", f"{settings.fps:g}", "-i", ffmpeg.url(path)]
 
 
 def partial_name(final: Path) -> Path:
@@ -37,9 +40,10 @@ def image_argv(final: Path, size: tuple[int, int]) -> list[str]:
 
 
 def video_argv(source: list[str], outputs: Sequence[tuple[Path, Piece]], size: tuple[int, int],
-               settings: Settings, threads: int = 0) -> list[str]:
+               settings: Settings, threads: int = 0, prepared: bool = False) -> list[str]:
+    """One decode, every clip. `prepared`: the input is already normalised raw frames."""
     k = len(outputs)
-    graph = f"[0:v:0]fps={settings.fps:g},{fit_filter(*size)}"
+    graph = "[0:v:0]null" if prepared else f"[0:v:0]fps={settings.fps:g},{fit_filter(*size)}"
     graph += f",split={k}" + "".join(f"[s{i}]" for i in range(k)) + ";" if k > 1 else "[s0];"
     graph += ";".join(f"[s{i}]trim=start_frame={p.start}:end_frame={p.start + p.frames},setpts=PTS-STARTPTS[o{i}]"
                       for i, (_, p) in enumerate(outputs))
@@ -71,8 +75,13 @@ def write_image(source: Path, final: Path, size: tuple[int, int]) -> None:
 
 
 def write_clips(source: Path, outputs: Sequence[tuple[Path, Piece]], size: tuple[int, int],
-                settings: Settings, threads: int = 0) -> None:
+                settings: Settings, threads: int = 0, intermediate: Path | None = None) -> None:
     if not outputs:
+        return
+    if intermediate is not None and intermediate.is_file():
+        proc = subprocess.run(video_argv(intermediate_input(intermediate, size, settings), outputs, size, settings,
+                                         threads, prepared=True), stdin=subprocess.DEVNULL, capture_output=True)
+        _finish([f for f, _ in outputs], proc, str(source))
         return
     with ffmpeg.SourceInput(source) as src_in:
         proc = subprocess.run(video_argv(src_in.args, outputs, size, settings, threads),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
@@ -71,7 +72,12 @@ def _run_pool(pool: _Pool, tasks: list[tuple[str, Callable, tuple]], progress: P
     return results
 
 
+SCRATCH = "scratch"  # DEST/.kohyawan/scratch: normalised frames handed from the probe to the encode pass
+
+
 def _clean_partials(dest: Path) -> None:
+    shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)
+    (dest / layout.STATE / SCRATCH).mkdir(parents=True, exist_ok=True)
     for sub in (layout.IMAGES, layout.VIDEOS):
         folder = dest / sub
         if folder.is_dir():
@@ -104,20 +110,26 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
         if prev and prev.get("fingerprint") == fp and "probe" in prev:
             entries[source.rel]["probe"] = prev["probe"]
         else:
-            to_probe.append((source.rel, probe_job, (str(source.path), source.kind, settings)))
+            scratch = dest / layout.STATE / SCRATCH / (layout.safe_stem(source.rel) + ".yuv")
+            to_probe.append((source.rel, probe_job, (str(source.path), source.kind, settings, str(scratch))))
     pool = _Pool(jobs)
     try:
         with progress:
+            intermediates: dict[str, str] = {}
             for rel, result in _run_pool(pool, to_probe, progress, "probing").items():
+                if result.get("intermediate"):
+                    intermediates[rel] = result["intermediate"]
+                result.pop("intermediate", None)  # scratch files never outlive this run
                 entries[rel]["probe"] = result
             items, work = _decide(dest, settings, sources, entries, old)
             # x264 threads: all cores for one job; shared out when several encoders run at once
             threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-            tasks = [(rel, encode_job, (path, kind, outs, size, settings, threads))
+            tasks = [(rel, encode_job, (path, kind, outs, size, settings, threads, intermediates.pop(rel, None)))
                      for rel, path, kind, outs, size in work]
             failures = _run_pool(pool, tasks, progress, "encoding")
         pool.close()
     except KeyboardInterrupt:
+        shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)
         pool.close(cancel=True)
         raise Interrupted("interrupted: finished outputs are kept; partial ones are ignored and redone next run")
     by_rel = {item["source"]: item for item in items}
@@ -127,6 +139,7 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
             item.update(status="dropped", outputs=[], clips=[])
             item["reasons"] = ["unreadable"]
             item["notes"].append("unreadable: " + result["error"])
+    shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)  # sources dropped after probing
     _write_captions_and_prune(dest, items, entries, old)
     return _finish(src, dest, settings, profile, items, entries, ignored)
 

@@ -119,8 +119,25 @@ def _read_pgm(stream) -> np.ndarray | None:
     return np.frombuffer(data, dtype=np.uint8).reshape(height, width)
 
 
-def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0) -> Probe:
-    """Decode ``path`` once at the target rate and measure it (see the module doc)."""
+# Largest normalised-frames file the probe pass may leave for the encode pass (raw yuv420p).
+INTERMEDIATE_LIMIT = 2 << 30
+
+
+def intermediate_fits(path: Path, settings: Settings) -> bool:
+    """Whether the normalised frames of this source stay under INTERMEDIATE_LIMIT (header facts only)."""
+    info = parse_header(ffmpeg.header(path))
+    frames = info.get("duration", 0.0) * settings.fps + 2
+    side = settings.resolution
+    return bool(info.get("duration")) and frames * side * side * 1.5 < INTERMEDIATE_LIMIT
+
+
+def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0,
+            intermediate: Path | None = None) -> Probe:
+    """Decode ``path`` once at the target rate and measure it (see the module doc).
+
+    With ``intermediate`` (videos, square output), the same decode also writes the normalised frames
+    there as raw yuv420p, so the encode pass does not decode and scale the source a second time.
+    """
     if kind == "image":
         # Images go in through a pipe: ffmpeg's image2 demuxer would read '%' in a name as a pattern.
         source = read_source(path)
@@ -134,13 +151,20 @@ def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0) 
         return Probe(ok=False, error="zero bytes")
     # Two outputs from one decode: every frame as a small fixed thumbnail (brightness, cuts, motion),
     # and every SHARP_STEP-th frame at training scale (sharpness), on its own pipe.
-    graph = (f"[0:v:0]fps={settings.fps:g},split=2[t][s];"
+    r = settings.resolution
+    branches = 3 if intermediate is not None else 2
+    graph = (f"[0:v:0]fps={settings.fps:g},split={branches}[t][s]" + ("[n]" if intermediate else "") + ";"
              f"[t]scale={quality.THUMB}:{quality.THUMB}:flags=area,format=gray[thumb];"
-             f"[s]select='not(mod(n,{SHARP_STEP}))',{scale_short_side(settings.resolution)},format=gray[sharp]")
+             f"[s]select='not(mod(n,{SHARP_STEP}))',{scale_short_side(r)},format=gray[sharp]")
+    norm_out: list[str] = []
+    if intermediate is not None:
+        graph += f";[n]{ffmpeg.fit_filter(r, r)},format=yuv420p[norm]"
+        norm_out = ["-map", "[norm]", "-f", "rawvideo", ffmpeg.url(intermediate)]
     with ffmpeg.SourceInput(path) as src_in:
         argv = [*ffmpeg.base_argv(), "-nostats", *src_in.args, "-filter_complex", graph,
                 "-map", "[thumb]", "-f", "image2pipe", "-c:v", "pgm", "pipe:1",
-                "-map", "[sharp]", *ffmpeg.passthrough_timing(), "-f", "image2pipe", "-c:v", "pgm", "pipe:3"]
+                "-map", "[sharp]", *ffmpeg.passthrough_timing(), "-f", "image2pipe", "-c:v", "pgm", "pipe:3",
+                *norm_out]
         return _run_probe(argv, None, src_in.stdin, kind, settings, timeout)
 
 
