@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kohyawan.errors import BadInput, WorkFailed
+from kohyawan.errors import BadInput, DatasetError, WorkFailed
 
 
 def _profile_overrides(profile: str | None) -> dict:
@@ -104,7 +104,12 @@ def prepare(src, dest, profile, resolution, keep_aspect, fps, frames, trigger, s
             raise BadInput(f"--frames wants comma-separated numbers, got {frames!r}") from None
     overrides.update({k: v for k, v in cli.items() if v is not None})
     settings = settings_from(overrides)
-    report = run_prepare(src, dest, settings, jobs=jobs, profile=profile, progress=Progress(enabled=True))
+    try:
+        report = run_prepare(src, dest, settings, jobs=jobs, profile=profile, progress=Progress(enabled=True))
+    except PermissionError as exc:
+        raise DatasetError(f"permission denied: {exc.filename or exc}") from None
+    except OSError as exc:  # a full disk, a vanished folder: one line, not a traceback
+        raise WorkFailed(f"dataset prepare failed: {exc.strerror or exc}: {exc.filename or ''}") from None
     if as_json:
         print_json(report)
     else:

@@ -19,6 +19,8 @@ from kohyawan.errors import DatasetError, Interrupted
 def _check_paths(src: Path, dest: Path) -> None:
     if not src.is_dir():
         raise DatasetError(f"source folder {src} does not exist or is not a folder")
+    if dest.exists() and not dest.is_dir():
+        raise DatasetError(f"--out {dest} exists and is not a folder")
     s, d = src.resolve(), dest.resolve()
     if d == s or s in d.parents:
         raise DatasetError(f"--out {dest} is inside the source {src}; the source is never written to")
