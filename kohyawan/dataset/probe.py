@@ -152,13 +152,19 @@ def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0,
     # Two outputs from one decode: every frame as a small fixed thumbnail (brightness, cuts, motion),
     # and every SHARP_STEP-th frame at training scale (sharpness), on its own pipe.
     r = settings.resolution
+    if settings.keep_aspect:
+        # the model sees (nearly) the whole frame: measure the whole frame, shorter side at training size
+        base, sharp_scale = f"fps={settings.fps:g}", "," + scale_short_side(r)
+    else:
+        # square mode: measure exactly the centre crop the model will see, already at training size
+        base, sharp_scale = f"fps={settings.fps:g},{ffmpeg.fit_filter(r, r)}", ""
     branches = 3 if intermediate is not None else 2
-    graph = (f"[0:v:0]fps={settings.fps:g},split={branches}[t][s]" + ("[n]" if intermediate else "") + ";"
+    graph = (f"[0:v:0]{base},split={branches}[t][s]" + ("[n]" if intermediate else "") + ";"
              f"[t]scale={quality.THUMB}:{quality.THUMB}:flags=area,format=gray[thumb];"
-             f"[s]select='not(mod(n,{SHARP_STEP}))',{scale_short_side(r)},format=gray[sharp]")
+             f"[s]select='not(mod(n,{SHARP_STEP}))'{sharp_scale},format=gray[sharp]")
     norm_out: list[str] = []
     if intermediate is not None:
-        graph += f";[n]{ffmpeg.fit_filter(r, r)},format=yuv420p[norm]"
+        graph += ";[n]format=yuv420p[norm]"
         norm_out = ["-map", "[norm]", "-f", "rawvideo", ffmpeg.url(intermediate)]
     with ffmpeg.SourceInput(path) as src_in:
         argv = [*ffmpeg.base_argv(), "-nostats", *src_in.args, "-filter_complex", graph,
