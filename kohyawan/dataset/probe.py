@@ -4,8 +4,9 @@ imageio-ffmpeg ships no ffprobe, and PyAV would add a second, differently built 
 libraries. So one decode with the same ffmpeg that later encodes answers everything: the stream header
 (size, rate, duration) is read from ffmpeg's own input description, and the frame count, decodability and
 every quality measure come from really decoding the frames, through the same ``fps`` filter the encoder
-uses, as self-describing PGM images on a pipe. Only the header needs text parsing, and a header that
-cannot be parsed makes the file ``unreadable`` rather than guessed at.
+uses, as self-describing PGM images on pipes. Only the header needs text parsing, and a header that
+cannot be parsed makes the file ``unreadable`` rather than guessed at. In square mode the frames measured
+are the very centre crops the encoder gets, and the same decode can hand them to it (``intermediate``).
 """
 
 from __future__ import annotations

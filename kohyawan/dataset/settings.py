@@ -1,8 +1,9 @@
 """Default dataset-prep settings and thresholds, overridable from a profile's ``[prepare]`` section.
 
-Every quality threshold is measured on frames scaled so that their shorter side equals the training
-resolution: blur or shake that vanishes when the trainer downsamples cannot hurt training, and a threshold
-stated at one fixed scale stays meaningful whatever the source resolution is.
+Every quality threshold is measured on what the model will see: in square mode the centre crop at the
+training resolution, with --keep-aspect the whole frame with its shorter side at the training resolution.
+Blur or shake that vanishes when the trainer downsamples cannot hurt training, and a threshold stated at
+one fixed scale stays meaningful whatever the source resolution is.
 """
 
 from __future__ import annotations
