@@ -1,6 +1,6 @@
 """Throughput of `dataset prepare` against the same ffmpeg encodes run directly.
 
-    PYTHONPATH=. python benchmarks/dataset_bench.py [--videos 4] [--seconds 12] [--size 960x540]
+    PYTHONPATH=. python benchmarks/dataset_bench.py [--videos 4] [--seconds 8] [--size 960x540] [--repeat 2]
 
 Makes synthetic sources (testsrc2, 30 fps, H.264), then times:
   plain ffmpeg   the exact encode commands prepare runs (one per source: fps, scale, crop, split into clips),
@@ -29,12 +29,6 @@ from kohyawan.dataset import ffmpeg, normalise, settings_from  # noqa: E402
 from kohyawan.dataset.plan import Piece  # noqa: E402
 from kohyawan.dataset.prepare import prepare  # noqa: E402
 from tests import media  # noqa: E402
-
-
-def _unused_timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def plain_ffmpeg(src: Path, dest: Path, report: dict, settings, threads: int = 0) -> None:
