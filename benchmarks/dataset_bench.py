@@ -3,8 +3,8 @@
     PYTHONPATH=. python benchmarks/dataset_bench.py [--videos 4] [--seconds 8] [--size 960x540] [--repeat 2]
 
 Makes synthetic sources (testsrc2, 30 fps, H.264), then times:
-  plain ffmpeg   the exact encode commands prepare runs (one per source: fps, scale, crop, split into clips),
-                 one after another, with the clip plan taken from prepare's own report;
+  plain ffmpeg   the encode command prepare runs when it decodes a source itself (one per source: fps,
+                 scale, crop, split into clips), one after another, with prepare's own clip plan;
   prepare -j1    kohyawan's prepare with one job (probe + quality pass + the same encodes + bookkeeping);
   prepare -j2    the same with two processes;
   rerun          prepare again over an unchanged source (incremental: nothing re-encoded).
