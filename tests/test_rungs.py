@@ -59,7 +59,7 @@ def test_unknown_rung_in_a_profile_is_refused():
 def test_fewer_frames_follows_the_extraction_mode():
     head = profiles.resolve("character", sets=["target_frames=[81]"])
     rung = next(r for r in rungs.vram_rungs(head) if r.name == "fewer_frames")
-    assert rung.changes == {"dataset.target_frames": [37]}
+    assert rung.changes == {"dataset.target_frames": [41]}
     full = profiles.resolve("motion")
     rung = next(r for r in rungs.vram_rungs(full) if r.name == "fewer_frames")
-    assert rung.changes == {"dataset.max_frames": 13}
+    assert rung.changes == {"dataset.max_frames": 17}
