@@ -13,17 +13,9 @@ def _profile_overrides(profile: str | None) -> dict:
     """[prepare] thresholds and [profile] min sizes of a profile, when the core's resolver is present."""
     if not profile:
         return {}
-    try:
-        from kohyawan import profiles  # the core's resolver; absent in early builds
-    except ImportError:
-        return {}
-    try:
-        spec = profiles.resolve(profile)
-    except Exception as exc:  # an unknown user profile name is still fine: built-in size table applies
-        if type(exc).__name__ in {"ConfigError", "BadInput"} and profile not in {"character", "style", "motion", "domain"}:
-            raise
-        return {}
-    extra = getattr(spec, "extra", {}) or {}
+    from kohyawan import profiles
+
+    extra = profiles.resolve(profile).extra
     overrides = dict(extra.get("prepare", {}) or {})
     sizes = extra.get("profile", {}) or {}
     for key in ("min_images", "min_clips"):
