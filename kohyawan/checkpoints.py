@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kohyawan.errors import BadInput
-from kohyawan.lora.inspect import info_from_header
+from kohyawan.lora.inspect import guess_expert, info_from_header
 from kohyawan.lora.io import LoraFileError, read_header, sha256_file
 
 CANDIDATE_WINDOW = (0.60, 0.80)
@@ -66,8 +66,8 @@ def list_checkpoints(run_or_dir: Path, *, effect: bool = True) -> list[Checkpoin
     losses = _read_losses(root / "metrics.jsonl")
     if losses:
         _loss_trends(infos, losses)
-    # the final file of an output name sorts after its numbered checkpoints
-    return sorted(infos, key=lambda i: (i.expert or "", i.name, i.final, i.step or 0, i.epoch or 0, i.path))
+    # per expert, by absolute step; a final file sorts after the numbered checkpoints
+    return sorted(infos, key=lambda i: (i.expert or "", i.final, i.step or 0, i.epoch or 0, i.path))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -104,7 +104,8 @@ def _describe(path: Path, extra: dict, with_effect: bool) -> tuple[CheckpointInf
         name, epoch, final = m["name"], int(m["epoch"]), False
     if not path.exists():
         return CheckpointInfo(str(path), name, extra.get("step", step), extra.get("epoch", epoch), extra.get("attempt"),
-                              final, 0, None, None, None, "", None, None, flags=["missing"]), None
+                              final, 0, None, None, None, "", guess_expert({}, path.name), None,
+                              flags=["missing"]), None
     try:
         header = read_header(path)
         info = info_from_header(header)
@@ -179,7 +180,7 @@ def _read_losses(path: Path) -> dict[int, float]:
 def _loss_trends(infos: list[CheckpointInfo], losses: dict[int, float]) -> None:
     for group in _by_name(infos).values():
         prev_step, prev_loss = 0, None
-        for ck in sorted((i for i in group if i.step is not None), key=lambda i: i.step):
+        for ck in sorted((i for i in group if i.step is not None and "missing" not in i.flags), key=lambda i: i.step):
             window = [v for s, v in losses.items() if prev_step < s <= ck.step]
             if window:
                 ck.loss = round(sum(window) / len(window), 6)
