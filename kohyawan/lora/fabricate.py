@@ -59,5 +59,10 @@ def write_lora(path: Path, *, task: str = "t2v-A14B", rank: int = 4, alpha: floa
 
     meta = musubi_metadata(task, rank, alpha, path.stem)
     meta.update(metadata or {})
-    write_stream(path, specs, meta, produce)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small tensors: see tensors.opened
+    try:
+        write_stream(path, specs, meta, produce)
+    finally:
+        torch.set_num_threads(threads)
     return path
