@@ -20,8 +20,21 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 op, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+peak_anon = [0]
+
+def sample():
+    # ru_maxrss also counts the pages of memory-mapped files (safetensors reads through mmap): those are
+    # page cache the kernel can drop. RssAnon is the memory the process really owns.
+    while True:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
+        time.sleep(0.02)
+
+threading.Thread(target=sample, daemon=True).start()
 t0 = time.perf_counter()
 import torch, safetensors.torch  # imported in every child so the figures compare like with like
 t_import = time.perf_counter() - t0
@@ -43,6 +56,9 @@ elif op == "convert-bf16":
 elif op.startswith("resize-"):
     from kohyawan.lora.resize import resize_file
     resize_file(src, dst, rank=int(op.split("-")[1]))
+elif op == "sha256":
+    from kohyawan.lora.io import sha256_file
+    sha256_file(src)
 elif op == "inspect":
     from kohyawan.lora.inspect import read_info
     read_info(src)
@@ -51,10 +67,11 @@ elif op == "effect":
     measure_file(src)
 wall = time.perf_counter() - t0
 print(json.dumps({"op": op, "seconds": round(wall, 2), "import_seconds": round(t_import, 2),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "peak_anon_mb": round(peak_anon[0] / 1024, 1)}))
 """
 
-OPS = ("import", "load+save", "inspect", "effect", "convert-comfy", "convert-bf16", "resize")
+OPS = ("import", "load+save", "sha256", "inspect", "effect", "convert-comfy", "convert-bf16", "resize")
 
 
 def measure(op: str, src: Path, dst: Path) -> dict:
@@ -93,9 +110,11 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"{args.task} LoRA, rank {args.rank}, {args.dtype}: {size_mb:.0f} MB (written in {made:.1f} s)")
-    print(f"{'operation':<14} {'seconds':>8} {'peak RSS MB':>12}   (torch import: its own row, included in RSS)")
+    print(f"{'operation':<14} {'seconds':>8} {'peak RSS MB':>12} {'peak anon MB':>13}")
     for r in rows:
-        print(f"{r['op']:<14} {r['seconds']:>8.2f} {r['peak_rss_mb']:>12.1f}")
+        print(f"{r['op']:<14} {r['seconds']:>8.2f} {r['peak_rss_mb']:>12.1f} {r['peak_anon_mb']:>13.1f}")
+    print("seconds exclude the torch import; RSS includes it and the mmapped file pages, anon does not count "
+          "file pages")
 
 
 if __name__ == "__main__":

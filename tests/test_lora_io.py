@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from kohyawan.lora.io import LoraFileError, OutSpec, read_header, write_stream
+from kohyawan.lora.io import _umask, LoraFileError, OutSpec, read_header, write_stream
 from kohyawan.lora.tensors import to_bytes
 
 
@@ -40,6 +40,7 @@ def test_stream_writer_matches_the_library_byte_for_byte(tmp_path):
     out = tmp_path / "x.safetensors"
     write_stream(out, specs, meta, lambda s: to_bytes(tensors[s.name], s.dtype), musubi_hashes=False)
     assert out.read_bytes() == save(tensors, meta)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
     loaded = load_file(out)
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
 

@@ -13,8 +13,7 @@ import click
 from kohyawan.console import print_json
 from kohyawan.errors import BadInput
 
-TASK_CHOICES = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B",
-                "t2v-1.3B-FC", "t2v-14B-FC", "i2v-14B-FC")
+from kohyawan.lora.keys import TASKS as TASK_CHOICES  # pure data, no torch
 _DTYPES = click.Choice(["bf16", "fp16", "fp32"])
 
 

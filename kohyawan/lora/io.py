@@ -219,6 +219,7 @@ def write_stream(path: Path, specs: Iterable[OutSpec], metadata: Mapping[str, st
                 fh.write(value)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a LoRA is shared like any file the user saves
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -226,6 +227,12 @@ def write_stream(path: Path, specs: Iterable[OutSpec], metadata: Mapping[str, st
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def data_hash(header: Header) -> str:
