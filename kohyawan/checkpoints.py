@@ -85,7 +85,8 @@ def _from_ledger(root: Path, ledger: dict) -> list[tuple[Path, dict]]:
         path = Path(c["path"])
         if not path.is_absolute():
             path = root / path
-        found.append((path, {"step": c.get("step"), "epoch": c.get("epoch"), "attempt": c.get("attempt")}))
+        found.append((path, {"step": c.get("step"), "epoch": c.get("epoch"), "attempt": c.get("attempt"),
+                             "sha256": c.get("sha256")}))
     return found
 
 
@@ -118,6 +119,8 @@ def _describe(path: Path, extra: dict, with_effect: bool) -> tuple[CheckpointInf
     epoch = extra.get("epoch") if extra.get("epoch") is not None else (epoch if epoch is not None else _int(meta.get("ss_epoch")))
     ck = CheckpointInfo(str(path), name, step, epoch, extra.get("attempt"), final, header.file_bytes, info.dtype,
                         info.rank, info.alpha, sha256_file(path), info.expert, info.task)
+    if extra.get("sha256") and extra["sha256"] != ck.sha256:
+        ck.flags.append("sha256 differs from run.json: the file changed or is corrupted")
     if info.size_ok is False:
         ck.flags.append(f"size does not match rank: {info.bytes / 1e6:.1f} MB, a full rank-{info.rank} {info.dtype} "
                         f"LoRA for {info.model} is {info.expected_bytes / 1e6:.1f} MB (partial or padded file)")

@@ -81,3 +81,13 @@ def test_empty_and_missing_folders(tmp_path):
         list_checkpoints(tmp_path)
     with pytest.raises(BadInput, match="not a folder"):
         list_checkpoints(tmp_path / "nope")
+
+
+def test_ledger_sha256_mismatch_is_flagged(tmp_path):
+    path = _ckpt(tmp_path, "x-step00000007.safetensors", step=7)
+    ledger = {"version": 1, "total_steps": 10, "checkpoints": [
+        {"path": path.name, "step": 7, "epoch": None, "attempt": 1, "sha256": "0" * 64}]}
+    (tmp_path / "run.json").write_text(json.dumps(ledger))
+    (item,) = list_checkpoints(tmp_path, effect=False)
+    assert item.flags == ["sha256 differs from run.json: the file changed or is corrupted"]
+    assert item.effect is None and item.candidate

@@ -58,7 +58,7 @@ def info_from_header(header: Header) -> LoraInfo:
             path = K.module_path(target)
             if path:
                 paths.append(path)
-    alphas = sorted({_alpha_value(header, k) for k in header.tensors if k.endswith(".alpha")} - {None})
+    alphas = sorted(set(_alpha_values(header)) - {None})
     dtypes = Counter(e.dtype for e in header.tensors.values() if not e.name.endswith(".alpha"))
     dtype = SHORT_DTYPE.get(next(iter(dtypes)), next(iter(dtypes)).lower()) if len(dtypes) == 1 else "mixed"
     namings = {K.family_of(k) for k in header.tensors}
@@ -85,25 +85,25 @@ def info_from_header(header: Header) -> LoraInfo:
     )
 
 
-def _alpha_value(header: Header, key: str) -> float | None:
-    """A scalar alpha read straight from the file bytes (fp32/fp16/bf16), without torch."""
+def _alpha_values(header: Header) -> list[float | None]:
+    """Scalar alphas read straight from the file bytes (fp32/fp64/fp16/bf16), without torch."""
     import struct
 
-    e = header.tensors[key]
-    if e.nbytes not in (2, 4, 8):
-        return None
+    formats = {"F32": "<f", "F64": "<d", "F16": "<e"}
+    values: list[float | None] = []
     with open(header.path, "rb") as fh:
-        fh.seek(header.data_start + e.start)
-        raw = fh.read(e.nbytes)
-    if e.dtype == "F32":
-        return round(struct.unpack("<f", raw)[0], 6)
-    if e.dtype == "F64":
-        return round(struct.unpack("<d", raw)[0], 6)
-    if e.dtype == "F16":
-        return round(struct.unpack("<e", raw)[0], 6)
-    if e.dtype == "BF16":
-        return round(struct.unpack("<f", b"\0\0" + raw)[0], 6)
-    return None
+        for e in header.tensors.values():
+            if not e.name.endswith(".alpha") or e.shape not in ((), (1,)):
+                continue
+            fh.seek(header.data_start + e.start)
+            raw = fh.read(e.nbytes)
+            if e.dtype == "BF16":  # the top half of an fp32
+                values.append(round(struct.unpack("<f", b"\0\0" + raw)[0], 6))
+            elif e.dtype in formats:
+                values.append(round(struct.unpack(formats[e.dtype], raw)[0], 6))
+            else:
+                values.append(None)
+    return values
 
 
 def _detect_size(header: Header, groups) -> str | None:
