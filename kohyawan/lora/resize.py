@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kohyawan.errors import BadInput
-from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
 from kohyawan.lora.io import SHORT_DTYPE, OutSpec, placeholder, sha256_file, write_stream
 from kohyawan.lora.modules import Module, load_modules

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 import torch
