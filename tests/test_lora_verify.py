@@ -120,3 +120,17 @@ def test_expert_guess_order():
     assert guess_expert({"modelspec.timestep_range": "875,1000"}, "x.safetensors") == "high"
     assert guess_expert({"modelspec.timestep_range": "0,900"}, "x.safetensors") == "low"
     assert guess_expert({"modelspec.timestep_range": "0,1000"}, "x.safetensors") is None
+
+
+def test_a_mismatched_pair_does_not_hide_the_targets_other_keys(tmp_path):
+    # found by running ComfyUI's own loader: every key of the target must be accounted for
+    sd = load_file(write_lora(tmp_path / "a.safetensors", rank=2, blocks=[0]))
+    sd["lora_unet_blocks_0_ffn_0.lora_mystery"] = torch.ones(1)
+    sd["lora_unet_blocks_0_ffn_0.diff_b"] = torch.zeros(13824)
+    save_file(sd, tmp_path / "odd.safetensors")
+    report = verify_file(tmp_path / "odd.safetensors", "t2v-A14B")
+    assert report.ignored == ["lora_unet_blocks_0_ffn_0.lora_mystery"] and report.loaded == 31
+    report = verify_file(tmp_path / "odd.safetensors", "t2v-1.3B")
+    assert report.loaded == 0 and len(report.ignored) == 32
+    assert report.reasons["lora_unet_blocks_0_ffn_0.diff_b"] == "shape"
+    assert report.reasons["lora_unet_blocks_0_ffn_0.lora_mystery"] == "suffix"

@@ -103,14 +103,13 @@ def verify_header(header: Header, task: str) -> VerifyReport:
                   and math.prod(down[1:]) == math.prod(wshape[1:]))
             up_suffix = next(s for s in K.LORA_PAIRS if suffixes.get(s) == pair[0])
             consumed |= {up_suffix, K.LORA_PAIRS[up_suffix], "alpha", "dora_scale", "lora_mid.weight", "reshape_weight"}
-            if not ok:
+            if not ok:  # ComfyUI logs ERROR and skips the patch; the target's other keys still count
                 for s in consumed & set(originals):
                     reasons[originals[s]] = "shape"
                 if len(shape_examples) < 1:
                     shape_examples.append(f"{target}: up {list(up)} x down {list(down)} vs weight {list(wshape)}")
-                consumed.clear()
-                continue
-            applied = True
+            else:
+                applied = True
         for s in ("diff", "set_weight", "w_norm"):
             if s in suffixes:
                 consumed.add(s)
