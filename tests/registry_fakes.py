@@ -1,8 +1,7 @@
 """Tiny LoRA files in musubi-tuner's exact key format, and run folders around them, for registry tests.
 
-``write_lora`` uses ``kohyawan.lora.fabricate.write_lora`` when the LoRA tools are importable (after the
-``lora`` branch is merged) and this file's own minimal writer otherwise; both write real key names and
-shapes per task at a tiny rank. INTEGRATOR: once merged, ``_own_write_lora`` can be deleted.
+``write_lora`` is ``kohyawan.lora.fabricate.write_lora`` (real key names and shapes per task, tiny rank)
+with the metadata a musubi-tuner save carries.
 """
 
 from __future__ import annotations
@@ -11,46 +10,13 @@ import json
 import time
 from pathlib import Path
 
-# task -> (blocks, width, ffn width, Wan 2.1 image cross-attention)
-TASKS = {
-    "t2v-A14B": (40, 5120, 13824, False), "i2v-A14B": (40, 5120, 13824, False),
-    "i2v-14B": (40, 5120, 13824, True), "t2v-1.3B": (30, 1536, 8960, False),
-}
-
-
 def write_lora(path, *, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, seed=0):
+    from kohyawan.lora.fabricate import write_lora as real
+
     meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), "modelspec.architecture": "wan2.1/lora"}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from kohyawan.lora.fabricate import write_lora as real
-    except ImportError:
-        return _own_write_lora(Path(path), task=task, rank=rank, dtype=dtype, metadata=meta, seed=seed)
     return real(Path(path), task=task, rank=rank, alpha=float(rank), dtype=dtype, metadata=meta, seed=seed)
-
-
-def _own_write_lora(path, *, task, rank, dtype, metadata, seed):
-    import torch
-    from safetensors.torch import save_file
-
-    blocks, dim, ffn, img = TASKS[task]
-    tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    gen = torch.Generator().manual_seed(seed)
-    modules = [f"{a}_{p}" for a in ("self_attn", "cross_attn") for p in "qkvo"]
-    if img:
-        modules += ["cross_attn_k_img", "cross_attn_v_img"]
-    tensors = {}
-    for b in range(blocks):
-        for m in modules + ["ffn_0", "ffn_2"]:
-            fan_in = ffn if m == "ffn_2" else dim
-            fan_out = ffn if m == "ffn_0" else dim
-            key = f"lora_unet_blocks_{b}_{m}"
-            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen).to(tdtype)
-            tensors[f"{key}.lora_up.weight"] = (torch.randn(fan_out, rank, generator=gen) * 0.01).to(tdtype)
-            tensors[f"{key}.alpha"] = torch.tensor(float(rank)).to(tdtype)
-    meta = {"ss_network_module": "networks.lora_wan", **metadata}
-    save_file(tensors, str(path), metadata=meta)
-    return Path(path)
 
 
 def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, task="t2v-1.3B",
