@@ -4,7 +4,7 @@ musubi-tuner rebuilds its scheduler from the *new* ``--max_train_steps`` on ``--
 restores the old scheduler's step counter into it, so a decaying schedule bends (design §2). kohyawan
 passes this class instead: ``--lr_scheduler_type kohyawan_lr.ContinuedLR`` with ``--lr_scheduler_args``
 ``kind='cosine' total_steps=N warmup_steps=W start_step=S`` (and optionally ``lr_scale``,
-``min_lr_ratio``, ``num_cycles``, ``power``, ``steps_per_update``). The factor depends only on the
+``min_lr_ratio``, ``num_cycles``, ``power``, ``lr_end_ratio``, ``steps_per_update``). The factor depends only on the
 absolute step ``start_step + steps taken in this process``, never on ``max_train_steps`` and never on
 a restored counter, because kohyawan knows the absolute step of the state it resumes from.
 
@@ -20,7 +20,8 @@ KINDS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_mi
 
 
 def lr_factor(step: int, *, kind: str = "constant", total_steps: int = 1, warmup_steps: int = 0,
-              min_lr_ratio: float = 0.0, num_cycles: float = 0.5, power: float = 1.0) -> float:
+              min_lr_ratio: float = 0.0, num_cycles: float = 0.5, power: float = 1.0,
+              lr_end_ratio: float = 0.0) -> float:
     """Multiplier of the base LR used for the optimizer update after ``step`` updates (0-based),
     with the same formulas as the diffusers/transformers schedules musubi-tuner uses."""
     if kind not in KINDS:
@@ -39,10 +40,10 @@ def lr_factor(step: int, *, kind: str = "constant", total_steps: int = 1, warmup
     if kind == "cosine_with_min_lr":
         factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
         return factor * (1 - min_lr_ratio) + min_lr_ratio
-    # polynomial decay towards 0 (lr_end 1e-7 relative is negligible at these scales)
+    # polynomial: diffusers decays towards lr_end (1e-7 absolute; lr_end_ratio = 1e-7 / base LR)
     if step > total_steps:
-        return 0.0
-    return (1 - progress) ** power
+        return lr_end_ratio
+    return (1 - lr_end_ratio) * (1 - progress) ** power + lr_end_ratio
 
 
 def _make_class():
@@ -50,9 +51,13 @@ def _make_class():
 
     class ContinuedLR(LRScheduler):
         def __init__(self, optimizer, kind="constant", total_steps=1, warmup_steps=0, start_step=0, lr_scale=1.0,
-                     min_lr_ratio=0.0, num_cycles=0.5, power=1.0, steps_per_update=1, last_epoch=-1):
+                     min_lr_ratio=0.0, num_cycles=0.5, power=1.0, lr_end_ratio=0.0, steps_per_update=1,
+                     last_epoch=-1):
+            # total_steps/warmup_steps count scheduler steps: accelerate steps the scheduler once per
+            # process for every update, and musubi sizes its schedules the same way
             self.kw = dict(kind=kind, total_steps=int(total_steps), warmup_steps=int(warmup_steps),
-                           min_lr_ratio=float(min_lr_ratio), num_cycles=float(num_cycles), power=float(power))
+                           min_lr_ratio=float(min_lr_ratio), num_cycles=float(num_cycles), power=float(power),
+                           lr_end_ratio=float(lr_end_ratio))
             lr_factor(0, **self.kw)  # fail now on a bad kind, not at the first step
             self.start_step = int(start_step) * int(steps_per_update)
             self.lr_scale = float(lr_scale)
@@ -60,7 +65,7 @@ def _make_class():
             super().__init__(optimizer, last_epoch)
 
         def _factor(self) -> float:
-            absolute = (self.start_step + self.last_epoch) // self.steps_per_update
+            absolute = self.start_step + self.last_epoch
             return lr_factor(absolute, **self.kw) * self.lr_scale
 
         def get_lr(self):
