@@ -30,4 +30,6 @@ def print_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    err().print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    err().print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)

@@ -1,6 +1,6 @@
 """Where the bundled ``templates/`` and ``profiles/`` are.
 
-Installed, they live inside the package (``kohyawan/templates``); in a source checkout they are the
+Installed, they live inside the package (``kohyawan/_templates``); in a source checkout they are the
 top-level folders beside the package (design card layout).
 """
 
@@ -12,7 +12,7 @@ _PKG = Path(__file__).resolve().parent
 
 
 def _bundled(name: str) -> Path:
-    for candidate in (_PKG / name, _PKG.parent / name):
+    for candidate in (_PKG / f"_{name}", _PKG.parent / name):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"kohyawan's bundled {name}/ folder is missing; reinstall kohyawan")

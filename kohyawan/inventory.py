@@ -1,0 +1,82 @@
+"""What a training dataset folder holds, as far as planning needs to know (no decoding).
+
+A dataset is in the trainer's layout: media with a same-name caption beside each. ``dataset prepare`` writes
+``images/`` and ``videos/`` subfolders and a ``report.json`` that records each clip's frame count; a folder
+made by hand may hold media directly. Frame counts are known only from the report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+
+
+@dataclass(frozen=True)
+class MediaFolder:
+    path: Path
+    kind: str                      # "image" | "video"
+    count: int
+    uncaptioned: int
+    frames: tuple[int, ...] | None  # per clip, when the prepare report says
+
+
+@dataclass(frozen=True)
+class Inventory:
+    root: Path
+    folders: tuple[MediaFolder, ...]
+
+    @property
+    def images(self) -> int:
+        return sum(f.count for f in self.folders if f.kind == "image")
+
+    @property
+    def clips(self) -> int:
+        return sum(f.count for f in self.folders if f.kind == "video")
+
+    @property
+    def samples(self) -> int:
+        return self.images + self.clips
+
+
+def _media(folder: Path, exts: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def _report_frames(root: Path) -> dict[str, int]:
+    """Output path (relative to root) -> frames, from a prepare report when present."""
+    try:
+        report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    frames = {}
+    for item in report.get("items", []) if isinstance(report, dict) else []:
+        for out in item.get("outputs", []) or []:
+            if isinstance(item.get("frames"), int) and str(out).lower().endswith(VIDEO_EXTS):
+                frames[str(out)] = item["frames"]
+    return frames
+
+
+def scan(root: Path, caption_extension: str = ".txt") -> Inventory:
+    root = Path(root)
+    candidates = [root / "images", root / "videos", root]
+    report = _report_frames(root)
+    folders = []
+    for folder in candidates:
+        if not folder.is_dir():
+            continue
+        for kind, exts in (("image", IMAGE_EXTS), ("video", VIDEO_EXTS)):
+            files = _media(folder, exts)
+            if not files:
+                continue
+            uncaptioned = sum(1 for f in files if not f.with_suffix(caption_extension).is_file())
+            frames = None
+            if kind == "video" and report:
+                rel = [str(f.relative_to(root)) for f in files]
+                if all(r in report for r in rel):
+                    frames = tuple(report[r] for r in rel)
+            folders.append(MediaFolder(folder, kind, len(files), uncaptioned, frames))
+    return Inventory(root, tuple(folders))

@@ -1,0 +1,146 @@
+"""The fallback ladder as data: named rungs and what each changes in a RunSpec (pure).
+
+A profile lists rung names under ``[ladder] vram`` (out of GPU memory) and ``[ladder] ram`` (out of host
+memory), cheapest in quality and speed first. Rungs are cumulative: rung k keeps every change of the rungs
+before it. A rung that changes nothing for the spec at hand (block swap already deeper, checkpointing
+already on) is left out, so every rung in the list is a real change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from kohyawan.errors import ConfigError
+from kohyawan.spec import RunSpec
+from kohyawan.trainer import musubi
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    changes: Mapping[str, Any]   # "train.X" / "dataset.X" -> absolute new value
+    needs_recache: bool          # resolution or frames changed: latent caches must be rebuilt
+    keeps_state: bool            # False when a saved optimizer state cannot be loaded (rank change)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in self.changes.items())
+
+
+def _frames_down(frames: list[int]) -> list[int]:
+    return sorted({max(5, ((f - 1) // 2) // 4 * 4 + 1) for f in frames})
+
+
+def _res_down(res: list[int]) -> list[int]:
+    return [max(256, int(v * 0.75) // 16 * 16) for v in res]
+
+
+def _fp8_scaled_allowed(spec: RunSpec) -> bool:
+    """fp8_scaled needs a bf16/fp16 checkpoint; a plain fp8 checkpoint only takes fp8_base."""
+    if spec.models.dit is None:
+        return True
+    try:
+        from kohyawan import modelfiles
+        return modelfiles.identify(spec.models.dit).dtype not in ("fp8_e4m3fn", "fp8_e5m2")
+    except Exception:  # no model inspection available or unreadable: the preflight reports it
+        return True
+
+
+def _changes_for(name: str, spec: RunSpec) -> tuple[dict[str, Any], bool, bool]:
+    t, d = spec.train, spec.dataset
+    if name == "gradient_checkpointing":
+        return {"train.gradient_checkpointing": True}, False, True
+    if name == "fp8_base":
+        changes = {"train.fp8_base": True}
+        if _fp8_scaled_allowed(spec):
+            changes["train.fp8_scaled"] = True
+        return changes, False, True
+    if name.startswith("blocks_to_swap="):
+        raw = name.split("=", 1)[1]
+        top = musubi.max_blocks_to_swap(spec.task)
+        n = top if raw == "max" else int(raw)
+        if (t.get("blocks_to_swap") or 0) >= min(n, top):
+            return {}, False, True  # already swapping at least this deep: a rung never lowers the swap
+        changes = {"train.blocks_to_swap": min(n, top)}
+        if t.get("offload_inactive_dit"):
+            changes["train.offload_inactive_dit"] = False  # the trainer refuses both together
+        return changes, False, True
+    if name == "gradient_checkpointing_cpu_offload":
+        return {"train.gradient_checkpointing": True, "train.gradient_checkpointing_cpu_offload": True}, False, True
+    if name == "split_attn":
+        return {"train.split_attn": True}, False, True
+    if name == "fewer_frames":
+        return {"dataset.target_frames": _frames_down(list(d.get("target_frames", [17])))}, True, True
+    if name == "lower_resolution":
+        return {"dataset.resolution": _res_down(list(d.get("resolution", [512, 512])))}, True, True
+    if name == "lower_rank":
+        dim = t.get("network_dim", 32)
+        new = max(8, dim // 2)
+        changes = {"train.network_dim": new}
+        if "network_alpha" in t:
+            changes["train.network_alpha"] = float(t["network_alpha"]) * new / dim
+        return changes, False, False
+    if name == "no_pinned_memory":
+        return {"train.use_pinned_memory_for_block_swap": False}, False, True
+    if name == "fewer_workers":
+        n = t.get("max_data_loader_n_workers", 8) // 2
+        changes = {"train.max_data_loader_n_workers": n}
+        if n == 0:
+            changes["train.persistent_data_loader_workers"] = False
+        return changes, False, True
+    if name == "fewer_blocks_to_swap":
+        return {"train.blocks_to_swap": max(0, (t.get("blocks_to_swap") or 0) - 10)}, False, True
+    raise ConfigError(f"unknown ladder rung '{name}'; known: {', '.join(KNOWN_RUNGS)}")
+
+
+KNOWN_RUNGS = ("gradient_checkpointing", "fp8_base", "blocks_to_swap=N", "blocks_to_swap=max",
+               "gradient_checkpointing_cpu_offload", "split_attn", "fewer_frames", "lower_resolution",
+               "lower_rank", "no_pinned_memory", "fewer_workers", "fewer_blocks_to_swap")
+
+
+def effective(spec: RunSpec, key: str) -> Any:
+    """A value as the trainer will see it: the spec's, else the trainer's default (unset flags are off)."""
+    value = spec.value(key)
+    if value is None and key.startswith("train."):
+        opt = musubi.options()[key.split(".", 1)[1]]
+        value = opt.default if opt.default is not None else (0 if key == "train.blocks_to_swap" else None)
+    return value
+
+
+def _build(spec: RunSpec, names: Sequence[str], label: str) -> list[Rung]:
+    rungs, current = [], spec
+    for name in names:
+        changes, recache, keeps = _changes_for(name, current)
+        real = {k: v for k, v in changes.items() if effective(current, k) != v}
+        if not real:
+            continue
+        rung = Rung(name, real, recache, keeps)
+        current = current.with_changes(real, f"{label}:{name}")
+        rungs.append(rung)
+    return rungs
+
+
+def vram_rungs(spec: RunSpec) -> list[Rung]:
+    return _build(spec, spec.extra.get("ladder", {}).get("vram", []), "ladder")
+
+
+def ram_rungs(spec: RunSpec) -> list[Rung]:
+    return _build(spec, spec.extra.get("ladder", {}).get("ram", []), "ladder")
+
+
+def apply(spec: RunSpec, rungs: Sequence[Rung]) -> RunSpec:
+    for rung in rungs:
+        spec = spec.with_changes(rung.changes, f"ladder:{rung.name}")
+    return spec
+
+
+def validate_names(names: Sequence[str], where: str) -> None:
+    for name in names:
+        base = name.split("=", 1)[0] + ("=N" if name.startswith("blocks_to_swap=") else "")
+        if name.startswith("blocks_to_swap="):
+            raw = name.split("=", 1)[1]
+            if raw != "max" and not raw.isdigit():
+                raise ConfigError(f"{where}: ladder rung '{name}' needs a number or max")
+            continue
+        if base not in KNOWN_RUNGS:
+            raise ConfigError(f"{where}: unknown ladder rung '{name}'; known: {', '.join(KNOWN_RUNGS)}")

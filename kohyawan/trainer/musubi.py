@@ -1,0 +1,202 @@
+"""What kohyawan knows about musubi-tuner's WAN scripts: option tables, dataset schema, launch lines.
+
+The option tables in ``options/*.json`` are read from musubi-tuner's own argument parsers (0.3.4); keep every
+musubi-specific fact in this module and those files so a trainer update is one diff.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from kohyawan.errors import ConfigError
+
+TRAIN_SCRIPT = "wan_train_network.py"
+CACHE_LATENTS_SCRIPT = "wan_cache_latents.py"
+CACHE_TE_SCRIPT = "wan_cache_text_encoder_outputs.py"
+SCRIPTS = (CACHE_LATENTS_SCRIPT, CACHE_TE_SCRIPT, TRAIN_SCRIPT)
+
+# musubi --task values (WAN). No 5B task exists in musubi-tuner.
+TASKS = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B",
+         "t2v-1.3B-FC", "t2v-14B-FC", "i2v-14B-FC")
+DUAL_EXPERT_TASKS = ("t2v-A14B", "i2v-A14B")
+# Recommended expert split per task (design notes): boundary as a fraction of 1000 timesteps.
+TIMESTEP_BOUNDARY = {"t2v-A14B": 875, "i2v-A14B": 900}
+# Transformer blocks per model size; block swap can move at most blocks-1 of them.
+BLOCKS = {"14B": 40, "1.3B": 30}
+ATTENTION_FLAGS = ("sdpa", "xformers", "flash_attn", "flash3")
+INFERENCE_ONLY_ATTENTION = ("sage_attn",)
+VAE_FRAME_STRIDE = 4  # frame counts the trainer keeps are 4n+1
+
+
+def task_size(task: str) -> str:
+    return "1.3B" if "1.3B" in task else "14B"
+
+
+def max_blocks_to_swap(task: str) -> int:
+    return BLOCKS[task_size(task)] - 1
+
+
+@dataclass(frozen=True)
+class Option:
+    option: str       # "--learning_rate"
+    dest: str         # "learning_rate"
+    type: str | None  # "int" | "float" | "str" | "Path" | "_int_or_float" | None (flags, choices)
+    default: Any
+    choices: tuple | None
+    nargs: Any        # None, 0 (flag) or "*"
+    action: str       # "store" | "store_true"
+    group: str
+
+    @property
+    def is_flag(self) -> bool:
+        return self.action == "store_true"
+
+    @property
+    def is_list(self) -> bool:
+        return self.nargs == "*"
+
+
+@lru_cache(maxsize=None)
+def options(script: str = TRAIN_SCRIPT) -> dict[str, Option]:
+    data = json.loads((Path(__file__).parent / "options" / script.replace(".py", ".json")).read_text())
+    table = {}
+    for row in data["options"]:
+        choices = tuple(row["choices"]) if row["choices"] else None
+        table[row["dest"]] = Option(row["option"], row["dest"], row["type"], row["default"], choices,
+                                    row["nargs"], row["action"], row["group"])
+    return table
+
+
+# musubi-tuner's dataset config schema (dataset/config_utils.py): which keys exist where, with their types.
+# "res" is an int or an [int, int] pair.
+DATASET_GENERAL_KEYS = {"caption_extension": str, "batch_size": int, "num_repeats": int, "resolution": "res",
+                        "enable_bucket": bool, "bucket_no_upscale": bool}
+IMAGE_DATASET_KEYS = {**DATASET_GENERAL_KEYS, "image_directory": str, "image_jsonl_file": str,
+                      "cache_directory": str}
+VIDEO_DATASET_KEYS = {**DATASET_GENERAL_KEYS, "video_directory": str, "video_jsonl_file": str,
+                      "cache_directory": str, "target_frames": "int_list", "frame_extraction": str,
+                      "frame_stride": int, "frame_sample": int, "max_frames": int, "source_fps": float}
+FRAME_EXTRACTIONS = ("head", "chunk", "slide", "uniform", "full")
+# Keys kohyawan sets per dataset itself (folders); users set the rest.
+DATASET_PATH_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file",
+                     "cache_directory")
+DATASET_KEYS = {k: t for k, t in {**IMAGE_DATASET_KEYS, **VIDEO_DATASET_KEYS}.items()
+                if k not in DATASET_PATH_KEYS}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}.get(type(value), type(value).__name__)
+
+
+def check_train_value(dest: str, value: Any) -> Any:
+    """Validate one wan_train_network.py option value as TOML would carry it; return it normalised."""
+    opt = options()[dest]
+    where = f"'{dest}'"
+    if opt.is_flag:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} is an on/off flag: use true or false, not {value!r}")
+        return value
+    if opt.is_list:
+        items = value if isinstance(value, list) else None
+        if items is None:
+            raise ConfigError(f"{where} takes a list, e.g. {dest}=[\"...\"], not {value!r}")
+        return [_check_scalar(opt, v, where) for v in items]
+    return _check_scalar(opt, value, where)
+
+
+def _check_scalar(opt: Option, value: Any, where: str) -> Any:
+    kind = opt.type
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{where} takes a single value, not {_type_name(value)}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif kind == "_int_or_float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+    elif kind in ("str", "Path") or (kind is None and opt.choices):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, opt.choices))}; got {value!r}")
+    return value
+
+
+def check_dataset_value(key: str, value: Any) -> Any:
+    kind = DATASET_KEYS[key]
+    where = f"dataset key '{key}'"
+    if kind == "res":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} must be an integer or [width, height], got {value!r}")
+        if any(v <= 0 or v % 16 for v in value):
+            raise ConfigError(f"{where} must be a multiple of 16, got {value!r}")
+        return list(value)
+    if kind == "int_list":
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} must be a list of integers, e.g. [17, 21], got {value!r}")
+        bad = [v for v in value if v < 1 or (v - 1) % VAE_FRAME_STRIDE]
+        if bad:
+            fixed = ", ".join(str((v - 1) // 4 * 4 + 1) for v in bad)
+            raise ConfigError(f"{where}: frame counts must be 4n+1 (1, 5, 9, ... 81); "
+                              f"{', '.join(map(str, bad))} would be cut to {fixed} by the trainer")
+        return sorted(set(value))
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if key == "frame_extraction" and value not in FRAME_EXTRACTIONS:
+        raise ConfigError(f"{where} must be one of {', '.join(FRAME_EXTRACTIONS)}; got {value!r}")
+    if key in ("batch_size", "num_repeats", "max_frames", "frame_stride", "frame_sample") and value < 1:
+        raise ConfigError(f"{where} must be at least 1, got {value!r}")
+    return value
+
+
+def script_path(trainer_dir: Path | None, script: str) -> str:
+    """Where a WAN script lives in a musubi-tuner checkout (src layout), or its bare name."""
+    if trainer_dir is None:
+        return f"src/musubi_tuner/{script}"
+    return str(Path(trainer_dir) / "src" / "musubi_tuner" / script)
+
+
+def launch_prefix(launcher: str, python: str, mixed_precision: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The interpreter part of a training command line."""
+    if launcher == "accelerate":
+        return [python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
+                "--mixed_precision", mixed_precision, *extra]
+    if launcher == "python":
+        return [python]
+    raise ConfigError(f"unknown launcher {launcher!r}: use accelerate or python")
+
+
+def flag_args(values: Mapping[str, Any], script: str) -> list[str]:
+    """Command-line arguments for ``values`` (dest -> value) on ``script``'s parser."""
+    table = options(script)
+    argv: list[str] = []
+    for dest, value in values.items():
+        opt = table[dest]
+        if opt.is_flag:
+            if value:
+                argv.append(opt.option)
+        elif value is not None:
+            argv.append(opt.option)
+            argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
+    return argv

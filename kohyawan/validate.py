@@ -1,0 +1,89 @@
+"""Cross-field rules a RunSpec must meet before anything is written (design notes §2).
+
+Single values are checked as they are set (``spec``); here live the rules between values and the model
+files. Every failure is a ConfigError/ModelFileError with one line; warnings are returned.
+"""
+
+from __future__ import annotations
+
+from kohyawan.errors import ConfigError, ModelFileError
+from kohyawan.spec import RunSpec
+from kohyawan.trainer import musubi
+
+
+def check(spec: RunSpec, *, need_models: bool = True) -> list[str]:
+    t, d = spec.train, spec.dataset
+    warnings: list[str] = []
+    attention = [a for a in musubi.ATTENTION_FLAGS if t.get(a)]
+    if t.get("sage_attn"):
+        raise ConfigError("sage_attn is for inference only in musubi-tuner; use sdpa, xformers, flash_attn or flash3")
+    if len(attention) != 1:
+        raise ConfigError("exactly one attention flag must be on (sdpa, xformers, flash_attn, flash3); "
+                          f"got {', '.join(attention) or 'none'}")
+    if not t.get("optimizer_type"):
+        raise ConfigError("optimizer_type must be set (musubi-tuner's empty default crashes), e.g. AdamW8bit")
+    if t.get("network_module") != "networks.lora_wan":
+        raise ConfigError(f"network_module must be networks.lora_wan for WAN, got {t.get('network_module')!r}")
+    if not t.get("save_precision"):
+        raise ConfigError("save_precision must be set (the trainer's default saves fp32, twice the size)")
+    if not isinstance(t.get("network_dim"), int):
+        raise ConfigError("network_dim must be set")
+    if t.get("fp8_scaled") and not t.get("fp8_base"):
+        raise ConfigError("fp8_scaled needs fp8_base")
+    if t.get("gradient_checkpointing_cpu_offload") and not t.get("gradient_checkpointing"):
+        raise ConfigError("gradient_checkpointing_cpu_offload needs gradient_checkpointing")
+    swap = t.get("blocks_to_swap") or 0
+    top = musubi.max_blocks_to_swap(spec.task)
+    if swap > top or swap < 0:
+        raise ConfigError(f"blocks_to_swap must be between 0 and {top} for a {musubi.task_size(spec.task)} model, got {swap}")
+    if swap and t.get("offload_inactive_dit"):
+        raise ConfigError("offload_inactive_dit cannot be combined with blocks_to_swap; choose one")
+    dual = spec.task in musubi.DUAL_EXPERT_TASKS
+    if spec.expert != "both" and not dual:
+        raise ConfigError(f"--expert {spec.expert} is for the WAN 2.2 two-expert tasks (t2v-A14B, i2v-A14B), not {spec.task}")
+    if t.get("offload_inactive_dit") and not (dual and spec.expert == "both"):
+        raise ConfigError("offload_inactive_dit only applies when both experts train in one run (--expert both)")
+    if t.get("min_timestep") is not None and t.get("max_timestep") is not None \
+            and t["min_timestep"] >= t["max_timestep"]:
+        raise ConfigError("min_timestep must be below max_timestep")
+    if t.get("max_train_epochs") is None and t.get("max_train_steps") is None:
+        raise ConfigError("set max_train_epochs or max_train_steps")
+    if d.get("batch_size", 1) > 1 and spec.expert == "both":
+        warnings.append("batch_size above 1 with both experts resident needs far more VRAM; see kohyawan estimate")
+    if need_models:
+        warnings += _check_models(spec)
+    return warnings
+
+
+def model_roles(spec: RunSpec) -> dict[str, object]:
+    """Which files each training run needs, by expert mode."""
+    m = spec.models
+    if spec.expert in ("both", "sequential") and spec.task in musubi.DUAL_EXPERT_TASKS:
+        return {"dit": m.dit, "dit_high_noise": m.dit_high_noise, "vae": m.vae, "t5": m.t5}
+    if spec.expert == "high":
+        return {"dit_high_noise": m.dit_high_noise or m.dit, "vae": m.vae, "t5": m.t5}
+    return {"dit": m.dit, "vae": m.vae, "t5": m.t5}
+
+
+def _check_models(spec: RunSpec) -> list[str]:
+    flags = {"dit": "--dit", "dit_high_noise": "--dit-high-noise", "vae": "--vae", "t5": "--t5"}
+    for role, path in model_roles(spec).items():
+        if path is None:
+            what = {"dit": "the low-noise DiT" if spec.expert in ("both", "sequential", "low") else "the DiT",
+                    "dit_high_noise": "the high-noise DiT", "vae": "the Wan 2.1 VAE",
+                    "t5": "the umT5-XXL text encoder"}[role]
+            extra = " (both experts train, so both DiT files are needed)" if role == "dit_high_noise" \
+                and spec.expert in ("both", "sequential") else ""
+            raise ModelFileError(f"{flags[role]} is required: {what}{extra}")
+        if not path.is_file():
+            raise ModelFileError(f"{flags[role]}: file not found: {path}")
+    try:
+        from kohyawan import modelfiles
+    except ImportError:
+        return []
+    roles = model_roles(spec)
+    t = spec.train
+    return modelfiles.check_models(spec.task, spec.expert, dit=roles.get("dit"),
+                                   dit_high_noise=roles.get("dit_high_noise"), vae=roles.get("vae"),
+                                   t5=roles.get("t5"), mixed_precision=t.get("mixed_precision", "bf16"),
+                                   fp8_base=bool(t.get("fp8_base")), fp8_scaled=bool(t.get("fp8_scaled")))
