@@ -38,6 +38,8 @@ def _kwargs(train: Mapping[str, Any], total_steps: int, num_processes: int) -> d
     warm = train.get("lr_warmup_steps") or 0
     warm = int(warm * n) if isinstance(warm, float) else int(warm)
     kw: dict[str, Any] = {"kind": kind, "total_steps": n, "warmup_steps": warm}
+    if kind == "cosine_with_restarts":
+        kw["num_cycles"] = float(train.get("lr_scheduler_num_cycles") or 1)
     if kind == "cosine_with_min_lr":
         kw["num_cycles"] = float(train.get("lr_scheduler_num_cycles") or 1) / 2
         kw["min_lr_ratio"] = float(train.get("lr_scheduler_min_lr_ratio") or 0.0)

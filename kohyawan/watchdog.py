@@ -3,10 +3,11 @@
 Decisions take the time as an argument (an injectable clock), so tests replay histories exactly.
 
 Loss spike, precisely: musubi's ``avr_loss`` is already a moving average (over the last epoch's
-steps). With W = ``loss_spike_window`` observations and F = ``loss_spike_factor``, after step n the
-baseline is the median of the W values observed before the last W, and a spike is reported when each
-of the last W values exceeds F x baseline: the average jumped well above its recent level and did not
-come back within W steps. Nothing is judged before 2W observations of the current attempt.
+steps); one value per step is observed. With W = ``loss_spike_window``, P = ``loss_spike_patience``
+and F = ``loss_spike_factor``: the baseline is the median of the W values observed before the last P,
+and a spike is reported when each of the last P values exceeds F x baseline, i.e. the average jumped
+well above its recent level and did not come back for P steps. Nothing is judged before W + P
+observations of the current attempt (the average restarts with every attempt).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ DEFAULTS = {
     "stall_factor": 5.0,
     "startup_minutes": 60.0,      # from launch to the first step (model loading, block swap set-up)
     "cache_stall_minutes": 60.0,  # caching stages: no output at all for this long
-    "loss_spike_factor": 1.8,
-    "loss_spike_window": 20,
+    "loss_spike_factor": 2.0,
+    "loss_spike_window": 50,
+    "loss_spike_patience": 20,
     "low_util_percent": 30.0,
     "low_util_minutes": 10.0,
-    "vram_margin_gb": 0.5,
+    "vram_margin_gb": 1.5,
+    "ram_margin_gb": 4.0,
+    "sample_seconds": 2.0,
 }
 
 
@@ -100,11 +104,12 @@ class Watchdog:
         return max(self.cfg["stall_minutes"] * 60, self.cfg["stall_factor"] * median)
 
     def spike(self) -> tuple[float, float] | None:
-        w = max(2, int(self.cfg["loss_spike_window"]))
-        if len(self.losses) < 2 * w:
+        w = max(1, int(self.cfg["loss_spike_window"]))
+        p = max(1, int(self.cfg["loss_spike_patience"]))
+        if len(self.losses) < w + p:
             return None
-        base = statistics.median(self.losses[-2 * w:-w])
-        recent = self.losses[-w:]
+        base = statistics.median(self.losses[-(w + p):-p])
+        recent = self.losses[-p:]
         if base > 0 and all(v > self.cfg["loss_spike_factor"] * base for v in recent):
             return base, recent[-1]
         return None
@@ -123,7 +128,7 @@ class Watchdog:
         sp = self.spike()
         if sp is not None:
             alerts.append(Alert("loss_spike", True, f"the average loss rose from {sp[0]:.4g} to {sp[1]:.4g} and stayed "
-                                f"above {self.cfg['loss_spike_factor']:g}x for {int(self.cfg['loss_spike_window'])} steps"))
+                                f"above {self.cfg['loss_spike_factor']:g}x for {int(self.cfg['loss_spike_patience'])} steps"))
         if (self.low_util_since is not None and not self.low_util_warned
                 and now - self.low_util_since >= self.cfg["low_util_minutes"] * 60):
             self.low_util_warned = True

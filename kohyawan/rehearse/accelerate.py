@@ -17,10 +17,8 @@ _VALUED = {"--num_cpu_threads_per_process", "--mixed_precision", "--num_processe
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "launch":
-        print("usage: accelerate launch [options] script.py [args...]", file=sys.stderr)
-        return 2
-    i = 1
+    # both spellings: ``accelerate launch ...`` and ``python -m accelerate.commands.launch ...``
+    i = 1 if argv and argv[0] == "launch" else 0
     while i < len(argv) and argv[i].startswith("--"):
         i += 2 if argv[i] in _VALUED and "=" not in argv[i] else 1
     if i >= len(argv):

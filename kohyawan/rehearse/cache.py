@@ -11,7 +11,7 @@ import numpy as np
 
 from kohyawan.rehearse import BANNER, env
 from kohyawan.rehearse.args import parse
-from kohyawan.rehearse.dataset import items, load
+from kohyawan.trainer.cachefiles import items, load
 from kohyawan.rehearse.model import save_safetensors
 
 

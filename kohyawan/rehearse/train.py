@@ -14,7 +14,7 @@ import time
 
 from kohyawan.rehearse import BANNER, env
 from kohyawan.rehearse.args import parse
-from kohyawan.rehearse.dataset import cached_items, load
+from kohyawan.trainer.cachefiles import cached_items, load
 from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, cuda_oom_text, lora_tensors, ram_need, read_metadata,
                                      save_safetensors, tokens, vram_need)
 from kohyawan.trainer.pyshim.kohyawan_lr import lr_factor

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 
-KINDS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr", "polynomial")
+KINDS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr",
+         "polynomial")
 
 
 def lr_factor(step: int, *, kind: str = "constant", total_steps: int = 1, warmup_steps: int = 0,
@@ -35,6 +36,10 @@ def lr_factor(step: int, *, kind: str = "constant", total_steps: int = 1, warmup
     progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
     if kind == "linear":
         return max(0.0, (total_steps - step) / float(max(1, total_steps - warmup_steps)))
+    if kind == "cosine_with_restarts":  # diffusers' hard restarts; musubi passes num_cycles as given
+        if progress >= 1.0:
+            return 0.0
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(num_cycles) * progress) % 1.0))))
     if kind == "cosine":
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress)))
     if kind == "cosine_with_min_lr":

@@ -1,4 +1,7 @@
-"""The dataset TOML as the simulated trainer reads it: items, cache file names, buckets."""
+"""musubi-tuner's dataset TOML as its scripts read it: items, cache file names, buckets (no model needed).
+
+Shared by the simulated trainer and by the runner's "are the caches complete?" check.
+"""
 
 from __future__ import annotations
 
