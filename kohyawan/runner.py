@@ -97,12 +97,17 @@ class Run:
         sample_every = float(wd.cfg["sample_seconds"])
         last_sample = [0.0]
 
+        holder = {}
+
         def on_event(ev):
             if tracker is None:
                 return
             tracker.on_event(ev)
             if ev.kind == "progress" and ev.step:
                 wd.step(tracker.start + ev.step, ev.loss, time.monotonic())
+                if wd.bad_loss is not None and "sup" in holder:  # no need to wait for the next tick
+                    alert = wd.check(time.monotonic())[0]
+                    holder["sup"].request_stop(alert.kind, alert.message)
                 s = self.status
                 s.step, s.loss, s.s_per_it, s.eta_s = tracker.absolute, tracker.loss, tracker.s_per_it, ev.eta_s
 
@@ -131,6 +136,7 @@ class Run:
 
         sup = Supervisor(argv, log_path=log_path, env=self.env(), cwd=str(self.opts.trainer_dir), on_event=on_event,
                          on_tick=on_tick, on_line=on_line, tick_s=min(1.0, sample_every), timeouts=self.opts.timeouts)
+        holder["sup"] = sup
         sup.start()
         write_pid(self.dir, guard_pid=sup.pid, pgid=sup.pid, supervisor_pid=os.getpid(), stage=stage, attempt=attempt)
         self.ledger.set(supervisor_pid=os.getpid(), trainer_pgid=sup.pid)
@@ -205,7 +211,6 @@ class Run:
             total = rec.setdefault("total_steps", plan.steps.total_steps)
             self.ledger.data["total_steps"] = total
             outcome, reason, tracker, wd = self.attempt(plan, stage, spec, nxt, total, rec)
-            rec["saves"] = [s.__dict__ for s in saves + tracker.saves]
             saves = [ladder.Saved(**s) for s in rec["saves"]]
             if outcome == "succeeded":
                 rec.update(status="done", final=tracker.final, steps_done=tracker.absolute)
@@ -258,8 +263,12 @@ class Run:
         self.ledger.start_attempt(rung=nxt.new_rung, changes=changes, resumed_from=nxt.resume_state or nxt.network_weights,
                                   first_step=nxt.start_step, stage=stage.name, output_name=name, rungs=list(nxt.rungs),
                                   lr_scale=nxt.lr_scale, console_log=str(adir / "console.log"))
+        def on_save(saved):  # on the books at once: a SIGKILLed kohyawan must still know where to resume
+            rec["saves"].append(dict(saved.__dict__))
+            self.ledger.save()
+
         tracker = Tracker(self.ledger, attempt=n, stage=stage.name, base_name=stage.output_name,
-                          start_step=nxt.start_step, total_steps=total)
+                          start_step=nxt.start_step, total_steps=total, on_save=on_save)
         s = self.status
         s.stage, s.attempt, s.rung, s.step, s.total = stage.name, n, ",".join(nxt.rungs) or None, nxt.start_step, total
         self.view.say(f"{stage.name}: attempt {n} from step {nxt.start_step}/{total}"

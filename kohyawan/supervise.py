@@ -173,13 +173,23 @@ class Supervisor:
 
 
 def group_alive(pgid: int) -> bool:
+    """A live (non-zombie) process is in the group. Zombies count as gone: an orphan's dead guard may
+    wait forever for a reaper in a container whose init does not reap."""
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return False
 
 
 def kill_group(pgid: int, grace_s: float = 10.0) -> bool:

@@ -23,11 +23,14 @@ from kohyawan.trainer.musubi_log import Event
 
 _STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
 _EPOCH_FILE = re.compile(r"-(\d{6})\.safetensors$")
+# events the trainer prints only after save_model() returned (an error or a kill in between does not count)
+_SAVE_DONE = {"progress", "state", "epoch", "model_saved", "removed", "checkpoint", "sample"}
 
 
 class Tracker:
     def __init__(self, ledger: Ledger, *, attempt: int, stage: str, base_name: str, start_step: int,
-                 total_steps: int, clock: Callable[[], float] = time.time):
+                 total_steps: int, clock: Callable[[], float] = time.time,
+                 on_save: Callable[[Saved], None] | None = None):
         self.ledger = ledger
         self.attempt = attempt
         self.stage = stage
@@ -35,6 +38,7 @@ class Tracker:
         self.start = start_step
         self.total = total_steps
         self.clock = clock
+        self.on_save = on_save or (lambda saved: None)
         self.local = 0                 # the trainer's own step counter
         self.loss: float | None = None
         self.s_per_it: float | None = None
@@ -59,7 +63,7 @@ class Tracker:
         return self.start + self.local
 
     def on_event(self, ev: Event) -> None:
-        if self.pending_ckpt and ev.kind != "checkpoint":
+        if self.pending_ckpt and ev.kind in _SAVE_DONE:
             self._finish_checkpoint()
         kind = ev.kind
         if kind == "progress":
@@ -86,7 +90,9 @@ class Tracker:
             self.state_step = self.local
         elif kind == "state_saved":
             step = self.start + (self.state_step if self.state_step is not None else self.local)
-            self.saves.append(Saved(step, ev.path, self.weights_at.get(step)))
+            saved = Saved(step, ev.path, self.weights_at.get(step))
+            self.saves.append(saved)
+            self.on_save(saved)
         elif kind == "removed" and ev.key == "checkpoint":
             self._removed(ev.path)
         elif kind == "model_saved":
@@ -96,6 +102,8 @@ class Tracker:
 
     def _finish_checkpoint(self) -> None:
         path, self.pending_ckpt = self.pending_ckpt, None
+        if not os.path.isfile(path):
+            return
         name = os.path.basename(path)
         m = _STEP_FILE.search(name)
         local = int(m.group(1)) if m else self.local
