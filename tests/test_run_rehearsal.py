@@ -207,3 +207,31 @@ def test_runs_stop_and_never_two_supervisors(data, tmp_path):
     assert ledger(runs, "stop")["status"] == "stopped" and not trainer_processes(str(runs))
     shown = run_cli([sys.executable, "-m", "kohyawan", "runs", "show", "stop", "--runs-dir", str(runs), "--json"])
     assert json.loads(shown.stdout)["state"] == "stopped"
+
+
+def _lr_by_absolute_step(runs, name, log):
+    d = ledger(runs, name)
+    starts = {a["output_name"]: a["steps"][0] for a in d["attempts"]}
+    lrs = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        lrs[starts[rec["output_name"]] + rec["step"]] = rec["lr"]  # a later attempt redoes lost steps
+    return lrs
+
+
+def test_resumed_run_uses_the_same_learning_rate_at_every_absolute_step(data, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ("--set", 'lr_scheduler="cosine"', "--set", "lr_warmup_steps=3")
+    straight_log, resumed_log = tmp_path / "lr-straight.jsonl", tmp_path / "lr-resumed.jsonl"
+    r = run_cli(base_args(data, runs, "straight", *extra), KOHYAWAN_REHEARSE_LR_LOG=str(straight_log))
+    assert r.returncode == 0, r.stderr
+    r = run_cli(base_args(data, runs, "resumed", *extra), KOHYAWAN_REHEARSE_LR_LOG=str(resumed_log),
+                KOHYAWAN_REHEARSE_FAULTS="oom@13", KOHYAWAN_REHEARSE_FAULT_STATE=str(tmp_path / "f.json"))
+    assert r.returncode == 0, r.stderr
+    assert [a["steps"] for a in ledger(runs, "resumed")["attempts"]] == [[0, 12], [10, 20]]
+    straight = _lr_by_absolute_step(runs, "straight", straight_log)
+    resumed = _lr_by_absolute_step(runs, "resumed", resumed_log)
+    assert sorted(straight) == sorted(resumed) == list(range(1, 21))
+    assert len(set(straight.values())) > 10  # a real decaying schedule, not a constant
+    for step in straight:
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-12), step
