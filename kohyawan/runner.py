@@ -105,8 +105,8 @@ class Run:
             tracker.on_event(ev)
             if ev.kind == "progress" and ev.step:
                 wd.step(tracker.start + ev.step, ev.loss, time.monotonic())
-                if wd.bad_loss is not None and "sup" in holder:  # no need to wait for the next tick
-                    alert = wd.check(time.monotonic())[0]
+                alert = wd.loss_alert()  # judged at once: a fast trainer could finish before the next tick
+                if alert is not None and "sup" in holder:
                     holder["sup"].request_stop(alert.kind, alert.message)
                 s = self.status
                 s.step, s.loss, s.s_per_it, s.eta_s = tracker.absolute, tracker.loss, tracker.s_per_it, ev.eta_s

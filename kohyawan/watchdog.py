@@ -114,21 +114,30 @@ class Watchdog:
             return base, recent[-1]
         return None
 
-    def check(self, now: float) -> list[Alert]:
-        alerts = []
+    def loss_alert(self) -> Alert | None:
+        """NaN/inf or a spike, judged right after each step (no need to wait for a tick)."""
         if self.bad_loss is not None:
             step, loss = self.bad_loss
-            alerts.append(Alert("nan", True, f"the average loss became {loss} at step {step}"))
+            return Alert("nan", True, f"the average loss became {loss} at step {step}")
+        sp = self.spike()
+        if sp is not None:
+            return Alert("loss_spike", True, f"the average loss rose from {sp[0]:.4g} to {sp[1]:.4g} and stayed "
+                         f"above {self.cfg['loss_spike_factor']:g}x for {int(self.cfg['loss_spike_patience'])} steps")
+        return None
+
+    def check(self, now: float) -> list[Alert]:
+        alerts = []
+        loss = self.loss_alert()
+        if loss is not None and loss.kind == "nan":
+            alerts.append(loss)
         limit = self.stall_limit_s()
         idle = now - self.last_activity
         if idle > limit:
             what = ("no output from the caching stage" if self.stage != "train" else
                     "no training step yet" if self.first_step_at is None else "no progress")
             alerts.append(Alert("stall", True, f"{what} for {idle / 60:.1f} min (limit {limit / 60:.1f} min)"))
-        sp = self.spike()
-        if sp is not None:
-            alerts.append(Alert("loss_spike", True, f"the average loss rose from {sp[0]:.4g} to {sp[1]:.4g} and stayed "
-                                f"above {self.cfg['loss_spike_factor']:g}x for {int(self.cfg['loss_spike_patience'])} steps"))
+        if loss is not None and loss.kind == "loss_spike":
+            alerts.append(loss)
         if (self.low_util_since is not None and not self.low_util_warned
                 and now - self.low_util_since >= self.cfg["low_util_minutes"] * 60):
             self.low_util_warned = True

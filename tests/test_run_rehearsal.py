@@ -145,7 +145,7 @@ def test_virtual_gpu_too_small_for_the_model_oom_then_fp8(data, tmp_path):
     assert d["attempts"][-1]["outcome"] == "succeeded" and "fp8_base" in d["attempts"][-1]["rungs"]
 
 
-def _start(data, runs, name, step_s="0.1"):
+def _start(data, runs, name, step_s="0.2"):
     return subprocess.Popen(base_args(data, runs, name), env=env(KOHYAWAN_REHEARSE_STEP_S=step_s),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
