@@ -191,7 +191,15 @@ class Run:
         vram, ram = rungs.vram_rungs(base), rungs.ram_rungs(base)
         by_name = {r.name: r for r in vram + ram}
         max_attempts = self.opts.max_attempts or int(base.extra.get("ladder", {}).get("max_attempts", 8))
-        rec.setdefault("rungs", [])
+        if "rungs" not in rec:
+            # a second expert has the first one's size: start from the rungs the first one needed
+            earlier = [r for r in self.ledger.data.get("stages", []) if r["name"].startswith("train")
+                       and r is not rec and r.get("status") == "done"]
+            inherited = [n for n in (earlier[-1].get("rungs", []) if earlier else []) if n in by_name]
+            rec["rungs"] = inherited
+            if inherited:
+                self.view.say(f"{stage_name}: starting with the rungs {earlier[-1]['name']} needed: "
+                              f"{', '.join(inherited)}")
         rec.setdefault("lr_scale", 1.0)
         rec.setdefault("saves", [])
         rec["status"] = "running"
@@ -233,7 +241,7 @@ class Run:
                 rec.update(status=status, reason=nxt.reason)
                 self.ledger.save()
                 raise _Stop(status, f"{stage_name}: {nxt.reason}")
-            self.view.say(f"attempt {self.status.attempt} ended: {outcome} ({reason}); {nxt.reason}")
+            self.view.say(f"attempt {self.status.attempt} ended: {outcome} ({brief(reason)}); {brief(nxt.reason)}")
             self.notifier.send("ladder", f"{outcome}: {reason}. Next: {nxt.reason}", outcome=outcome,
                                rung=nxt.new_rung)
 
@@ -271,6 +279,7 @@ class Run:
                           start_step=nxt.start_step, total_steps=total, on_save=on_save)
         s = self.status
         s.stage, s.attempt, s.rung, s.step, s.total = stage.name, n, ",".join(nxt.rungs) or None, nxt.start_step, total
+        s.loss = s.s_per_it = s.eta_s = None
         self.view.say(f"{stage.name}: attempt {n} from step {nxt.start_step}/{total}"
                       + (f" with {', '.join(nxt.rungs)}" if nxt.rungs else ""))
         result, peaks, wd = self.supervise(self.argv(stage), adir / "console.log", stage=stage.name,
@@ -350,6 +359,15 @@ class Run:
                             "bytes": entry["bytes"], "sha256": entry["sha256"],
                             "rehearsal": meta.get("kohyawan.rehearsal") == "true"})
         self.ledger.set(final={**outputs[-1], "outputs": outputs})
+
+
+def brief(text: str | None) -> str:
+    """A failure line short enough for a terminal: torch's OOM text up to the free-memory sentence."""
+    if not text:
+        return ""
+    cut = text.find(" Including non-PyTorch memory")
+    text = text[:cut] if cut > 0 else text
+    return text if len(text) <= 240 else text[:239] + "…"
 
 
 class _Stop(Exception):

@@ -79,15 +79,19 @@ def _finish(data: dict, as_json: bool) -> None:
     if data["status"] == "stopped":
         raise Interrupted(f"run {data['id']} stopped: {data.get('reason', '')}; continue with "
                           f"'kohyawan runs resume {data['id']}'")
-    raise WorkFailed(f"run {data['id']} failed: {data.get('reason', 'see run.json')}")
+    from kohyawan.runner import brief
+
+    raise WorkFailed(f"run {data['id']} failed: {brief(data.get('reason')) or 'see run.json'}")
 
 
 def _summary(data: dict) -> None:
+    from kohyawan.runner import brief
+
     c = console.out()
     c.print(f"run {data['id']}: {data['status']}" + (" (REHEARSAL: no training happened)" if data.get("rehearsal") else ""))
     for a in data["attempts"]:
         c.print(f"  attempt {a['n']} {a.get('stage', '')}: steps {a['steps'][0]}-{a['steps'][1]} {a['outcome']}"
-                + (f" [rung {a['rung']}]" if a.get("rung") else "") + (f" - {a['reason']}" if a.get("reason") else ""))
+                + (f" [rung {a['rung']}]" if a.get("rung") else "") + (f" - {brief(a['reason'])}" if a.get("reason") else ""), markup=False)
     if data.get("final"):
         c.print(f"  final: {data['final']['path']}")
 
