@@ -56,7 +56,7 @@ def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max
 
     stored = stored or {}
     return RunOptions(
-        runs_dir=_runs_dir(runs_dir), name=name,
+        runs_dir=Path(os.path.abspath(_runs_dir(runs_dir))), name=name,
         trainer_dir=trainer_dir.resolve() if trainer_dir else (Path(stored["trainer_dir"]) if stored.get("trainer_dir") else None),
         python=python or stored.get("python") or "python",
         launcher=launcher or stored.get("launcher") or "accelerate",
@@ -122,6 +122,8 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
 
     if gpu_memory and not rehearse:
         raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
+    # the trainer runs in its own checkout: every path it gets must be absolute
+    plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
     request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                for k, v in plan_kwargs.items()}
     spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
