@@ -1,7 +1,7 @@
 """Finding, layering and resolving profiles into a RunSpec, with the origin of every value.
 
 Layers, lowest first: built-in ``base`` < profile (and the profiles it extends) < variant < the guide's
-dataset-size rules < project file (``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up
+dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < project file (``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up
 in the built-in folder, then the user's folder (``$XDG_CONFIG_HOME/kohyawan/profiles``), then the project's
 ``profiles/`` folder; a later folder's profile of the same name replaces an earlier one.
 """
@@ -163,6 +163,24 @@ def _apply_size_rules(layers: Layers, inv: inventory.Inventory, notes: list[str]
                          f"{rule.epoch_range[0]}-{rule.epoch_range[1]}")
 
 
+def _apply_model_rules(layers: Layers, models: Models | None, notes: list[str]) -> None:
+    """musubi-tuner trains an fp16 DiT only in fp16 and a bf16 DiT only in bf16: follow the checkpoint."""
+    path = models and (models.dit or models.dit_high_noise)
+    if not path:
+        return
+    try:
+        from kohyawan import modelfiles
+        dtype = modelfiles.identify(path).dtype
+    except Exception:  # unreadable or missing: validation reports it with the option name
+        return
+    wanted = {"fp16": "fp16", "bf16": "bf16"}.get(dtype)
+    current = layers.train.get("mixed_precision")
+    if wanted and current not in (wanted, "no"):
+        layers.set("train.mixed_precision", wanted, "model-file")
+        notes.append(f"mixed_precision {current} -> {wanted}: {Path(path).name} is a {dtype} checkpoint, and "
+                     f"musubi-tuner trains a {dtype} DiT only in {wanted}")
+
+
 def _size_warning(extra: Mapping[str, Any], inv: inventory.Inventory) -> str | None:
     meta = extra.get("profile", {})
     min_images, min_clips = meta.get("min_images"), meta.get("min_clips")
@@ -204,6 +222,7 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
         if not inv.folders:
             raise DatasetError(f"no images or videos found in {dataset_dir} (looked in images/, videos/ and the folder itself)")
         _apply_size_rules(layers, inv, notes)
+    _apply_model_rules(layers, models, notes)
     if project_file is not None:
         table = {k: v for k, v in _read_toml(project_file).items() if k != "kohyawan"}
         layers.merge_table(table, f"project:{project_file.name}", where=str(project_file))

@@ -10,6 +10,7 @@ holds dataset-config keys, ``extra`` holds kohyawan's own profile sections (ladd
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -51,6 +52,9 @@ class Models:
     dit_high_noise: Path | None = None
     vae: Path | None = None
     t5: Path | None = None
+
+    def absolute(self) -> "Models":
+        return Models(**{k: (Path(os.path.abspath(v)) if v is not None else None) for k, v in self.__dict__.items()})
 
     def as_dict(self) -> dict[str, str | None]:
         return {k: (str(v) if v is not None else None) for k, v in self.__dict__.items()}

@@ -56,8 +56,8 @@ def check(spec: RunSpec, *, need_models: bool = True) -> list[str]:
 
 
 def model_roles(spec: RunSpec) -> dict[str, object]:
-    """Which files each training run needs, by expert mode."""
-    m = spec.models
+    """Which files each training run needs, by expert mode (absolute: the trainer runs elsewhere)."""
+    m = spec.models.absolute()
     if spec.expert in ("both", "sequential") and spec.task in musubi.DUAL_EXPERT_TASKS:
         return {"dit": m.dit, "dit_high_noise": m.dit_high_noise, "vae": m.vae, "t5": m.t5}
     if spec.expert == "high":

@@ -171,3 +171,18 @@ def test_cli_bad_key_is_one_line_exit_2():
     result = CliRunner().invoke(cli, ["config", "show", "--profile", "character", "--set", "netwrok_dim=8"])
     assert result.exit_code == 2
     assert result.output == "error: unknown key 'netwrok_dim'; did you mean 'network_dim'?\n"
+
+
+def test_mixed_precision_follows_the_checkpoint_dtype(tmp_path):
+    from kohyawan import fabricate
+    from kohyawan.spec import Models
+
+    fp16 = fabricate.write_dit(tmp_path / "low_noise_fp16.safetensors", dtype="fp16")
+    bf16 = fabricate.write_dit(tmp_path / "low_noise_bf16.safetensors", dtype="bf16")
+    spec = profiles.resolve("character", models=Models(dit=fp16))
+    assert spec.train["mixed_precision"] == "fp16" and spec.origin["train.mixed_precision"] == "model-file"
+    assert any("low_noise_fp16.safetensors is a fp16 checkpoint" in n for n in spec.notes)
+    spec = profiles.resolve("character", models=Models(dit=bf16))
+    assert spec.train["mixed_precision"] == "bf16" and spec.origin["train.mixed_precision"] == "base"
+    spec = profiles.resolve("character", models=Models(dit=fp16), sets=["mixed_precision=no"])
+    assert spec.train["mixed_precision"] == "no"

@@ -193,3 +193,17 @@ def test_render_cli_writes_and_reports(tmp_path):
     assert [s["name"] for s in doc["stages"]] == ["cache_latents", "cache_text_encoder", "train"]
     sources = {v["key"]: v["source"] for v in doc["values"]}
     assert sources["train.network_dim"] == "profile:style" and sources["train.optimizer_type"] == "base"
+
+
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "data")
+    make_models(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    models = {k: Path("models") / v.name for k, v in make_models(Path("models")).items()}
+    spec = profiles.resolve("character", dataset_dir=Path("data"), models=Models(**models))
+    plan = render.build_plan(spec, Path("out"))
+    values = _flatten(plan.files["train.toml"])
+    for key in ("dit", "dit_high_noise", "vae", "t5", "output_dir", "dataset_config"):
+        assert Path(values[key]).is_absolute() and values[key].startswith(str(tmp_path)), key
+    for stage in plan.stages[:2]:
+        assert all(Path(a).is_absolute() for a in stage.argv if a.endswith(".safetensors") or a.endswith(".toml"))

@@ -20,7 +20,7 @@ cd "${MUSUBI_TUNER_DIR:?set MUSUBI_TUNER_DIR to your musubi-tuner checkout}"
 # 3. Train
 "${PYTHON:-python}" -m accelerate.commands.launch \
     --num_cpu_threads_per_process 1 \
-    --mixed_precision bf16 \
+    --mixed_precision fp16 \
     src/musubi_tuner/wan_train_network.py \
     --config_file <TMP>/out/train.toml
 

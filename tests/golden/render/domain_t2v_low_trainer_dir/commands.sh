@@ -20,7 +20,7 @@ cd /opt/musubi-tuner
 # 4. Train the low-noise expert
 "${PYTHON:-python}" -m accelerate.commands.launch \
     --num_cpu_threads_per_process 1 \
-    --mixed_precision bf16 \
+    --mixed_precision fp16 \
     /opt/musubi-tuner/src/musubi_tuner/wan_train_network.py \
     --config_file <TMP>/out/train_low.toml
 

@@ -1,0 +1,329 @@
+"""``kohyawan doctor``: is this machine ready to train WAN LoRAs? Each check is ok / warn / fail with one fix.
+
+Thresholds follow the training guide: VRAM 24 GB minimum and 40 GB recommended, RAM 32/64 GB, free disk
+200/500 GB on an SSD. GPUs are read through NVML behind a small interface (``Nvml``) so tests can inject a
+fake; without an NVIDIA driver the real one reports "no NVIDIA GPU". A check that was not asked for (no
+ComfyUI folder given) is "skip". Probes touch the world; ``summarise`` is pure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+GIB = float(2**30)
+VRAM_MIN, VRAM_REC = 24, 40          # "GB" in the guide; cards of that class report 23.99 and 39.5 GiB
+VRAM_SLACK = 0.6                     # so a 24 GB card (23.99 GiB) meets "24"
+RAM_MIN, RAM_REC = 32, 64
+DISK_MIN, DISK_REC = 200, 500
+CPU_MIN = 4
+STATUSES = ("ok", "warn", "fail", "skip")
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    status: str                      # ok | warn | fail | skip
+    summary: str
+    fix: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "status": self.status, "summary": self.summary,
+                "fix": self.fix, "details": dict(self.details)}
+
+
+class Nvml(Protocol):
+    """The few NVML calls doctor and estimate need (pynvml semantics: bytes, handles, NVMLError)."""
+
+    def init(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def driver_version(self) -> str: ...
+    def cuda_version(self) -> int: ...                 # e.g. 12040 for CUDA 12.4
+    def device_count(self) -> int: ...
+    def handle(self, index: int) -> Any: ...
+    def name(self, handle: Any) -> str: ...
+    def memory(self, handle: Any) -> tuple[int, int, int]:   # total, free, used bytes
+        ...
+    def processes(self, handle: Any) -> list[tuple[int, int | None]]:  # (pid, used bytes or None)
+        ...
+
+
+class PynvmlAdapter:
+    """``Nvml`` over nvidia-ml-py (imported lazily: it loads libnvidia-ml only when asked)."""
+
+    def __init__(self):
+        import pynvml
+
+        self.nv = pynvml
+
+    def init(self):
+        self.nv.nvmlInit()
+
+    def shutdown(self):
+        self.nv.nvmlShutdown()
+
+    def driver_version(self):
+        v = self.nv.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else v
+
+    def cuda_version(self):
+        return int(self.nv.nvmlSystemGetCudaDriverVersion())
+
+    def device_count(self):
+        return int(self.nv.nvmlDeviceGetCount())
+
+    def handle(self, index):
+        return self.nv.nvmlDeviceGetHandleByIndex(index)
+
+    def name(self, handle):
+        v = self.nv.nvmlDeviceGetName(handle)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def memory(self, handle):
+        m = self.nv.nvmlDeviceGetMemoryInfo(handle)
+        return int(m.total), int(m.free), int(m.used)
+
+    def processes(self, handle):
+        procs = []
+        for getter in (self.nv.nvmlDeviceGetComputeRunningProcesses, self.nv.nvmlDeviceGetGraphicsRunningProcesses):
+            try:
+                procs += [(int(p.pid), p.usedGpuMemory) for p in getter(handle)]
+            except self.nv.NVMLError:
+                continue
+        return procs
+
+
+def real_nvml() -> Nvml | None:
+    try:
+        return PynvmlAdapter()
+    except ImportError:
+        return None
+
+
+def probe_gpus(nvml: Nvml | None) -> list[dict[str, Any]]:
+    """Every NVIDIA GPU as a dict (empty when there is no driver, no device or no NVML)."""
+    if nvml is None:
+        return []
+    try:
+        nvml.init()
+    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA GPU here
+        return []
+    try:
+        driver = nvml.driver_version()
+        cuda = nvml.cuda_version()
+        found = []
+        for i in range(nvml.device_count()):
+            h = nvml.handle(i)
+            total, free, used = nvml.memory(h)
+            procs = []
+            for pid, mem in nvml.processes(h):
+                procs.append({"pid": pid, "name": _process_name(pid),
+                              "used_gib": None if mem is None else round(mem / GIB, 2)})
+            found.append({"index": i, "name": nvml.name(h), "total_gib": round(total / GIB, 2),
+                          "free_gib": round(free / GIB, 2), "used_gib": round(used / GIB, 2), "driver": driver,
+                          "cuda": f"{cuda // 1000}.{(cuda % 1000) // 10}", "processes": procs})
+        return found
+    finally:
+        try:
+            nvml.shutdown()
+        except Exception:
+            pass
+
+
+def _process_name(pid: int) -> str | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).name()
+    except Exception:
+        return None
+
+
+def check_gpus(gpus: Sequence[Mapping[str, Any]]) -> Check:
+    if not gpus:
+        return Check("gpu", "GPU", "fail", "no NVIDIA GPU (NVML found no driver or device)",
+                     "train on a machine with an NVIDIA GPU of 24 GB or more and its driver installed",
+                     {"gpus": []})
+    best = max(gpus, key=lambda g: g["total_gib"])
+    parts = [f"{g['name']} {g['total_gib']:.1f} GiB ({g['free_gib']:.1f} free)" for g in gpus]
+    summary = f"{'; '.join(parts)}; driver {best['driver']}, CUDA {best['cuda']}"
+    holders = [p for g in gpus for p in g["processes"]]
+    details = {"gpus": list(gpus)}
+    if best["total_gib"] + VRAM_SLACK < VRAM_MIN:
+        return Check("gpu", "GPU", "fail", summary + f": below the {VRAM_MIN} GB minimum",
+                     f"use a GPU with {VRAM_MIN} GB or more (see `kohyawan estimate` for what fits)", details)
+    if holders and best["free_gib"] < best["total_gib"] - 1.0:
+        who = ", ".join(f"{p['name'] or '?'} (pid {p['pid']})" for p in holders[:3])
+        return Check("gpu", "GPU", "warn", summary + f"; other processes hold VRAM: {who}",
+                     "stop them before training (ComfyUI: POST /free or quit it)", details)
+    if best["total_gib"] + VRAM_SLACK < VRAM_REC:
+        return Check("gpu", "GPU", "warn", summary + f": under the recommended {VRAM_REC} GB",
+                     "expect fp8 and block swap (slower); `kohyawan estimate` shows the rung that fits", details)
+    return Check("gpu", "GPU", "ok", summary, "", details)
+
+
+def check_ram() -> Check:
+    import psutil
+
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    total = vm.total / GIB
+    details = {"total_gib": round(total, 1), "available_gib": round(vm.available / GIB, 1),
+               "swap_gib": round(sw.total / GIB, 1)}
+    summary = f"{total:.1f} GiB RAM ({vm.available / GIB:.1f} available), swap {sw.total / GIB:.1f} GiB"
+    if total + 1 < RAM_MIN:
+        return Check("ram", "Host RAM", "fail", summary + f": below the {RAM_MIN} GB minimum",
+                     f"use a machine with {RAM_MIN} GB or more (block swap keeps DiT blocks in RAM)", details)
+    if total + 1 < RAM_REC:
+        return Check("ram", "Host RAM", "warn", summary + f": under the recommended {RAM_REC} GB",
+                     "limit blocks_to_swap and data-loader workers, or add RAM", details)
+    return Check("ram", "Host RAM", "ok", summary, "", details)
+
+
+def backing_device(path: Path) -> str | None:
+    """The /sys/block name of the disk holding path (a partition maps to its disk), or None."""
+    try:
+        dev = os.stat(path).st_dev
+        link = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve()
+    except OSError:
+        return None
+    if not link.exists():
+        return None
+    if (link / "partition").exists():
+        link = link.parent
+    slaves = sorted((link / "slaves").glob("*")) if (link / "slaves").is_dir() else []
+    if slaves:  # device-mapper / md: judge by the first underlying device
+        return backing_device_name(slaves[0].resolve())
+    return link.name
+
+
+def backing_device_name(link: Path) -> str:
+    return link.parent.name if (link / "partition").exists() else link.name
+
+
+def rotational(device: str | None) -> bool | None:
+    if not device:
+        return None
+    try:
+        return (Path("/sys/block") / device / "queue" / "rotational").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def _existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(label: str, path: Path) -> Check:
+    where = _existing(path)
+    usage = shutil.disk_usage(where)
+    free = usage.free / GIB
+    device = backing_device(where)
+    spinning = rotational(device)
+    kind = {True: "spinning disk", False: "SSD", None: "disk type unknown"}[spinning]
+    details = {"path": str(path), "measured_at": str(where), "free_gib": round(free, 1),
+               "total_gib": round(usage.total / GIB, 1), "device": device, "rotational": spinning}
+    summary = f"{free:.0f} GiB free at {where} ({kind}{', ' + device if device else ''})"
+    cid, title = f"disk_{label}", f"Disk ({label})"
+    if free + 1 < DISK_MIN:
+        return Check(cid, title, "fail", summary + f": below the {DISK_MIN} GB minimum",
+                     f"free space, or use a disk with {DISK_MIN} GB+ free for the {label}", details)
+    if spinning:
+        return Check(cid, title, "warn", summary, "move runs, caches and datasets to an SSD (data loading stalls "
+                     "the GPU on a spinning disk)", details)
+    if free + 1 < DISK_REC:
+        return Check(cid, title, "warn", summary + f": under the recommended {DISK_REC} GB",
+                     "caches, checkpoints and states add up: keep 500 GB free for several runs", details)
+    return Check(cid, title, "ok", summary, "", details)
+
+
+def check_cpu() -> Check:
+    n = os.cpu_count() or 1
+    if n < CPU_MIN:
+        return Check("cpu", "CPU", "warn", f"{n} cores", "data loading and caching are slow with fewer than "
+                     f"{CPU_MIN} cores; lower max_data_loader_n_workers", {"cores": n})
+    return Check("cpu", "CPU", "ok", f"{n} cores", "", {"cores": n})
+
+
+def check_ffmpeg() -> Check:
+    exe = shutil.which("ffmpeg")
+    source = "PATH"
+    if exe is None:
+        try:
+            import imageio_ffmpeg
+
+            exe, source = imageio_ffmpeg.get_ffmpeg_exe(), "imageio-ffmpeg"
+        except Exception:
+            exe = None
+    if exe is None:
+        return Check("ffmpeg", "ffmpeg", "fail", "ffmpeg not found",
+                     "install ffmpeg (apt install ffmpeg) or pip install imageio-ffmpeg", {})
+    try:
+        first = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+        version = first[0].split(" Copyright")[0] if first else "?"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("ffmpeg", "ffmpeg", "fail", f"{exe} does not run: {exc}", "reinstall ffmpeg", {"path": exe})
+    return Check("ffmpeg", "ffmpeg", "ok", f"{version} ({source})", "", {"path": exe, "source": source})
+
+
+def check_comfyui(folder: Path | None) -> Check:
+    if folder is None:
+        return Check("comfyui", "ComfyUI", "skip", "not checked (no --comfyui folder given)",
+                     "pass --comfyui DIR to check the folder LoRAs are deployed to")
+    folder = Path(folder)
+    if not (folder / "main.py").is_file():
+        return Check("comfyui", "ComfyUI", "fail", f"{folder} is not a ComfyUI checkout (no main.py)",
+                     "pass the folder that holds ComfyUI's main.py", {"path": str(folder)})
+    loras = folder / "models" / "loras"
+    if not loras.is_dir():
+        return Check("comfyui", "ComfyUI", "warn", f"{folder}: models/loras is missing",
+                     f"mkdir -p {loras}", {"path": str(folder)})
+    return Check("comfyui", "ComfyUI", "ok", f"{folder} (models/loras present)", "", {"path": str(folder)})
+
+
+def check_tokenizer(env: Mapping[str, str] | None = None) -> Check:
+    env = os.environ if env is None else env
+    hub = env.get("HF_HUB_CACHE") or os.path.join(env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"), "hub")
+    repo = Path(hub) / "models--google--umt5-xxl" / "snapshots"
+    files = [p for p in repo.glob("*/*") if p.name in ("spiece.model", "tokenizer.json")] if repo.is_dir() else []
+    if files:
+        return Check("tokenizer", "umT5 tokenizer", "ok", f"in the Hugging Face cache ({files[0].parent})", "",
+                     {"hub": hub})
+    return Check("tokenizer", "umT5 tokenizer", "warn", f"google/umt5-xxl tokenizer not in {hub}",
+                 "text caching downloads it; offline, fill the cache first: huggingface-cli download "
+                 "google/umt5-xxl spiece.model tokenizer.json special_tokens_map.json tokenizer_config.json",
+                 {"hub": hub})
+
+
+def summarise(checks: Sequence[Check]) -> dict[str, Any]:
+    counts = {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
+    return {"version": 1, "ok": counts["fail"] == 0, "counts": counts, "checks": [c.to_dict() for c in checks]}
+
+
+def run_checks(*, nvml: Nvml | None, trainer_dir: Path | None = None, python: str | None = None,
+               comfyui: Path | None = None, runs_dir: Path | None = None, dataset_dir: Path | None = None,
+               models: Mapping[str, Path | None] | None = None, task: str = "t2v-A14B") -> list[Check]:
+    from kohyawan import doctor_trainer
+
+    checks = [check_gpus(probe_gpus(nvml)), check_ram(), check_cpu()]
+    places = {"runs": runs_dir or Path("runs")}
+    if dataset_dir is not None:
+        places["dataset"] = dataset_dir
+    for label, path in places.items():
+        checks.append(check_disk(label, path))
+    checks.append(check_ffmpeg())
+    checks += doctor_trainer.check_trainer(trainer_dir, python)
+    checks += doctor_trainer.check_models(models or {}, task)
+    checks.append(check_tokenizer())
+    checks.append(check_comfyui(comfyui))
+    return checks
+

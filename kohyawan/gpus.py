@@ -1,0 +1,89 @@
+"""The GPU and cloud-offer table the estimator prices runs against (``kohyawan/data/gpus.toml``).
+
+Users edit a copy at ``$XDG_CONFIG_HOME/kohyawan/gpus.toml``: a GPU there replaces the built-in entry with
+the same key. Names match NVML device names, table keys or any unique substring ("4090", "a100-40gb").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - python < 3.11
+    import tomli as tomllib
+
+from kohyawan.errors import BadInput, ConfigError
+
+BUILTIN = Path(__file__).resolve().parent / "data" / "gpus.toml"
+
+
+@dataclass(frozen=True)
+class Offer:
+    provider: str
+    usd_per_hour: float
+    usd_per_hour_max: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    key: str
+    vram_gib: float
+    bf16_tflops: float
+    mfu: float
+    h2d_gbps: float
+    names: tuple[str, ...] = ()
+    offers: tuple[Offer, ...] = ()
+
+
+def user_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "kohyawan" / "gpus.toml"
+
+
+def _parse(path: Path) -> dict[str, Gpu]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read GPU table {path}: {exc}") from exc
+    gpus = {}
+    for key, row in (data.get("gpu") or {}).items():
+        try:
+            offers = tuple(Offer(provider=str(o["provider"]), usd_per_hour=float(o["usd_per_hour"]),
+                                 usd_per_hour_max=(float(o["usd_per_hour_max"]) if "usd_per_hour_max" in o
+                                                   else None), source=str(o.get("source", "")))
+                           for o in row.get("offers", ()))
+            gpus[key] = Gpu(key=key, vram_gib=float(row["vram_gib"]), bf16_tflops=float(row["bf16_tflops"]),
+                            mfu=float(row.get("mfu", 0.3)), h2d_gbps=float(row.get("h2d_gbps", 24)),
+                            names=tuple(str(n) for n in row.get("names", ())), offers=offers)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"GPU table {path}: entry [gpu.{key}] is incomplete or malformed ({exc})") from exc
+    return gpus
+
+
+def load_gpus(extra: Path | None = None) -> dict[str, Gpu]:
+    """Built-in table, then the user's file (if any), then ``extra`` (tests, --gpus FILE)."""
+    gpus = _parse(BUILTIN)
+    for path in (user_file(), extra):
+        if path is not None and path.is_file():
+            gpus.update(_parse(path))
+    return gpus
+
+
+def find_gpu(name: str, gpus: dict[str, Gpu] | None = None) -> Gpu:
+    gpus = load_gpus() if gpus is None else gpus
+    wanted = name.strip().lower()
+    for gpu in gpus.values():
+        if wanted == gpu.key.lower() or wanted in (n.lower() for n in gpu.names):
+            return gpu
+    matches = [g for g in gpus.values()
+               if wanted in g.key.lower() or any(wanted in n.lower() for n in g.names)]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(sorted(gpus))
+    if not matches:
+        raise BadInput(f"unknown GPU '{name}'; known: {known} (add it to {user_file()}, or give --vram GB)")
+    raise BadInput(f"GPU '{name}' is ambiguous: {', '.join(g.key for g in matches)}")

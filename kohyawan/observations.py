@@ -1,0 +1,170 @@
+"""Learning from the user's own runs: observed peak VRAM and s/step from run ledgers correct the estimate.
+
+A run folder (``runs/<id>/``, written by the runner) has ``run.json`` (attempts with ``peak_vram_gb``,
+``outcome``, ``changes`` and the GPU), ``metrics.jsonl`` (one line per step with ``s_per_it`` and
+``attempt``) and ``plan.json`` (the resolved train/dataset values, task and expert). Reading is tolerant:
+a folder that lacks something is skipped, never an error. ``fit_corrections`` is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from kohyawan import memory
+
+VRAM_CLAMP = (0.7, 1.6)
+TIME_CLAMP = (0.2, 5.0)
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Factors learnt from observed runs on the same GPU with similar settings (1.0 = none)."""
+
+    vram_factor: float = 1.0
+    time_factor: float = 1.0
+    vram_runs: int = 0
+    time_runs: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    run_id: str
+    attempt: int
+    gpu: str | None
+    inputs: memory.MemoryInputs
+    peak_vram_gib: float | None     # only from attempts that did not run out of GPU memory
+    s_per_step: float | None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
+    if isinstance(plan.get("values"), list):       # plan.json: [{"key": "train.X", "value": ..., "source"}]
+        train, dataset = {}, {}
+        for row in plan["values"]:
+            if isinstance(row, Mapping) and isinstance(row.get("key"), str):
+                section, _, name = row["key"].partition(".")
+                if section in ("train", "dataset"):
+                    (train if section == "train" else dataset)[name] = row.get("value")
+        return train, dataset, str(plan.get("task") or "t2v-A14B"), str(plan.get("expert") or "both")
+    for holder in (plan, plan.get("spec") or {}, plan.get("resolved") or {}):
+        if isinstance(holder, Mapping) and isinstance(holder.get("train"), Mapping):
+            task = holder.get("task") or plan.get("task") or "t2v-A14B"
+            expert = holder.get("expert") or plan.get("expert") or "both"
+            return dict(holder["train"]), dict(holder.get("dataset") or {}), str(task), str(expert)
+    return None
+
+
+def _gpu_name(*sources: Mapping[str, Any]) -> str | None:
+    for src in sources:
+        gpu = src.get("gpu") or src.get("gpu_name") or src.get("device")
+        if isinstance(gpu, Mapping):
+            gpu = gpu.get("name")
+        if isinstance(gpu, str) and gpu:
+            return gpu
+    return None
+
+
+def _step_times(run_dir: Path) -> dict[int, list[float]]:
+    times: dict[int, list[float]] = {}
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return times
+    for line in lines:
+        try:
+            row = json.loads(line)
+            value = row.get("s_per_it")
+            if value is not None and float(value) > 0:
+                times.setdefault(int(row.get("attempt", 1)), []).append(float(value))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return times
+
+
+def _apply(train: dict, dataset: dict, changes: Mapping[str, Any]) -> None:
+    for key, value in (changes or {}).items():
+        if key.startswith("dataset."):
+            dataset[key[8:]] = value
+        else:
+            train[key[6:] if key.startswith("train.") else key] = value
+
+
+def load_observations(runs_dir: Path) -> list[Observation]:
+    found: list[Observation] = []
+    if not runs_dir or not Path(runs_dir).is_dir():
+        return found
+    for run_json in sorted(Path(runs_dir).glob("*/run.json")):
+        run = _read_json(run_json)
+        plan = _read_json(run_json.parent / "plan.json")
+        if not isinstance(run, Mapping) or not isinstance(plan, Mapping):
+            continue
+        values = _values(plan)
+        if values is None:
+            continue
+        times = _step_times(run_json.parent)
+        for attempt in run.get("attempts") or []:
+            if not isinstance(attempt, Mapping):
+                continue
+            train, dataset, task, expert = dict(values[0]), dict(values[1]), values[2], values[3]
+            _apply(train, dataset, attempt.get("changes") or {})
+            n = int(attempt.get("n", 1))
+            peak = attempt.get("peak_vram_gb")
+            peak = float(peak) if peak is not None and attempt.get("outcome") != "oom_vram" else None
+            # the first steps include warm-up and allocation; the median of the rest is the steady rate
+            seen = times.get(n, [])
+            step_list = seen[2:] if len(seen) > 3 else seen[1:]
+            found.append(Observation(
+                run_id=run_json.parent.name, attempt=n, gpu=_gpu_name(attempt, run),
+                inputs=memory.inputs_from_values(train, dataset, task, expert),
+                peak_vram_gib=peak if peak and peak > 0 else None,
+                s_per_step=statistics.median(step_list) if step_list else None))
+    return found
+
+
+def similar(a: memory.MemoryInputs, b: memory.MemoryInputs) -> bool:
+    """Close enough that a correction learnt on one applies to the other."""
+    return (a.shape.name == b.shape.name and a.grad_ckpt == b.grad_ckpt and a.fp8_base == b.fp8_base
+            and a.grad_ckpt_cpu_offload == b.grad_ckpt_cpu_offload and a.dual_resident == b.dual_resident
+            and 0.5 <= a.tokens / max(1, b.tokens) <= 2.0 and abs(a.swapped - b.swapped) <= 10)
+
+
+def _same_gpu(observed: str | None, gpu_name: str | None, gpu: Any) -> bool:
+    if observed is None:
+        return False
+    o = observed.lower()
+    names = {n.lower() for n in getattr(gpu, "names", ())} | ({gpu_name.lower()} if gpu_name else set())
+    return o in names
+
+
+def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs, *, gpu_name: str | None,
+                    gpu: Any = None) -> Corrections:
+    """Median observed/predicted ratio over similar runs on the same GPU, clamped to a sane range."""
+    relevant = [o for o in observations if _same_gpu(o.gpu, gpu_name, gpu) and similar(o.inputs, inputs)]
+    vram_ratios = [o.peak_vram_gib / memory.vram(o.inputs).total_gib for o in relevant if o.peak_vram_gib]
+    time_ratios = []
+    if gpu is not None:
+        for o in relevant:
+            if o.s_per_step:
+                predicted = memory.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
+                time_ratios.append(o.s_per_step / predicted)
+    notes = []
+    where = ", ".join(sorted({o.gpu for o in relevant if o.gpu})) or gpu_name
+    vf = tf = 1.0
+    if vram_ratios:
+        vf = min(max(statistics.median(vram_ratios), VRAM_CLAMP[0]), VRAM_CLAMP[1])
+        notes.append(f"peak VRAM scaled by {vf:.2f} from {len(vram_ratios)} observed attempt(s) on {where}")
+    if time_ratios:
+        tf = min(max(statistics.median(time_ratios), TIME_CLAMP[0]), TIME_CLAMP[1])
+        notes.append(f"s/step scaled by {tf:.2f} from {len(time_ratios)} observed attempt(s) on {where}")
+    return Corrections(vf, tf, len(vram_ratios), len(time_ratios), tuple(notes))
