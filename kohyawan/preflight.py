@@ -80,3 +80,19 @@ def disk(run_dir: Path, needed: int) -> None:
         raise BadInput(f"not enough disk space in {run_dir}: the planned checkpoints and states need about "
                        f"{needed / 1e9:.1f} GB, {free / 1e9:.1f} GB free (lower save_every_n_steps' frequency or "
                        "set save_last_n_steps)")
+
+
+def captions(dataset_dir: Path, caption_extension: str = ".txt") -> None:
+    """Fail now on what would fail after minutes of model loading: a video without a caption breaks
+    text-encoder caching, and uncaptioned images are skipped, so none captioned means nothing to train."""
+    from kohyawan import inventory
+
+    inv = inventory.scan(dataset_dir, caption_extension)
+    for folder in inv.folders:
+        if folder.kind == "video" and folder.uncaptioned:
+            raise BadInput(f"{folder.uncaptioned} of {folder.count} videos in {folder.path} have no {caption_extension} "
+                           "caption beside them; the trainer's text-encoder caching would fail "
+                           "(kohyawan dataset prepare writes the trainer's layout)")
+    if inv.folders and all(f.uncaptioned == f.count for f in inv.folders):
+        raise BadInput(f"no media in {dataset_dir} has a {caption_extension} caption beside it; the trainer would find "
+                       "nothing to train on (kohyawan dataset prepare writes the trainer's layout)")

@@ -8,6 +8,7 @@ step, so checkpoints, step counts and the learning rate continue exactly (design
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -440,6 +441,11 @@ def new_run(spec, request: dict, opts: RunOptions) -> Run:
     from kohyawan import render
 
     plan = render.build_plan(spec, run_dir, trainer_dir=opts.trainer_dir, python=opts.python, launcher=opts.launcher)
+    from kohyawan import console
+
+    for warning in plan.warnings:
+        console.warn(warning)
+    preflight.captions(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"))
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = min(spec.train.get("network_dim", 32), 4) if opts.rehearse else spec.train.get("network_dim", 32)
     outputs = sum(1 for s in plan.stages if s.name.startswith("train"))
@@ -459,22 +465,23 @@ def _options_doc(opts: RunOptions) -> dict:
 
 
 def _rehearsal_models(spec, runs_dir: Path):
-    """Rehearsals need no model files: stand-ins are written for the ones not given."""
+    """Rehearsals need no model files: sparse stand-ins with the real headers (``fabricate``) are written
+    for the ones not given, once per task, so model checks see exactly what real files would show."""
     from dataclasses import replace
 
-    from kohyawan.rehearse.model import save_safetensors
+    from kohyawan.fabricate import write_task_models
 
-    folder = runs_dir / ".rehearsal-models"
-    folder.mkdir(parents=True, exist_ok=True)
     given = spec.models
-    fields = {}
-    for role in ("dit", "dit_high_noise", "vae", "t5"):
-        if getattr(given, role) is None:
-            path = folder / f"{role}-stand-in.safetensors"
-            if not path.exists():
-                save_safetensors(str(path), {}, "BF16", {"kohyawan.rehearsal": "true",
-                                                         "kohyawan.note": "not a model: rehearsal stand-in"})
-            fields[role] = path
+    missing = [r for r in ("dit", "dit_high_noise", "vae", "t5") if getattr(given, r) is None]
+    if not missing:
+        return spec
+    folder = runs_dir / ".rehearsal-models" / spec.task
+    marker = folder / ".complete"
+    if not marker.exists():
+        files = write_task_models(folder, spec.task)
+        marker.write_text(json.dumps({k: str(v) for k, v in files.items()}))
+    files = json.loads(marker.read_text())
+    fields = {r: Path(files[r]) for r in missing if r in files}
     return replace(spec, models=replace(given, **fields)) if fields else spec
 
 

@@ -154,3 +154,13 @@ def test_user_environment_reaches_the_trainer(tmp_path):
     sup = Supervisor([sys.executable, "-c", "import os; print(os.environ['MY_VAR'], os.environ['PYTHONUNBUFFERED'])"],
                      log_path=tmp_path / "c.log", env={**os.environ, "MY_VAR": "x y $(z)"}, on_line=seen.append)
     assert sup.run().exit_code == 0 and seen == ["x y $(z) 1"]
+
+
+def test_uncaptioned_videos_fail_in_preflight(tmp_path):
+    videos = tmp_path / "d" / "videos"
+    videos.mkdir(parents=True)
+    (videos / "clip.mp4").write_bytes(b"not decoded here")
+    with pytest.raises(BadInput, match="text-encoder caching would fail"):
+        preflight.captions(tmp_path / "d")
+    (videos / "clip.txt").write_text("a clip")
+    preflight.captions(tmp_path / "d")

@@ -58,7 +58,10 @@ def _run(script: str, logger: str, what: str) -> int:
                 written.add(item.latent_cache)
             else:
                 if item.caption is None:
-                    print(f"\nFileNotFoundError: caption file not found for {item.media}", file=sys.stderr, flush=True)
+                    if ds.is_image:  # musubi skips an image without a caption; training then never sees it
+                        continue
+                    print(f"\nFileNotFoundError: [Errno 2] No such file or directory: "
+                          f"'{os.path.splitext(item.media)[0] + ds.caption_extension}'", file=sys.stderr, flush=True)
                     return 1
                 if not args.skip_existing or not os.path.exists(item.te_cache):
                     tok = max(1, len(item.caption.split()))
