@@ -46,7 +46,7 @@ def _changes_rank(rung: RungLike) -> bool:
     return any(k in rung.changes for k in RANK_KEYS)
 
 
-def _start_from(saved: Saved | None, rung: RungLike | None) -> tuple[str, int, str | None, str | None, str]:
+def start_from(saved: Saved | None, rung: RungLike | None) -> tuple[str, int, str | None, str | None, str]:
     """(action, start step, state dir, weights file, how) for a move to ``rung`` (None: same settings)."""
     if rung is not None and _changes_rank(rung):
         return "restart", 0, None, None, ("the network rank changes, so neither the saved state nor the LoRA "
@@ -89,20 +89,20 @@ def decide(outcome: str, *, failure_line: str = "", vram: Sequence[RungLike] = (
             tried = [r.name for r in pool]
             return Next("stop", f"out of {kind} and the ladder is exhausted; tried: {', '.join(tried) or 'nothing'} "
                         f"(in effect: {', '.join(applied) or 'none'})", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = _start_from(saved, rung)
+        action, start, state, weights, how = start_from(saved, rung)
         return Next(action, f"{'CUDA' if outcome == 'oom_vram' else 'host'} out of memory: next rung {rung.name}; {how}",
                     applied + (rung.name,), rung.name, start, state, weights, lr_scale, bool(rung.needs_recache))
     if outcome in ("loss_spike", "nan"):
         what = "the loss spiked" if outcome == "loss_spike" else "the loss became NaN/inf"
         if previous.count("loss_spike") + previous.count("nan") >= 2:
             return Next("stop", f"{what} again after halving the learning rate twice", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = _start_from(good_saved, None)
+        action, start, state, weights, how = start_from(good_saved, None)
         return Next(action, f"{what}: halving the learning rate; {how} (the last save before it began)",
                     applied + (HALF_LR,), HALF_LR, start, state, weights, lr_scale * 0.5, False)
     if outcome == "stall":
         if previous and previous[-1] == "stall":
             return Next("stop", "the trainer stalled twice in a row; not retried again", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = _start_from(saved, None)
+        action, start, state, weights, how = start_from(saved, None)
         return Next(action, f"the trainer stalled: one more try with the same settings; {how}", applied, None,
                     start, state, weights, lr_scale, False)
     return Next("stop", f"unhandled outcome {outcome}", applied, lr_scale=lr_scale)

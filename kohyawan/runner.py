@@ -8,9 +8,7 @@ step, so checkpoints, step counts and the learning rate continue exactly (design
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -19,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kohyawan import caches, ladder, preflight, rungs, schedule
-from kohyawan.errors import Interrupted, WorkFailed
+from kohyawan import caches, ladder, rungs, schedule
 from kohyawan.ledger import Ledger
 from kohyawan.notify import Notifier
 from kohyawan.runlock import RunLock, clear_pid, write_pid
-from kohyawan.runview import Status, View
+from kohyawan.runview import Status, View, brief
+from kohyawan.runsetup import attempt_config, rehearsal_models, rehearse_trainer
 from kohyawan.supervise import Supervisor, Timeouts
-from kohyawan.tomlfmt import toml_value
 from kohyawan.tracker import Tracker
 from kohyawan.trainer.musubi_log import classify_failure
 from kohyawan.watchdog import GpuSampler, Watchdog, host_sample
@@ -62,8 +59,8 @@ class Run:
         self.gpu: GpuSampler | None = None
         self.wd_cfg = dict(spec.extra.get("watchdog", {}))
         if opts.rehearse:
-            opts.trainer_dir, opts.python = _rehearse_trainer(), sys.executable
-            self.base_spec = _rehearsal_models(spec, opts.runs_dir)
+            opts.trainer_dir, opts.python = rehearse_trainer(), sys.executable
+            self.base_spec = rehearsal_models(spec, opts.runs_dir)
 
     # --- plan -----------------------------------------------------------------------------------------
     def plan(self, spec):
@@ -205,10 +202,10 @@ class Run:
         rec.setdefault("saves", [])
         rec["status"] = "running"
         saves = [ladder.Saved(**s) for s in rec["saves"]]
-        latest = max((s for s in saves if s.state_dir), key=lambda s: s.step, default=None)
-        nxt = ladder.Next("resume" if latest else "restart", "resuming the run" if latest else "first attempt",
-                          tuple(rec["rungs"]), None, latest.step if latest else 0,
-                          latest.state_dir if latest else None, None, rec["lr_scale"])
+        latest = max(saves, key=lambda s: (s.step, s.state_dir is not None), default=None)
+        action, start, state, weights, how = ladder.start_from(latest, None)
+        nxt = ladder.Next(action, how if latest else "first attempt", tuple(rec["rungs"]), None, start, state, weights,
+                          rec["lr_scale"])
         while True:
             spec = rungs.apply(base, [by_name[n] for n in nxt.rungs if n in by_name])
             plan = self.plan(spec)
@@ -229,8 +226,9 @@ class Run:
                         tracker.absolute - int(wd.cfg["loss_spike_patience"]) - int(wd.cfg["loss_spike_window"]) // 2
                         if outcome == "loss_spike" else None)
             usable = [s for s in saves if s.state_dir or s.weights]
-            latest = max(usable, key=lambda s: s.step, default=None)
-            good = max((s for s in usable if bad_from is None or s.step < bad_from), key=lambda s: s.step, default=None)
+            latest = max(usable, key=lambda s: (s.step, s.state_dir is not None), default=None)
+            good = max((s for s in usable if bad_from is None or s.step < bad_from),
+                       key=lambda s: (s.step, s.state_dir is not None), default=None)
             previous = [a["outcome"] for a in self.ledger.data["attempts"] if a.get("stage") == stage_name][:-1]
             nxt = ladder.decide(outcome, failure_line=reason, vram=vram, ram=ram, applied=rec["rungs"],
                                 lr_scale=rec["lr_scale"], attempts_made=len(previous) + 1, max_attempts=max_attempts,
@@ -273,7 +271,12 @@ class Run:
                                   first_step=nxt.start_step, stage=stage.name, output_name=name, rungs=list(nxt.rungs),
                                   lr_scale=nxt.lr_scale, console_log=str(adir / "console.log"))
         def on_save(saved):  # on the books at once: a SIGKILLed kohyawan must still know where to resume
-            rec["saves"].append(dict(saved.__dict__))
+            for entry in rec["saves"]:
+                if entry["step"] == saved.step:  # weights first, then the state of the same step
+                    entry.update({k: v for k, v in saved.__dict__.items() if v is not None})
+                    break
+            else:
+                rec["saves"].append(dict(saved.__dict__))
             self.ledger.save()
 
         tracker = Tracker(self.ledger, attempt=n, stage=stage.name, base_name=stage.output_name,
@@ -362,15 +365,6 @@ class Run:
         self.ledger.set(final={**outputs[-1], "outputs": outputs})
 
 
-def brief(text: str | None) -> str:
-    """A failure line short enough for a terminal: torch's OOM text up to the free-memory sentence."""
-    if not text:
-        return ""
-    cut = text.find(" Including non-PyTorch memory")
-    text = text[:cut] if cut > 0 else text
-    return text if len(text) <= 240 else text[:239] + "…"
-
-
 class _Stop(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
@@ -385,12 +379,6 @@ def _r(v):
     return round(v, 3) if v is not None else None
 
 
-def _rehearse_trainer() -> Path:
-    from kohyawan.rehearse import trainer_dir
-
-    return trainer_dir()
-
-
 def _rung_changes(spec, name: str) -> dict:
     if name == ladder.HALF_LR:
         return {"lr_scale": 0.5}
@@ -400,90 +388,3 @@ def _rung_changes(spec, name: str) -> dict:
     return {}
 
 
-_EPOCHS_LINE = re.compile(r"^\s*max_train_epochs\s*=.*$\n?", re.M)
-
-
-def attempt_config(text: str, overrides: dict[str, Any]) -> str:
-    """The rendered training TOML with this attempt's settings: ``max_train_epochs`` removed (it would
-    override ``max_train_steps``) and a last table the trainer flattens over the earlier ones."""
-    import tomllib
-
-    text = _EPOCHS_LINE.sub("", text)
-    lines = [text.rstrip("\n"), "", "# kohyawan: this attempt's output name, remaining steps, resume point and "
-             "LR continuation", "[kohyawan_attempt]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in overrides.items()]
-    out = "\n".join(lines) + "\n"
-    parsed = tomllib.loads(out)
-    flat = {}
-    for body in parsed.values():
-        if isinstance(body, dict):
-            flat.update(body)
-    assert all(flat[k] == v for k, v in overrides.items()) and "max_train_epochs" not in flat
-    return out
-
-
-def new_run(spec, request: dict, opts: RunOptions) -> Run:
-    """Preflight and create the run folder; nothing is launched yet."""
-    from kohyawan.errors import BadInput
-
-    preflight.runs_dir_writable(opts.runs_dir)
-    if opts.rehearse:
-        opts.trainer_dir, opts.python = _rehearse_trainer(), sys.executable
-        spec = _rehearsal_models(spec, opts.runs_dir)
-    else:
-        preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
-    run_id = opts.name or f"{spec.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.fullmatch(r"[\w.-]+", run_id):
-        raise BadInput(f"run name {run_id!r}: use letters, digits, '.', '-' and '_'")
-    run_dir = opts.runs_dir / run_id
-    if (run_dir / "run.json").exists():
-        raise BadInput(f"run {run_id} already exists in {opts.runs_dir}; continue it with 'kohyawan runs resume {run_id}'")
-    from kohyawan import render
-
-    plan = render.build_plan(spec, run_dir, trainer_dir=opts.trainer_dir, python=opts.python, launcher=opts.launcher)
-    from kohyawan import console
-
-    for warning in plan.warnings:
-        console.warn(warning)
-    preflight.captions(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rank = min(spec.train.get("network_dim", 32), 4) if opts.rehearse else spec.train.get("network_dim", 32)
-    outputs = sum(1 for s in plan.stages if s.name.startswith("train"))
-    preflight.disk(run_dir, preflight.disk_needed(spec.task, spec.train, plan.steps.total_steps, plan.steps.epochs,
-                                                  outputs, rank))
-    led = Ledger.create(run_dir, run_id=run_id, profile=spec.profile, task=spec.task,
-                        total_steps=plan.steps.total_steps, variant=spec.variant, expert=spec.expert,
-                        rehearsal=opts.rehearse, request=request, options=_options_doc(opts))
-    return Run(led, spec, opts)
-
-
-def _options_doc(opts: RunOptions) -> dict:
-    return {"trainer_dir": str(opts.trainer_dir) if opts.trainer_dir else None, "python": opts.python,
-            "launcher": opts.launcher, "accelerate_args": list(opts.accelerate_args), "gpus": opts.gpus,
-            "max_attempts": opts.max_attempts, "notify": list(opts.notify), "rehearse": opts.rehearse,
-            "gpu_memory_gb": opts.gpu_memory_gb}
-
-
-def _rehearsal_models(spec, runs_dir: Path):
-    """Rehearsals need no model files: sparse stand-ins with the real headers (``fabricate``) are written
-    for the ones not given, once per task, so model checks see exactly what real files would show."""
-    from dataclasses import replace
-
-    from kohyawan.fabricate import write_task_models
-
-    given = spec.models
-    missing = [r for r in ("dit", "dit_high_noise", "vae", "t5") if getattr(given, r) is None]
-    if not missing:
-        return spec
-    folder = runs_dir / ".rehearsal-models" / spec.task
-    marker = folder / ".complete"
-    if not marker.exists():
-        files = write_task_models(folder, spec.task)
-        marker.write_text(json.dumps({k: str(v) for k, v in files.items()}))
-    files = json.loads(marker.read_text())
-    fields = {r: Path(files[r]) for r in missing if r in files}
-    return replace(spec, models=replace(given, **fields)) if fields else spec
-
-
-def load_run(run_dir: Path, spec, opts: RunOptions) -> Run:
-    return Run(Ledger.load(run_dir), spec, opts)

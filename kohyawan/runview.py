@@ -115,3 +115,12 @@ class View:
             self._live.console.print(message, markup=False, highlight=False)
         else:
             print(message, file=sys.stderr, flush=True)
+
+
+def brief(text: str | None) -> str:
+    """A failure line short enough for a terminal: torch's OOM text up to the free-memory sentence."""
+    if not text:
+        return ""
+    cut = text.find(" Including non-PyTorch memory")
+    text = text[:cut] if cut > 0 else text
+    return text if len(text) <= 240 else text[:239] + "…"

@@ -119,6 +119,8 @@ class Tracker:
                                    trainer_path=path, final=final)
         if final:
             self.final = str(link)
+        else:  # LoRA weights alone are a resume point too (fresh optimizer) when no state comes with them
+            self.on_save(Saved(step, None, str(link)))
 
     def _link(self, path: str, step: int, final: bool) -> Path:
         folder = self.ledger.dir / "checkpoints"

@@ -235,3 +235,15 @@ def test_resumed_run_uses_the_same_learning_rate_at_every_absolute_step(data, tm
     assert len(set(straight.values())) > 10  # a real decaying schedule, not a constant
     for step in straight:
         assert resumed[step] == pytest.approx(straight[step], rel=1e-12), step
+
+
+def test_without_saved_states_a_resume_continues_from_the_lora_weights(data, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "nostate", "--set", "save_state=false"), KOHYAWAN_REHEARSE_FAULTS="oom@7",
+                KOHYAWAN_REHEARSE_FAULT_STATE=str(tmp_path / "faults.json"))
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "nostate")
+    second = d["attempts"][1]
+    assert second["steps"] == [5, 20] and second["resumed_from"].endswith("checkpoints/character-step00000005.safetensors")
+    assert "fresh optimizer" in d["attempts"][0]["next"]
+    assert 'network_weights = "' in (runs / "nostate" / "attempts" / "02" / "train.toml").read_text()

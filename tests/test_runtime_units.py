@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from kohyawan.errors import BadInput, ToolMissing, WorkFailed
 from kohyawan.ledger import Ledger
 from kohyawan.notify import Notifier
 from kohyawan.runlock import RunLock
-from kohyawan.runner import attempt_config
+from kohyawan.runsetup import attempt_config
 from kohyawan.supervise import Supervisor, Timeouts, group_alive
 
 

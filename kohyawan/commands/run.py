@@ -79,13 +79,13 @@ def _finish(data: dict, as_json: bool) -> None:
     if data["status"] == "stopped":
         raise Interrupted(f"run {data['id']} stopped: {data.get('reason', '')}; continue with "
                           f"'kohyawan runs resume {data['id']}'")
-    from kohyawan.runner import brief
+    from kohyawan.runview import brief
 
     raise WorkFailed(f"run {data['id']} failed: {brief(data.get('reason')) or 'see run.json'}")
 
 
 def _summary(data: dict) -> None:
-    from kohyawan.runner import brief
+    from kohyawan.runview import brief
 
     c = console.out()
     c.print(f"run {data['id']}: {data['status']}" + (" (REHEARSAL: no training happened)" if data.get("rehearsal") else ""))
@@ -118,7 +118,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
       kohyawan run --profile character --dataset ./data/sarah --task t2v-1.3B \\
         --runs-dir ./runs --name sarah-try --rehearse --gpu-memory 12
     """
-    from kohyawan import runner
+    from kohyawan import runsetup
 
     if gpu_memory and not rehearse:
         raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
@@ -130,7 +130,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
                                                    "dit_high_noise", "vae", "t5", "sets")))
     opts = _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
                     plain, interval, rehearse, gpu_memory, name)
-    job = runner.new_run(spec, request, opts)
+    job = runsetup.new_run(spec, request, opts)
     if not as_json:
         console.err().print(f"run {job.ledger.data['id']} in {job.dir}", markup=False)
     _finish(job.drive(), as_json)
@@ -246,7 +246,7 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     Example:
       kohyawan runs resume sarah-try
     """
-    from kohyawan import runlock, runner
+    from kohyawan import runlock, runsetup
     from kohyawan.supervise import kill_group
 
     run_dir = _run_dir(runs_dir, run_id)
@@ -268,7 +268,7 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     stored = data.get("options", {})
     opts = _options(run_dir.parent, trainer_dir, python, None, (), None, None, (), False, plain, interval,
                     stored=stored)
-    job = runner.load_run(run_dir, spec, opts)
+    job = runsetup.load_run(run_dir, spec, opts)
     _finish(job.drive(), as_json)
 
 

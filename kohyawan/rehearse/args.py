@@ -60,7 +60,7 @@ def read_config_from_file(args, parser, argv=None):
     if not getattr(args, "config_file", None):
         return args
     path = args.config_file if args.config_file.endswith(".toml") else args.config_file + ".toml"
-    log = f"INFO:musubi_tuner.training.parser_common:"
+    log = "INFO:musubi_tuner.training.parser_common:"
     if not os.path.exists(path):
         print(f"{log}{path} not found.", file=sys.stderr, flush=True)
         sys.exit(1)
