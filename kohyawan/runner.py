@@ -145,15 +145,16 @@ class Run:
         return result, peaks, wd
 
     # --- stages ---------------------------------------------------------------------------------------------
-    def cache_stage(self, stage, force: bool) -> None:
+    def cache_stage(self, stage, force: bool, quiet_skip: bool = False) -> None:
         dataset_toml = self.dir / "dataset.toml"
         model = stage.argv[stage.argv.index("--vae" if stage.name == "cache_latents" else "--t5") + 1]
         why = "forced (--recache)" if force else caches.missing(stage.name, dataset_toml, model)
         record = self._stage_record(stage.name)
         if why is None:
-            record.update(status="skipped", reason="outputs complete and newer than their inputs")
-            self.ledger.save()
-            self.view.say(f"{stage.name}: skipped (caches complete and up to date)")
+            if not quiet_skip:
+                record.update(status="skipped", reason="outputs complete and newer than their inputs")
+                self.ledger.save()
+                self.view.say(f"{stage.name}: skipped (caches complete and up to date)")
             return
         self.status.stage = stage.name
         self.view.say(f"{stage.name}: running ({why})")
@@ -209,10 +210,10 @@ class Run:
         while True:
             spec = rungs.apply(base, [by_name[n] for n in nxt.rungs if n in by_name])
             plan = self.plan(spec)
-            if nxt.recache:
-                for st in plan.stages:
-                    if st.name == "cache_latents":
-                        self.cache_stage(st, force=True)
+            # caches must match this attempt's dataset config (a rung may change frames or resolution)
+            for st in plan.stages:
+                if st.name.startswith("cache"):
+                    self.cache_stage(st, force=nxt.recache and st.name == "cache_latents", quiet_skip=True)
             stage = next(s for s in plan.stages if s.name == stage_name)
             total = rec.setdefault("total_steps", plan.steps.total_steps)
             self.ledger.data["total_steps"] = total

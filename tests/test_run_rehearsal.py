@@ -115,9 +115,30 @@ def test_loss_spike_halves_lr(data, tmp_path):
 
 
 def test_unrelated_crash_stops_at_once_with_the_trainers_error(data, tmp_path):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    import threading
+
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     runs = tmp_path / "runs"
-    r = run_cli(base_args(data, runs, "crash"), KOHYAWAN_REHEARSE_FAULTS="crash@7")
+    try:
+        r = run_cli(base_args(data, runs, "crash", "--notify", f"http://127.0.0.1:{server.server_port}/x"),
+                    KOHYAWAN_REHEARSE_FAULTS="crash@7")
+    finally:
+        server.shutdown()
     assert r.returncode == 1
+    assert [m["event"] for m in got] == ["failed"] and "Expected all tensors" in got[0]["text"] == got[0]["content"]
     d = ledger(runs, "crash")
     assert [a["outcome"] for a in d["attempts"]] == ["crashed"] and d["status"] == "failed"
     assert "RuntimeError: Expected all tensors to be on the same device" in d["attempts"][0]["reason"]
@@ -247,3 +268,23 @@ def test_without_saved_states_a_resume_continues_from_the_lora_weights(data, tmp
     assert second["steps"] == [5, 20] and second["resumed_from"].endswith("checkpoints/character-step00000005.safetensors")
     assert "fresh optimizer" in d["attempts"][0]["next"]
     assert 'network_weights = "' in (runs / "nostate" / "attempts" / "02" / "train.toml").read_text()
+
+
+def test_fewer_frames_rung_rebuilds_latent_caches_before_resuming(tmp_path):
+    from PIL import Image  # noqa: F401  (make_dataset needs it)
+
+    data = make_dataset(tmp_path / "data", n=2)
+    videos = data / "videos"
+    videos.mkdir()
+    for i in range(2):
+        (videos / f"clip{i}.mp4").write_bytes(b"not decoded by the simulation")
+        (videos / f"clip{i}.txt").write_text("a clip")
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "frames", "--set", "target_frames=[17]", "--set", 'ladder.vram=["fewer_frames"]'),
+                KOHYAWAN_REHEARSE_FAULTS="oom@3", KOHYAWAN_REHEARSE_FAULT_STATE=str(tmp_path / "f.json"))
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "frames")
+    assert [a["rung"] for a in d["attempts"]] == [None, "fewer_frames"]
+    caches = sorted(p.name for p in (runs / "frames" / "cache").glob("*/*_wan.safetensors"))
+    assert caches and all("-017_" not in c for c in caches if c.startswith("clip"))
+    assert any("-005_" in c or "-009_" in c for c in caches)
