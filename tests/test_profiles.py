@@ -186,3 +186,10 @@ def test_mixed_precision_follows_the_checkpoint_dtype(tmp_path):
     assert spec.train["mixed_precision"] == "bf16" and spec.origin["train.mixed_precision"] == "base"
     spec = profiles.resolve("character", models=Models(dit=fp16), sets=["mixed_precision=no"])
     assert spec.train["mixed_precision"] == "no"
+
+
+def test_strings_musubi_would_misread_are_refused():
+    with pytest.raises(ConfigError, match="cannot start with a double quote"):
+        profiles.resolve("character", sets=['output_name="\\"quoted"'])
+    with pytest.raises(ConfigError, match="cannot start with a double quote"):
+        profiles.resolve("character", sets=['caption_extension="\\".txt"'])
