@@ -96,3 +96,19 @@ def captions(dataset_dir: Path, caption_extension: str = ".txt") -> None:
     if inv.folders and all(f.uncaptioned == f.count for f in inv.folders):
         raise BadInput(f"no media in {dataset_dir} has a {caption_extension} caption beside it; the trainer would find "
                        "nothing to train on (kohyawan dataset prepare writes the trainer's layout)")
+
+
+def dataset(dataset_dir: Path, caption_extension: str = ".txt", warn=None) -> None:
+    """A folder written by ``dataset prepare`` (it has a dataset.toml) gets the full ``dataset check``
+    (decodes every file); its problems are warnings, except the ones that make the trainer fail, which
+    the caption rule below raises. A hand-made folder gets the caption rule only."""
+    if (Path(dataset_dir) / "dataset.toml").is_file():
+        try:
+            from kohyawan.dataset.check import check_dataset
+        except ImportError:  # pragma: no cover - the dataset module ships with kohyawan
+            check_dataset = None
+        if check_dataset is not None:
+            for problem in check_dataset(Path(dataset_dir)).problems:
+                if warn:
+                    warn(f"dataset check: {problem}")
+    captions(dataset_dir, caption_extension)

@@ -66,7 +66,7 @@ def new_run(spec, request: dict, opts):
 
     for warning in plan.warnings:
         console.warn(warning)
-    preflight.captions(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"))
+    preflight.dataset(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"), warn=console.warn)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = min(spec.train.get("network_dim", 32), 4) if opts.rehearse else spec.train.get("network_dim", 32)
     outputs = sum(1 for s in plan.stages if s.name.startswith("train"))
