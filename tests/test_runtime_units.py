@@ -163,3 +163,19 @@ def test_uncaptioned_videos_fail_in_preflight(tmp_path):
         preflight.captions(tmp_path / "d")
     (videos / "clip.txt").write_text("a clip")
     preflight.captions(tmp_path / "d")
+
+
+def test_prepared_dataset_gets_the_dataset_check_as_warnings(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "d" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    Image.new("RGB", (64, 64)).save(images / "b.png")
+    (images / "b.txt").write_text("a caption")
+    (tmp_path / "d" / "dataset.toml").write_text(
+        f'[general]\nresolution = [64, 64]\ncaption_extension = ".txt"\nenable_bucket = true\n\n'
+        f'[[datasets]]\nimage_directory = "{images}"\ncache_directory = "{tmp_path / "cache"}"\n')
+    warnings = []
+    preflight.dataset(tmp_path / "d", warn=warnings.append)
+    assert warnings == ["dataset check: a.png: missing caption a.txt"]
