@@ -106,6 +106,14 @@ class Supervisor:
     def run(self) -> AttemptResult:
         if self.proc is None:
             self.start()
+        try:
+            return self._run()
+        except BaseException:
+            # a bug in a callback must not leave a trainer running unattended
+            self._signal(signal.SIGKILL)
+            raise
+
+    def _run(self) -> AttemptResult:
         t0 = time.monotonic()
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         splitter = LineSplitter()

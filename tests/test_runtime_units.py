@@ -179,3 +179,15 @@ def test_prepared_dataset_gets_the_dataset_check_as_warnings(tmp_path):
     warnings = []
     preflight.dataset(tmp_path / "d", warn=warnings.append)
     assert warnings == ["dataset check: a.png: missing caption a.txt"]
+
+
+def test_a_failing_callback_never_leaves_the_trainer_running(tmp_path):
+    def tick(sup, now):
+        raise RuntimeError("bug in a callback")
+
+    sup = Supervisor([sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "c.log",
+                     on_tick=tick, tick_s=0.1)
+    with pytest.raises(RuntimeError):
+        sup.run()
+    sup.proc.wait(timeout=10)
+    assert not group_alive(sup.pid)
