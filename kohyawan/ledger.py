@@ -12,30 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from kohyawan import atomic
+
 VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "stopped")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -74,7 +58,7 @@ class Ledger:
 
     def save(self) -> None:
         self.data["updated"] = _now()
-        atomic_write(self.path, json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+        atomic.write_text(self.path, json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
 
     def set(self, **fields: Any) -> None:
         self.data.update(fields)

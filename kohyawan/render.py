@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +18,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from kohyawan import __version__, inventory, steps as steps_mod, validate
+from kohyawan import __version__, atomic, inventory, steps as steps_mod, validate
 from kohyawan.errors import ConfigError, DatasetError
 from kohyawan.resources import templates_dir
 from kohyawan.spec import RunSpec
@@ -283,21 +282,6 @@ def write_plan(plan: Plan) -> list[Path]:
     written = []
     for name, text in plan.files.items():
         path = plan.out_dir / name
-        atomic_write(path, text, mode=0o755 if name.endswith(".sh") else 0o644)
+        atomic.write_text(path, text, mode=0o755 if name.endswith(".sh") else 0o644)
         written.append(path)
     return written
-
-
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

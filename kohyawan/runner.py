@@ -289,7 +289,7 @@ class Run:
             overrides.update(cont)
         elif n == 1 or nxt.lr_scale != 1.0:
             self.view.say("warning: " + schedule.supported(spec.train)[1])
-        from kohyawan.render import atomic_write
+        from kohyawan.atomic import write_text as atomic_write
 
         atomic_write(Path(stage.config_file), attempt_config(Path(stage.config_file).read_text(encoding="utf-8"),
                                                              overrides))

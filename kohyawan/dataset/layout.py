@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Sequence
 
 import tomli_w
+
+from kohyawan import atomic
 
 IMAGES = "images"
 VIDEOS = "videos"
@@ -39,23 +40,9 @@ def safe_stem(rel: str) -> str:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write through a temporary name in the same folder, fsync, rename."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=PARTIAL, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write under a ``.partial-`` temporary name (``dataset check`` and reruns know those), then rename."""
+    write = atomic.write_text if isinstance(data, str) else atomic.write_bytes
+    write(path, data, prefix=PARTIAL)
 
 
 def write_if_changed(path: Path, text: str) -> bool:

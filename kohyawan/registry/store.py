@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kohyawan.errors import BadInput, ConfigError, WorkFailed
+from kohyawan import atomic
 
 SCHEMA = 1
 INDEX = "index.json"
@@ -96,22 +97,11 @@ def temp_path(folder: Path, name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic.write_bytes(path, data, sync_dir=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic.write_text(path, text, sync_dir=True)
 
 
 def _project_registry(cwd: Path) -> Path | None:
