@@ -193,3 +193,11 @@ def test_strings_musubi_would_misread_are_refused():
         profiles.resolve("character", sets=['output_name="\\"quoted"'])
     with pytest.raises(ConfigError, match="cannot start with a double quote"):
         profiles.resolve("character", sets=['caption_extension="\\".txt"'])
+
+
+def test_project_profiles_folder_in_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "house.toml").write_text('extends = "style"\n[train]\nmax_train_epochs = 9\n')
+    monkeypatch.chdir(tmp_path)
+    spec = profiles.resolve("house")
+    assert spec.train["max_train_epochs"] == 9 and spec.train["network_dim"] == 96
