@@ -1,9 +1,11 @@
 """Finding, layering and resolving profiles into a RunSpec, with the origin of every value.
 
 Layers, lowest first: built-in ``base`` < profile (and the profiles it extends) < variant < the guide's
-dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < project file (``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up
-in the built-in folder, then the user's folder (``$XDG_CONFIG_HOME/kohyawan/profiles``), then the project's
-``profiles/`` folder (next to ``kohyawan.toml``, else in the current folder); a later folder's profile of the same name replaces an earlier one.
+dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < project file
+(``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up in the built-in folder, then
+the user's folder (``$XDG_CONFIG_HOME/kohyawan/profiles``), then the project's ``profiles/`` folder (next
+to ``kohyawan.toml``, else in the current folder); a later folder's profile of the same name replaces an
+earlier one.
 """
 
 from __future__ import annotations

@@ -18,29 +18,18 @@ from typing import Any, Mapping
 from kohyawan.errors import BadInput, ModelFileError
 
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int, int]:
-    """(header without __metadata__ folded in, data start offset, file size); ModelFileError if not safetensors."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{path}: too short to be a safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or n + 8 > size:
-                raise ModelFileError(f"{path}: not a safetensors file (header length {n} does not fit in {size} bytes)")
-            header = json.loads(f.read(n).decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: not a safetensors file")
-    return header, 8 + n, size
+    """(the header as JSON, data start offset, file size), read and checked by the LoRA tools' reader."""
+    from kohyawan.lora.io import read_header as read
+
+    h = read(Path(path))
+    doc: dict[str, Any] = {t.name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
+                           for t in h.tensors.values()}
+    if h.metadata:
+        doc["__metadata__"] = dict(h.metadata)
+    return doc, h.data_start, h.file_bytes
 
 
 def metadata_of(path: Path) -> dict[str, str]:
