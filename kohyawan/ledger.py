@@ -9,7 +9,6 @@ epoch, attempt, bytes, sha256}], final`` plus extra fields documented in notes/r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -17,17 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from kohyawan import atomic
+from kohyawan.digest import sha256_file
 
 VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "stopped")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Ledger:

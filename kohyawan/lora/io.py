@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from kohyawan.errors import BadInput
+from kohyawan.digest import sha256_file  # noqa: F401  (re-exported)
 
 
 class LoraFileError(BadInput):
@@ -113,14 +114,6 @@ def read_header(path: Path) -> Header:
     if end_max > data_len:
         raise LoraFileError(f"{name}: truncated: tensors need {end_max} bytes of data, file has {max(data_len, 0)}")
     return Header(path, tensors, {str(k): str(v) for k, v in meta.items()}, n, size)
-
-
-def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- writing

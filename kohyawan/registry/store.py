@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 
 from kohyawan.errors import BadInput, ConfigError, WorkFailed
 from kohyawan import atomic
+from kohyawan.digest import sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA = 1
 INDEX = "index.json"
@@ -62,14 +62,6 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return f"uid{os.getuid()}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:
