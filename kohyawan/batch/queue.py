@@ -60,6 +60,9 @@ class Queue:
             if not path.is_file():
                 raise BadInput(f"{folder} is not a batch folder (no {DB_NAME})")
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            if not self.db.execute("SELECT name FROM sqlite_master WHERE name = 'jobs'").fetchone():
+                self.db.close()
+                raise BadInput(f"{folder}: the batch queue is being created; try again in a moment")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -82,7 +85,7 @@ class Queue:
 
     # --- rows -------------------------------------------------------------------------------------------
     def sync(self, jobs: Iterable[Any]) -> list[str]:
-        """Add new jobs as pending; refuse a finished job whose definition changed. Returns keys added."""
+        """Add new jobs as pending; refuse a finished or running job whose definition changed. Returns keys added."""
         added = []
         with self.db:
             for job in jobs:
@@ -94,10 +97,12 @@ class Queue:
                                     (job.key, job.index, job.fingerprint, definition, time.time()))
                     added.append(job.key)
                 elif row["fingerprint"] != job.fingerprint:
-                    if row["state"] in ("succeeded", "running") or row["run_dir"]:
-                        raise BadInput(f"job {job.key} changed in the manifest since it ran in this batch folder; "
-                                       f"use a new --dir for the new definition")
-                    self.db.execute("UPDATE jobs SET fingerprint = ?, idx = ?, definition = ? WHERE key = ?",
+                    if row["state"] in ("succeeded", "running"):
+                        raise BadInput(f"job {job.key} changed in the manifest since it {row['state']} in this batch "
+                                       f"folder; use a new --dir for the new definition")
+                    # A pending or failed job may be fixed: its next run starts fresh under the new definition.
+                    self.db.execute("UPDATE jobs SET fingerprint = ?, idx = ?, definition = ?, run_dir = NULL, "
+                                    "run_status = NULL WHERE key = ?",
                                     (job.fingerprint, job.index, definition, job.key))
         return added
 

@@ -65,16 +65,19 @@ class Scheduler:
     # --- the loop ---------------------------------------------------------------------------------------
     def run(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        # A signal only sets a flag and writes to this pipe, which the wait below watches: the loop wakes
+        # at once and stops the jobs itself, never in the middle of a queue update.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
         for s in previous:
             signal.signal(s, self._on_signal)
         try:
             self._recover()
-            while True:
+            while not self.stopping:
                 self._collect_exports()
-                if not self.stopping:
-                    self._start_ready()
-                if not self.children and not self.exports and (self.stopping or not self._startable()):
+                self._start_ready()
+                if not self.children and not self.exports and not self._startable():
                     break
                 self._wait(timeout=1.0)
                 self._reap()
@@ -85,9 +88,15 @@ class Scheduler:
                 self._stop_all()
             for s, h in previous.items():
                 signal.signal(s, h)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
 
     def _startable(self) -> bool:
         return any(r["key"] in self.jobs and r["key"] not in self.exports for r in self.q.rows("pending"))
@@ -135,13 +144,11 @@ class Scheduler:
         fds = [c.fd for c in self.children.values() if c.fd is not None]
         if self.exports:
             timeout = min(timeout, 0.2)
-        if fds and len(fds) == len(self.children):
-            try:
-                select.select(fds, [], [], timeout)
-            except InterruptedError:
-                pass
-        else:
-            time.sleep(min(timeout, 0.05))
+        if len(fds) != len(self.children):        # no pidfd (old kernel): poll
+            timeout = min(timeout, 0.05)
+        ready, _, _ = select.select(fds + [self._wake_r], [], [], timeout)
+        if self._wake_r in ready:
+            os.read(self._wake_r, 64)
 
     def _reap(self) -> None:
         for key, child in list(self.children.items()):

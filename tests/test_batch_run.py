@@ -1,0 +1,163 @@
+"""A batch end to end: real child processes, one job failing, export with notes, interrupt and continue."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batchkit import CLI, FAST_ENV, write_manifest
+from kohyawan.batch import driver
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = """
+[defaults]
+profile = "character"
+task = "t2v-1.3B"
+rehearse = true
+registry = "registry"
+overrides = { max_train_epochs = 2 }
+
+[[jobs]]
+client = "brand-x"
+name = "sarah"
+dataset = "data/sarah"
+notes = "new hair"
+
+[[jobs]]
+client = "brand-x"
+name = "tom"
+dataset = "data/tom"
+env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }
+max_attempts = 1
+
+[[jobs]]
+client = "brand-y"
+name = "ana"
+dataset = "data/ana"
+"""
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    for k, v in FAST_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+def _opts(path, **kw):
+    return driver.BatchOptions(manifest=path, kohyawan=CLI, **kw)
+
+
+def test_batch_runs_every_job_a_failure_stops_nothing_and_finished_jobs_are_exported(tmp_path, fast):
+    path = write_manifest(tmp_path, MANIFEST)
+    doc = driver.run(_opts(path, gpus="0,1"))
+    jobs = {j["key"]: j for j in doc["jobs"]}
+    assert doc["counts"] == {"pending": 0, "running": 0, "succeeded": 2, "failed": 1}
+    assert jobs["brand-x/tom"]["state"] == "failed" and "crash" in jobs["brand-x/tom"]["reason"]
+    for key in ("brand-x/sarah", "brand-y/ana"):
+        j = jobs[key]
+        assert j["state"] == "succeeded" and j["export_state"] == "done" and j["exported_version"] == 1
+        assert j["run"]["status"] == "succeeded" and j["run"]["final_loss"] is not None
+        assert j["gpu"] in ("0", "1")
+    assert jobs["brand-x/sarah"]["export_notes"] == "first version, trained on 3 images. new hair"
+    # one job per GPU: each child saw only its own GPU
+    seen = {json.loads(Path(j["run_dir"], "run.json").read_text())["env_gpu"] for j in jobs.values()}
+    assert seen <= {"0", "1"}
+    index = json.loads((tmp_path / "registry" / "index.json").read_text())
+    assert sorted(index) == ["character/brand-x/sarah", "character/brand-y/ana"]
+    assert json.loads((tmp_path / "clients.batch" / "batch.json").read_text())["counts"] == doc["counts"]
+
+    # Running again redoes nothing; --retry-failed retries only the failed job (fixed in the manifest).
+    again = driver.run(_opts(path, gpus="0,1"))
+    assert [j["attempts"] for j in again["jobs"]] == [j["attempts"] for j in doc["jobs"]]
+    path.write_text(path.read_text().replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""))
+    data = tmp_path / "data" / "sarah"
+    for i in range(2):   # new material for sarah does not matter: sarah is done in this batch folder
+        (data / "images" / f"new{i}.png").write_bytes(b"\0")
+    retried = driver.run(_opts(path, gpus="0,1", retry_failed=True))
+    jobs = {j["key"]: j for j in retried["jobs"]}
+    assert retried["counts"]["succeeded"] == 3
+    assert jobs["brand-x/tom"]["tries"] == 2 and jobs["brand-x/tom"]["run_id"] == "brand-x__tom.r2"
+    assert jobs["brand-x/sarah"]["attempts"] == 1 and jobs["brand-y/ana"]["attempts"] == 1
+    assert (tmp_path / "clients.batch" / "runs" / "brand-x__tom" / "run.json").is_file()   # evidence kept
+
+
+def test_a_second_batch_reports_what_changed_since_the_previous_version(tmp_path, fast):
+    path = write_manifest(tmp_path, MANIFEST.split("[[jobs]]")[0] + "[[jobs]]" + MANIFEST.split("[[jobs]]")[1])
+    driver.run(_opts(path))
+    for i in range(5):
+        (tmp_path / "data" / "sarah" / "images" / f"new{i}.png").write_bytes(b"\0")
+    doc = driver.run(_opts(path, folder=tmp_path / "second"))
+    assert doc["jobs"][0]["exported_version"] == 2
+    assert doc["jobs"][0]["export_notes"] == "retrained on 5 new images (8 in all; v1 had 3). new hair"
+
+
+def _drive_in_process(path, folder, gpus):
+    code = ("import sys; from kohyawan.batch import driver\n"
+            f"driver.run(driver.BatchOptions(manifest={str(path)!r}, folder={str(folder)!r}, gpus={gpus!r}, "
+            f"kohyawan={CLI!r}))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "KOHYAWAN_REHEARSE_STEP_S": "0.3"}
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def _wait_for(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def _states(folder):
+    from kohyawan.batch.queue import Queue
+
+    try:
+        q = Queue(folder, readonly=True)
+    except Exception:   # not created yet
+        return {}
+    try:
+        return {r["key"]: r["state"] for r in q.rows()}
+    finally:
+        q.close()
+
+
+def test_killing_the_batch_halfway_and_rerunning_finishes_only_what_was_left(tmp_path, fast):
+    path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""))
+    folder = tmp_path / "b"
+    proc = _drive_in_process(path, folder, "0,1")
+    _wait_for(lambda: list(_states(folder).values()).count("running") == 2)
+    time.sleep(1.0)                    # a few steps into both jobs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    states = _states(folder)
+    assert states == {"brand-x/sarah": "pending", "brand-x/tom": "pending", "brand-y/ana": "pending"}
+    doc = driver.run(_opts(path, folder=folder, gpus="0,1"))
+    jobs = {j["key"]: j for j in doc["jobs"]}
+    assert doc["counts"]["succeeded"] == 3
+    for key in ("brand-x/sarah", "brand-x/tom"):     # interrupted: resumed in the same run folder
+        run = json.loads(Path(jobs[key]["run_dir"], "run.json").read_text())
+        assert run["resumed"] == 1 and jobs[key]["tries"] == 1 and jobs[key]["attempts"] == 2
+    assert jobs["brand-y/ana"]["attempts"] == 1
+
+
+def test_a_killed_driver_leaves_jobs_running_and_the_next_driver_adopts_them(tmp_path, fast):
+    path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""),)
+    folder = tmp_path / "b"
+    proc = _drive_in_process(path, folder, "0")
+    _wait_for(lambda: "running" in _states(folder).values())
+    proc.kill()
+    proc.wait()
+    doc = driver.run(_opts(path, folder=folder, gpus="0"))
+    assert doc["counts"]["succeeded"] == 3
+    from kohyawan.batch.queue import Queue
+
+    q = Queue(folder, readonly=True)
+    events = [e["event"] for e in q.events()]
+    q.close()
+    assert "adopt" in events and events.count("start") == 3      # nothing was started twice
