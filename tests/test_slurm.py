@@ -169,3 +169,46 @@ def test_slurm_tools_missing_is_a_clear_error(tmp_path, monkeypatch):
 
     with pytest.raises(ToolMissing, match="sbatch not found"):
         driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
+
+
+# --- a real single-node SLURM (Debian's slurm-wlm + munge), started by tests/slurm/start_slurm.sh ---------
+@pytest.fixture(scope="module")
+def real_slurm(tmp_path_factory):
+    script = Path(__file__).parent / "slurm" / "start_slurm.sh"
+    missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(t) is None]
+    why = f"SLURM not installed ({', '.join(missing)} missing; apt-get install -y slurm-wlm munge)" if missing else \
+        "starting slurmd needs root" if os.geteuid() != 0 else None
+    if why:
+        if os.environ.get("KOHYAWAN_REQUIRE_SLURM") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp("slurm")
+    proc = subprocess.run(["bash", str(script), str(folder)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        subprocess.run(["bash", str(script), str(folder), "stop"])
+        pytest.fail(f"start_slurm.sh failed: {proc.stderr[-2000:]}")
+    yield folder / "slurm.conf"
+    subprocess.run(["bash", str(script), str(folder), "stop"], timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rehearsal_batch_through_a_real_slurm(tmp_path, real_slurm, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(real_slurm))
+    for k, v in FAST_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent.parent))   # sbatch exports it to the tasks
+    path = write_manifest(tmp_path, MANIFEST.replace("poll_seconds = 0.2", "poll_seconds = 0.5"))
+    messages = []
+    doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI), say=messages.append)
+    jobs = {j["key"]: j for j in doc["jobs"]}
+    assert doc["counts"] == {"pending": 0, "running": 0, "succeeded": 2, "failed": 1}, messages
+    assert jobs["brand-x/sarah"]["slurm_state"] == "COMPLETED" and jobs["brand-x/sarah"]["exported_version"] == 1
+    assert jobs["brand-x/tom"]["slurm_state"] == "FAILED" and jobs["brand-x/tom"]["exit_code"] == 1
+    job_id = jobs["brand-x/sarah"]["slurm_job"].split("_")[0]
+    for j in doc["jobs"]:
+        assert j["slurm_job"] == f"{job_id}_{['brand-x/sarah', 'brand-x/tom', 'brand-y/ana'].index(j['key'])}"
+        assert (tmp_path / "clients.batch" / "slurm" / f"slurm-{j['slurm_job']}.out").is_file()
+    # The run folders were written by the tasks, on "shared storage", and read back by the driver.
+    run = json.loads((tmp_path / "clients.batch" / "runs" / "brand-y__ana" / "run.json").read_text())
+    assert run["status"] == "succeeded"
