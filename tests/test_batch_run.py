@@ -161,3 +161,24 @@ def test_a_killed_driver_leaves_jobs_running_and_the_next_driver_adopts_them(tmp
     events = [e["event"] for e in q.events()]
     q.close()
     assert "adopt" in events and events.count("start") == 3      # nothing was started twice
+
+
+def test_batch_status_shows_the_folder_at_any_time(tmp_path, fast):
+    from click.testing import CliRunner
+
+    from kohyawan.cli import cli
+
+    path = write_manifest(tmp_path, MANIFEST)
+    driver.run(_opts(path, gpus="0,1"))
+    folder = tmp_path / "clients.batch"
+    result = CliRunner().invoke(cli, ["batch", "status", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["version"] == 1 and doc["counts"]["failed"] == 1 and doc["driver_pid"] is None
+    assert doc["scheduling"]["gaps_s"] and doc["scheduling"]["max_gap_s"] < 1.0
+    text = CliRunner().invoke(cli, ["batch", "status", str(folder)])
+    assert text.exit_code == 0
+    assert "brand-x/tom" in text.output and "failed" in text.output and "v1" in text.output
+    assert "2 succeeded" in text.output.replace("  ", " ")
+    missing = CliRunner().invoke(cli, ["batch", "status", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not a batch folder" in missing.output
