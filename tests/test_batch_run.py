@@ -127,13 +127,14 @@ def _states(folder):
         q.close()
 
 
-def test_killing_the_batch_halfway_and_rerunning_finishes_only_what_was_left(tmp_path, fast):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_the_batch_halfway_and_rerunning_finishes_only_what_was_left(tmp_path, fast, sig):
     path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""))
     folder = tmp_path / "b"
     proc = _drive_in_process(path, folder, "0,1")
     _wait_for(lambda: list(_states(folder).values()).count("running") == 2)
     time.sleep(1.0)                    # a few steps into both jobs
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=60) == 0
     states = _states(folder)
     assert states == {"brand-x/sarah": "pending", "brand-x/tom": "pending", "brand-y/ana": "pending"}

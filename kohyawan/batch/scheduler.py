@@ -6,7 +6,8 @@ and the next job starts on the freed GPU within milliseconds (benchmarks/schedul
 is recorded and the loop goes on. Exports run in worker threads (they need no GPU and must not hold one);
 only this thread writes the queue.
 
-Stopping (SIGINT/SIGTERM to the driver): every running job gets SIGTERM, which ``kohyawan run`` turns into a
+Stopping (Ctrl-C, SIGTERM or SIGHUP to the driver; jobs run in their own sessions, so a terminal's Ctrl-C
+reaches only the driver): every running job gets SIGTERM, which ``kohyawan run`` turns into a
 clean stop with its state saved; the jobs go back to pending with their run folders remembered, and the
 next ``kohyawan batch`` resumes them. If the driver itself is killed outright, its jobs keep running
 without it; the next driver adopts them (same pid and start time) and waits for them.
@@ -32,7 +33,7 @@ from kohyawan.batch.gpus import Allocator
 from kohyawan.batch.manifest import Job
 from kohyawan.batch.queue import Queue
 
-STOP_GRACE_S = 60.0
+STOP_GRACE_S = 120.0   # as long as SLURM's warning before a time limit: kohyawan run saves its state
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Scheduler:
         # at once and stops the jobs itself, never in the middle of a queue update.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         for s in previous:
             signal.signal(s, self._on_signal)
         try:
