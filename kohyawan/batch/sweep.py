@@ -42,6 +42,10 @@ class SweepRequest:
     trainer: Path | None = None
     python: str | None = None
     kohyawan: tuple[str, ...] = ()
+    grid_prompts: Path | None = None     # write a ComfyUI comparison grid of the variants' final LoRAs
+    grid_strength: float = 1.0
+    comfyui: Path | None = None          # copy the LoRAs into this ComfyUI folder for the grid
+    server: str | None = None            # run the grid on this ComfyUI server
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
@@ -112,10 +116,27 @@ def run(req: SweepRequest, say: Callable[[str], None] = lambda m: None) -> dict[
             doc = document(q, name, seed, req)
         finally:
             q.close()
+    if req.grid_prompts is not None:
+        doc["comparison_grid"] = _grid(doc, req, folder, say)
     from kohyawan.render import atomic_write
 
     atomic_write(folder / "sweep.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return doc
+
+
+def _grid(doc: dict[str, Any], req: SweepRequest, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The ComfyUI side-by-side grid; its failure is recorded, never loses the sweep's results."""
+    from kohyawan.batch import sweep_grid
+
+    try:
+        grid = sweep_grid.build(doc, req.grid_prompts, folder / "grid", strength=req.grid_strength,
+                                comfyui=req.comfyui, server=req.server, report=say)
+    except KohyawanError as exc:
+        say(f"comparison grid not made: {exc}")
+        return {"error": str(exc)}
+    say(f"comparison grid: {grid['workflows']} workflows in {grid['dir']}"
+        + (f", contact sheet {grid['contact_sheet']}" if grid["contact_sheet"] else ""))
+    return grid
 
 
 def document(q: Queue, name: str, seed: int, req: SweepRequest) -> dict[str, Any]:

@@ -32,14 +32,22 @@ def _say(message: str) -> None:
               help="Rehearsal: each virtual GPU's memory (default 24).")
 @click.option("--trainer-dir", type=_DIR, default=None, help="musubi-tuner checkout to train with.")
 @click.option("--python", "python", default=None, help="The trainer environment's python.")
+@click.option("--grid-prompts", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Test prompts (one per line): write a ComfyUI grid comparing the variants side by side.")
+@click.option("--grid-strength", type=float, default=1.0, show_default=True, help="LoRA strength in the grid.")
+@click.option("--comfyui", type=_DIR, default=None, help="ComfyUI folder: copy the variants' LoRAs into models/loras.")
+@click.option("--server", default=None, help="ComfyUI URL: run the grid there and make a contact sheet.")
 @click.option("--json", "as_json", is_flag=True, help="Print sweep.json.")
-def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_dir, python, as_json, **plan):
+def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_dir, python, grid_prompts,
+          grid_strength, comfyui, server, as_json, **plan):
     """Train one run per variant with the same data and seed, then compare them.
 
     With several GPUs the variants train in parallel, one per GPU (CUDA_VISIBLE_DEVICES per run); otherwise
     one after another. The table compares final and best loss, time, peak VRAM, attempts (ladder steps)
     and candidate checkpoints (60-80 % of training); RUNS_DIR/NAME/sweep.json has it all. Running the same
-    command with the same --name again continues an interrupted sweep.
+    command with the same --name again continues an interrupted sweep. With --grid-prompts, a ComfyUI test
+    grid (one column per variant, base model first, same seed per row) is written to RUNS_DIR/NAME/grid;
+    --comfyui copies the LoRAs where ComfyUI finds them and --server runs the grid.
 
     \b
     Example:
@@ -62,7 +70,8 @@ def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_di
         name=name, task=plan["task"] or settings.get("task", "t2v-A14B"),
         expert=plan["expert"] or settings.get("expert", "both"), models=models, sets=tuple(plan["sets"]),
         seed=seed, gpus=gpus, rehearse=rehearse, gpu_memory=gpu_memory,
-        trainer=trainer_dir.resolve() if trainer_dir else None, python=python)
+        trainer=trainer_dir.resolve() if trainer_dir else None, python=python, grid_prompts=grid_prompts,
+        grid_strength=grid_strength, comfyui=comfyui, server=server)
     try:
         doc = sweep_mod.run(req, say=_say)
     except KeyboardInterrupt:
