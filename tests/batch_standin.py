@@ -32,6 +32,7 @@ def _train(run_dir: Path, data: dict) -> int:
     total = data["total_steps"]
     start = data["attempts"][-1]["steps"][1] if data["attempts"] else 0
     att = {"n": len(data["attempts"]) + 1, "rung": None, "outcome": None, "steps": [start, start],
+           "resumed_from": str(run_dir / "state") if data["attempts"] else None,
            "peak_vram_gb": 10.5 + len(data["attempts"]), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data["attempts"].append(att)
     for step in range(start + 1, total + 1):
@@ -84,9 +85,9 @@ def main(args):
     elif args[:1] == ["export"]:
         reg = Path(_opt(args, "--registry"))
         reg.mkdir(parents=True, exist_ok=True)
-        index = json.loads((reg / "index.json").read_text()) if (reg / "index.json").exists() else {}
+        index = json.loads((reg / "index.json").read_text()) if (reg / "index.json").exists() else {"models": {}}
         key = f"{_opt(args, '--kind')}/{_opt(args, '--client')}/{_opt(args, '--name')}"
-        model = index.setdefault(key, {"versions": []})
+        model = index["models"].setdefault(key, {"versions": []})
         plan = json.loads((Path(args[1]) / "plan.json").read_text())
         n = len(model["versions"]) + 1
         model["versions"].append({"version": n, "dataset": {"size": plan["steps"]["items"]},
@@ -96,12 +97,12 @@ def main(args):
         return 0
     elif args[:2] == ["registry", "show"]:
         reg = Path(_opt(args, "--registry"))
-        index = json.loads((reg / "index.json").read_text()) if (reg / "index.json").exists() else {}
+        index = json.loads((reg / "index.json").read_text()) if (reg / "index.json").exists() else {"models": {}}
         key = f"{_opt(args, '--kind')}/{_opt(args, '--client')}/{args[2]}"
-        if key not in index:
+        if key not in index["models"]:
             print(f"error: no model {args[2]}", file=sys.stderr)
             return 2
-        print(json.dumps(index[key]))
+        print(json.dumps(index["models"][key]))
         return 0
     else:
         print(f"stand-in: unsupported {args}", file=sys.stderr)
