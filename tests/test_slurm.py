@@ -139,7 +139,9 @@ def test_batch_through_fake_slurm_merges_results_and_exports(tmp_path, fake_slur
     assert doc["counts"] == {"pending": 0, "running": 0, "succeeded": 2, "failed": 1}, messages
     assert jobs["brand-x/sarah"]["slurm_job"] == "1000_0" and jobs["brand-y/ana"]["slurm_job"] == "1000_2"
     assert jobs["brand-x/sarah"]["exported_version"] == 1 and jobs["brand-x/sarah"]["slurm_state"] == "COMPLETED"
-    assert jobs["brand-x/tom"]["slurm_state"] == "FAILED" and "crash" in jobs["brand-x/tom"]["reason"]
+    tom = jobs["brand-x/tom"]
+    assert tom["slurm_state"] == "FAILED" and tom["exit_code"] == 1
+    assert tom["reason"] == json.loads(Path(tom["run_dir"], "run.json").read_text())["reason"]
     script = (tmp_path / "clients.batch" / "slurm" / "submit-001.sh").read_text()
     assert "#SBATCH --array=0-2" in script and "--gres" not in script
     assert (tmp_path / "clients.batch" / "slurm" / "slurm-1000_1.out").is_file()
