@@ -82,22 +82,26 @@ def _f(value: Any, fmt: str = "{:.4f}") -> str:
 
 
 def print_table(doc: dict[str, Any], *, title: str | None = None) -> None:
+    from rich import box
     from rich.table import Table
 
     from kohyawan.console import out
 
-    table = Table(title=title, title_justify="left")
-    for col in ("job", "state", "tries", "GPU", "final loss", "best loss", "time", "peak VRAM", "attempts",
-                "export", "reason"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("job", no_wrap=True)
+    for col in ("state", "GPU", "loss last/best", "time", "VRAM", "att.", "export"):
+        table.add_column(col, no_wrap=True)
     for j in doc["jobs"]:
         run = j["run"]
         export = f"v{j['exported_version']}" if j["exported_version"] else j["export_state"]
-        table.add_row(j["key"], j["state"], str(j["tries"]), j["gpu"] or "-", _f(run["final_loss"]),
-                      _f(run["best_loss"]), _f(run["seconds"] or j["seconds"], "{:.0f}s"),
-                      _f(run["peak_vram_gb"], "{:.1f} GB"), str(run["attempts"]), export,
-                      (j["reason"] or "")[:120])
+        tries = f" (try {j['tries']})" if (j["tries"] or 0) > 1 else ""
+        table.add_row(j["key"], j["state"] + tries, j["gpu"] or j.get("slurm_job") or "-",
+                      f"{_f(run['final_loss'], '{:.3f}')}/{_f(run['best_loss'], '{:.3f}')}", _f(run["seconds"] or j["seconds"], "{:.0f}s"),
+                      _f(run["peak_vram_gb"], "{:.1f}G"), str(run["attempts"]), export)
     c = out()
     c.print(table)
+    for j in doc["jobs"]:
+        if j["reason"] and j["state"] != "succeeded":
+            c.print(f"  {j['key']}: {j['reason']}", markup=False)
     counts = doc["counts"]
     c.print(", ".join(f"{n} {state}" for state, n in counts.items()) + f"  ({doc['dir']})", markup=False)

@@ -165,22 +165,23 @@ def _overlap(rows: list[dict]) -> bool:
 
 
 def print_table(doc: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
 
     from kohyawan.console import out
 
-    def f(v, fmt="{:.4f}"):
+    def f(v, fmt="{:.3f}"):
         return "-" if v is None else fmt.format(v)
 
     table = Table(title=f"sweep {doc['name']} (seed {doc['seed']})" + (" - REHEARSAL" if doc["rehearsal"] else ""),
-                  title_justify="left")
-    for col in ("variant", "state", "GPU", "final loss", "best loss (step)", "time", "peak VRAM", "attempts",
-                "candidates"):
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("variant", no_wrap=True)
+    for col in ("state", "GPU", "last loss", "best (step)", "time", "VRAM", "att.", "candidates"):
         table.add_column(col, overflow="fold")
     for r in doc["variants"]:
-        best = "-" if r["best_loss"] is None else f"{r['best_loss']:.4f} ({r['best_step']})"
+        best = "-" if r["best_loss"] is None else f"{r['best_loss']:.3f} ({r['best_step']})"
         table.add_row(r["variant"], r["state"], r["gpu"] or "-", f(r["final_loss"]), best,
-                      f(r["seconds"], "{:.0f}s"), f(r["peak_vram_gb"], "{:.1f} GB"),
+                      f(r["seconds"], "{:.0f}s"), f(r["peak_vram_gb"], "{:.1f}G"),
                       str(r["attempts"]) + (f" ({', '.join(r['rungs'])})" if r["rungs"] else ""),
                       ", ".join(str(s) for s in r["candidates"]) or "-")
     c = out()
