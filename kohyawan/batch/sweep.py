@@ -182,7 +182,7 @@ def print_table(doc: dict[str, Any]) -> None:
         best = "-" if r["best_loss"] is None else f"{r['best_loss']:.3f} ({r['best_step']})"
         table.add_row(r["variant"], r["state"], r["gpu"] or "-", f(r["final_loss"]), best,
                       f(r["seconds"], "{:.0f}s"), f(r["peak_vram_gb"], "{:.1f}G"),
-                      str(r["attempts"]) + (f" ({', '.join(r['rungs'])})" if r["rungs"] else ""),
+                      str(r["attempts"]) + (f" (+{len(r['rungs'])} rungs)" if r["rungs"] else ""),
                       ", ".join(str(s) for s in r["candidates"]) or "-")
     c = out()
     c.print(table)
