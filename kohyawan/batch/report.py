@@ -89,7 +89,7 @@ def print_table(doc: dict[str, Any], *, title: str | None = None) -> None:
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("job", no_wrap=True)
-    for col in ("state", "GPU", "loss last/best", "time", "VRAM", "att.", "export"):
+    for col in ("state", "GPU/task", "loss last/best", "time", "VRAM", "att.", "export"):
         table.add_column(col, no_wrap=True)
     for j in doc["jobs"]:
         run = j["run"]
