@@ -54,9 +54,10 @@ def _report_frames(root: Path) -> dict[str, int]:
         return {}
     frames = {}
     for item in report.get("items", []) if isinstance(report, dict) else []:
-        for out in item.get("outputs", []) or []:
-            if isinstance(item.get("frames"), int) and str(out).lower().endswith(VIDEO_EXTS):
-                frames[str(out)] = item["frames"]
+        # One source can give several clips of different lengths: each clip's own length is in "clips".
+        for clip in item.get("clips", []) or []:
+            if isinstance(clip, dict) and isinstance(clip.get("frames"), int):
+                frames[str(clip.get("output"))] = clip["frames"]
     return frames
 
 

@@ -165,6 +165,8 @@ class MemoryInputs:
 
 
 def _frames(dataset: Mapping[str, Any]) -> int:
+    if dataset.get("frame_extraction") == "full":  # each clip whole, up to max_frames (4n+1)
+        return (int(dataset.get("max_frames", 129)) - 1) // 4 * 4 + 1
     frames = dataset.get("target_frames")
     if frames is None:
         return 1

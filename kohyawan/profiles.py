@@ -181,6 +181,16 @@ def _apply_model_rules(layers: Layers, models: Models | None, notes: list[str]) 
                      f"musubi-tuner trains a {dtype} DiT only in {wanted}")
 
 
+def _imply_head_extraction(layers: Layers, notes: list[str]) -> None:
+    """A user who sets target_frames wants clips cut to those lengths: that needs frame_extraction head."""
+    user = lambda key: layers.origin.get(key, "").startswith(("set", "project:"))  # noqa: E731
+    if user("dataset.target_frames") and not user("dataset.frame_extraction") \
+            and layers.dataset.get("frame_extraction") == "full":
+        layers.set("dataset.frame_extraction", "head", "implied by target_frames")
+        notes.append("frame_extraction full -> head: target_frames was set, and only head/chunk/slide/uniform "
+                     "extraction cut clips to target_frames")
+
+
 def _size_warning(extra: Mapping[str, Any], inv: inventory.Inventory) -> str | None:
     meta = extra.get("profile", {})
     min_images, min_clips = meta.get("min_images"), meta.get("min_clips")
@@ -229,6 +239,7 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
     for item in sets:
         key, value = parse_set(item)
         layers.set(key, value, "set")
+    _imply_head_extraction(layers, notes)
     for kind in ("vram", "ram"):
         rungs.validate_names(layers.extra.get("ladder", {}).get(kind, []), f"[ladder] {kind}")
     if inv is not None:

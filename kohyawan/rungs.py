@@ -70,6 +70,8 @@ def _changes_for(name: str, spec: RunSpec) -> tuple[dict[str, Any], bool, bool]:
     if name == "split_attn":
         return {"train.split_attn": True}, False, True
     if name == "fewer_frames":
+        if d.get("frame_extraction") == "full":
+            return {"dataset.max_frames": _frames_down([d.get("max_frames", 129)])[0]}, True, True
         return {"dataset.target_frames": _frames_down(list(d.get("target_frames", [17])))}, True, True
     if name == "lower_resolution":
         return {"dataset.resolution": _res_down(list(d.get("resolution", [512, 512])))}, True, True

@@ -25,6 +25,13 @@ class Steps:
     exact: bool          # False when clip lengths were unknown (no prepare report)
 
 
+def longest_clip(dataset: Mapping) -> int:
+    """The most frames one training item can have under these dataset settings."""
+    if dataset.get("frame_extraction", "head") == "full":
+        return dataset.get("max_frames", 129)
+    return max(dataset.get("target_frames") or [1])
+
+
 def video_items(frames: int | None, dataset: Mapping) -> int:
     targets: Sequence[int] = dataset.get("target_frames", [1])
     mode = dataset.get("frame_extraction", "head")

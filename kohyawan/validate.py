@@ -46,8 +46,15 @@ def check(spec: RunSpec, *, need_models: bool = True) -> list[str]:
     if t.get("min_timestep") is not None and t.get("max_timestep") is not None \
             and t["min_timestep"] >= t["max_timestep"]:
         raise ConfigError("min_timestep must be below max_timestep")
+    if d.get("frame_extraction") == "full" and (d.get("max_frames", 129) - 1) % 4:
+        raise ConfigError(f"max_frames must be 4n+1 (the trainer cuts {d['max_frames']} to "
+                          f"{(d['max_frames'] - 1) // 4 * 4 + 1})")
     if t.get("max_train_epochs") is None and t.get("max_train_steps") is None:
         raise ConfigError("set max_train_epochs or max_train_steps")
+    if d.get("frame_extraction") == "full" and spec.origin.get("dataset.target_frames", "base") not in ("base",) \
+            and "target_frames" in d:
+        warnings.append("target_frames has no effect with frame_extraction = full (each clip is used whole, up to "
+                        "max_frames); set frame_extraction = \"head\" to cut clips to target_frames")
     if d.get("batch_size", 1) > 1 and spec.expert == "both":
         warnings.append("batch_size above 1 with both experts resident needs far more VRAM; see kohyawan estimate")
     if need_models:

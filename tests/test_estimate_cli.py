@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from kohyawan import profiles
 from kohyawan.cli import cli
-from tests.test_estimate import make_dataset, write_run
+from test_estimate import make_dataset, write_run
 
 
 def run(*args):

@@ -159,7 +159,7 @@ def test_config_show_origin_and_json(tmp_path):
     lines = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.strip()[:5] in ("train", "datas")}
     assert lines["train.learning_rate"] == ["8e-05", "variant:conservative"]
     assert lines["train.blocks_to_swap"] == ["10", "set"]
-    assert lines["dataset.target_frames"] == ["[25]", "profile:motion"]
+    assert lines["dataset.max_frames"] == ["33", "profile:motion"]
     result = runner.invoke(cli, ["config", "show", "--profile", "motion", "--json"])
     data = json.loads(result.output)
     assert data["version"] == 1 and data["profile"] == "motion"
@@ -186,3 +186,10 @@ def test_mixed_precision_follows_the_checkpoint_dtype(tmp_path):
     assert spec.train["mixed_precision"] == "bf16" and spec.origin["train.mixed_precision"] == "base"
     spec = profiles.resolve("character", models=Models(dit=fp16), sets=["mixed_precision=no"])
     assert spec.train["mixed_precision"] == "no"
+
+
+def test_strings_musubi_would_misread_are_refused():
+    with pytest.raises(ConfigError, match="cannot start with a double quote"):
+        profiles.resolve("character", sets=['output_name="\\"quoted"'])
+    with pytest.raises(ConfigError, match="cannot start with a double quote"):
+        profiles.resolve("character", sets=['caption_extension="\\".txt"'])

@@ -107,11 +107,15 @@ def test_step_count_and_warmup(tmp_path):
 
 def test_step_count_uses_clip_lengths_from_the_prepare_report(tmp_path):
     data = make_dataset(tmp_path / "data", images=0, videos=3)
-    report = {"version": 1, "items": [{"outputs": [f"videos/item{i:03d}.mp4"], "frames": f} for i, f in
-                                      enumerate((17, 25, 13))]}
+    # One source gave all three clips; each clip's own length is in "clips".
+    clips = [{"output": f"videos/item{i:03d}.mp4", "start": 0, "frames": f} for i, f in enumerate((17, 25, 13))]
+    report = {"version": 1, "items": [{"outputs": [c["output"] for c in clips], "frames": 60, "clips": clips}]}
     (data / "report.json").write_text(json.dumps(report))
     plan = _plan(tmp_path, "character", data=data, sets=["target_frames=[17, 25]"])
-    assert plan.steps.items == 3 and plan.steps.exact  # 17 -> one item, 25 -> two, 13 -> none
+    assert plan.steps.items == 3 and plan.steps.exact  # head: 17 -> one item, 25 -> two, 13 -> none
+    assert plan.spec.dataset["frame_extraction"] == "head"  # implied by setting target_frames
+    plan = _plan(tmp_path, "character", data=data)
+    assert plan.steps.items == 3 and plan.steps.exact  # full (default): each clip once
 
 
 HOSTILE = ["with space", "quote'single", 'quote"double', "$(touch pwned)", "back\\slash", "ünïcødé 名前", "semi;colon"]

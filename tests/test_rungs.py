@@ -13,7 +13,7 @@ def test_default_ladder_order_and_cumulative_application():
     ladder = rungs.vram_rungs(spec)
     top = rungs.apply(spec, ladder)
     assert top.train["blocks_to_swap"] == 39 and top.train["fp8_base"] and top.train["fp8_scaled"]
-    assert top.dataset["target_frames"] == [9] and top.dataset["resolution"] == [384, 384]
+    assert top.dataset["max_frames"] == 13 and top.dataset["resolution"] == [384, 384]
     assert (top.train["network_dim"], top.train["network_alpha"]) == (32, 32.0)
     assert top.origin["train.blocks_to_swap"] == "ladder:blocks_to_swap=max"
     by_name = {r.name: r for r in ladder}
@@ -54,3 +54,12 @@ def test_unknown_rung_in_a_profile_is_refused():
         profiles.resolve("character", sets=['ladder.vram=["more_vram"]'])
     with pytest.raises(ConfigError, match="needs a number or max"):
         profiles.resolve("character", sets=['ladder.vram=["blocks_to_swap=lots"]'])
+
+
+def test_fewer_frames_follows_the_extraction_mode():
+    head = profiles.resolve("character", sets=["target_frames=[81]"])
+    rung = next(r for r in rungs.vram_rungs(head) if r.name == "fewer_frames")
+    assert rung.changes == {"dataset.target_frames": [41]}
+    full = profiles.resolve("motion")
+    rung = next(r for r in rungs.vram_rungs(full) if r.name == "fewer_frames")
+    assert rung.changes == {"dataset.max_frames": 17}

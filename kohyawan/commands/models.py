@@ -111,3 +111,34 @@ def _table(infos) -> None:
         table.add_row(Text(name), i.kind, _model_column(i), i.dtype or "-", _params(i.params),
                       i.expert_hint or "-", Text("; ".join(i.notes) or "-"))
     console.print(table, soft_wrap=False)  # soft wrapping would let the table run past the terminal
+
+
+@models.command("fabricate")
+@click.option("--task", default="t2v-A14B", show_default=True, metavar="TASK",
+              help="musubi-tuner task whose files to write (t2v-A14B, i2v-A14B, t2v-1.3B, ...).")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16"]), default="fp16", show_default=True,
+              help="DiT dtype to declare (Comfy-Org's WAN 2.2 downloads are fp16).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder to write the files into.")
+def fabricate_cmd(task, dtype, out):
+    """Write stand-in model files for rehearsals: real headers, no weights.
+
+    Each file has the exact tensor names, dtypes, shapes and size of the real download but holds
+    zeros and takes almost no disk (a sparse file). kohyawan's planning, estimates and
+    'run --rehearse' accept them; the real trainer would train nothing useful on them.
+
+    \b
+    Example:
+      kohyawan models fabricate --task t2v-A14B --out ./models
+    """
+    from pathlib import Path
+
+    from kohyawan.errors import BadInput
+    from kohyawan.fabricate import write_task_models
+    from kohyawan.modelfiles.check import TASKS
+
+    if task not in TASKS:
+        raise BadInput(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    files = write_task_models(Path(out), task, dtype=dtype)
+    for role, path in files.items():
+        click.echo(f"{role:<15} {path}  ({path.stat().st_size / 1e9:.1f} GB, sparse)")

@@ -126,9 +126,17 @@ def _check_scalar(opt: Option, value: Any, where: str) -> Any:
     elif kind in ("str", "Path") or (kind is None and opt.choices):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        _check_readable_string(value, where)
     if opt.choices and value not in opt.choices:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, opt.choices))}; got {value!r}")
     return value
+
+
+def _check_readable_string(value: str, where: str) -> None:
+    # musubi-tuner reads its TOML files with the toml 0.10 package, which silently reads a basic string
+    # whose text starts with a double quote as an empty string.
+    if value.startswith('"'):
+        raise ConfigError(f"{where} cannot start with a double quote: musubi-tuner's TOML reader would read it as empty")
 
 
 def check_dataset_value(key: str, value: Any) -> Any:
@@ -163,6 +171,8 @@ def check_dataset_value(key: str, value: Any) -> Any:
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if kind is str and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r}")
+    if kind is str:
+        _check_readable_string(value, where)
     if key == "frame_extraction" and value not in FRAME_EXTRACTIONS:
         raise ConfigError(f"{where} must be one of {', '.join(FRAME_EXTRACTIONS)}; got {value!r}")
     if key in ("batch_size", "num_repeats", "max_frames", "frame_stride", "frame_sample") and value < 1:

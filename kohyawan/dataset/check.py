@@ -1,0 +1,156 @@
+"""``dataset check``: is a prepared (or hand-made) dataset folder usable by the trainer as it stands?
+
+Checks what breaks training or silently loses data: dataset.toml against the trainer's schema rules,
+media without a usable caption (the trainer skips such images and fails text caching for videos),
+files that do not decode, clips whose frame count is not 4n+1 or that are shorter than the shortest
+target length, and output sizes that differ from the configured resolution.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kohyawan.dataset.layout import TOML
+from kohyawan.dataset.probe import count_frames, read_source
+from kohyawan.dataset.scan import IMAGE_EXTS, VIDEO_EXTS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GENERAL_KEYS = {"resolution": (int, list), "caption_extension": (str,), "batch_size": (int,),
+                "num_repeats": (int,), "enable_bucket": (bool,), "bucket_no_upscale": (bool,)}
+IMAGE_KEYS = {**GENERAL_KEYS, "image_directory": (str,), "image_jsonl_file": (str,), "cache_directory": (str,),
+              "control_directory": (str,), "multiple_target": (bool,), "fp_latent_window_size": (int,),
+              "fp_1f_clean_indices": (list,), "fp_1f_target_index": (int,), "fp_1f_no_post": (bool,),
+              "no_resize_control": (bool,), "control_resolution": (int, list)}
+VIDEO_KEYS = {**GENERAL_KEYS, "video_directory": (str,), "video_jsonl_file": (str,), "control_directory": (str,),
+              "target_frames": (list,), "frame_extraction": (str,), "frame_stride": (int,),
+              "frame_sample": (int,), "max_frames": (int,), "cache_directory": (str,), "source_fps": (float,),
+              "fp_latent_window_size": (int,)}
+EXTRACTIONS = {"head", "chunk", "slide", "uniform", "full"}
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    problems: list = field(default_factory=list)
+    images: int = 0
+    clips: int = 0
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "problems": list(self.problems), "images": self.images, "clips": self.clips}
+
+
+def _typed(value, kinds) -> bool:
+    # bool is an int in Python but not in the trainer's schema
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def _check_toml(doc: dict, problems: list[str]) -> list[dict]:
+    extra = set(doc) - {"general", "datasets"}
+    if extra:
+        problems.append(f"{TOML}: unknown section(s) {sorted(extra)}")
+    general = doc.get("general", {})
+    for key, value in general.items():
+        if key not in GENERAL_KEYS:
+            problems.append(f"{TOML}: [general] has unknown key {key!r}")
+        elif not _typed(value, GENERAL_KEYS[key]):
+            problems.append(f"{TOML}: [general] {key} has the wrong type ({type(value).__name__})")
+    datasets = doc.get("datasets", [])
+    if not datasets:
+        problems.append(f"{TOML}: no [[datasets]]")
+    caches = []
+    for i, ds in enumerate(datasets):
+        video = "video_directory" in ds or "video_jsonl_file" in ds
+        known = VIDEO_KEYS if video else IMAGE_KEYS
+        for key, value in ds.items():
+            if key not in known:
+                problems.append(f"{TOML}: datasets[{i}] has unknown key {key!r}")
+            elif not _typed(value, known[key]):
+                problems.append(f"{TOML}: datasets[{i}].{key} has the wrong type ({type(value).__name__})")
+        merged = {**general, **ds}
+        reso = merged.get("resolution")
+        values = reso if isinstance(reso, list) else [reso] if reso is not None else []
+        if any(not _typed(v, (int,)) or v % 16 for v in values):
+            problems.append(f"{TOML}: datasets[{i}] resolution {reso} is not made of multiples of 16")
+        if video:
+            frames = ds.get("target_frames", [1])
+            if not all(_typed(n, (int,)) and n >= 1 and (n - 1) % 4 == 0 for n in frames):
+                problems.append(f"{TOML}: datasets[{i}] target_frames {frames} are not all 4n+1")
+            if ds.get("frame_extraction", "head") not in EXTRACTIONS:
+                problems.append(f"{TOML}: datasets[{i}] frame_extraction {ds.get('frame_extraction')!r} is unknown")
+        if "cache_directory" in ds:
+            caches.append(ds["cache_directory"])
+        directory = ds.get("video_directory") or ds.get("image_directory")
+        if directory and not Path(directory).is_dir():
+            problems.append(f"{TOML}: datasets[{i}] folder {directory} does not exist")
+    if len(caches) != len(set(caches)):
+        problems.append(f"{TOML}: two datasets share a cache_directory (the trainer needs one per dataset)")
+    return datasets
+
+
+def _caption_problem(media: Path, extension: str) -> str | None:
+    caption = media.with_suffix(extension)
+    if not caption.is_file():
+        return f"{media.name}: missing caption {caption.name}"
+    try:
+        text = read_source(caption).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return f"{caption.name}: caption is not valid UTF-8"
+    if not text.strip():
+        return f"{caption.name}: caption is empty"
+    return None
+
+
+def check_dataset(dest: Path) -> CheckResult:
+    dest = Path(dest)
+    result = CheckResult(ok=False)
+    problems = result.problems
+    if not dest.is_dir():
+        problems.append(f"{dest} is not a folder")
+        return result
+    try:
+        doc = tomllib.loads((dest / TOML).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{TOML} is missing")
+        return result
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{TOML} does not parse: {exc}")
+        return result
+    datasets = _check_toml(doc, problems)
+    general = doc.get("general", {})
+    for ds in datasets:
+        merged = {**general, **ds}
+        extension = merged.get("caption_extension", ".txt")
+        video = "video_directory" in ds
+        folder = Path(ds.get("video_directory") or ds.get("image_directory") or "")
+        if not folder.is_dir() or not str(folder):
+            continue
+        exts = VIDEO_EXTS if video else IMAGE_EXTS
+        reso = merged.get("resolution")
+        want = tuple(reso) if isinstance(reso, list) else (reso, reso)
+        shortest = min(ds.get("target_frames", [1]) or [1])
+        for media in sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith(".")):
+            problem = _caption_problem(media, extension)
+            if problem:
+                problems.append(problem)
+            frames, width, height, error = count_frames(media, "video" if video else "image")
+            if error:
+                problems.append(f"{media.name}: unreadable ({error[:160]})")
+                continue
+            if not merged.get("enable_bucket") and (width, height) != want:
+                problems.append(f"{media.name}: {width}x{height}, the dataset says {want[0]}x{want[1]}")
+            if video:
+                result.clips += 1
+                if (frames - 1) % 4:
+                    problems.append(f"{media.name}: {frames} frames is not 4n+1 (the trainer would cut it)")
+                elif frames < shortest and ds.get("frame_extraction", "head") != "full":
+                    problems.append(f"{media.name}: {frames} frames, shorter than target_frames {shortest}")
+            else:
+                result.images += 1
+    result.ok = not problems
+    return result

@@ -1,0 +1,126 @@
+"""Finding and running the ffmpeg binary.
+
+The system ffmpeg wins when it is on PATH (users may have a build with more codecs); otherwise the
+static binary that the ``imageio-ffmpeg`` wheel ships (an install requirement, so a fresh
+``pip install kohyawan`` has one). imageio-ffmpeg has no ffprobe, so probing is done with ffmpeg itself
+(see ``probe``). Paths always go to ffmpeg as ``file:`` URLs: a name containing ``:`` would otherwise
+be read as a protocol and a name starting with ``-`` as an option.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from kohyawan.errors import ToolMissing
+
+INSTALL_HINT = (
+    "ffmpeg not found: install it with `pip install imageio-ffmpeg` (a bundled static ffmpeg) "
+    "or your system package manager (e.g. `apt install ffmpeg`), or set KOHYAWAN_FFMPEG to its path"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    explicit = os.environ.get("KOHYAWAN_FFMPEG")
+    if explicit:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise ToolMissing(f"KOHYAWAN_FFMPEG={explicit!r} is not an executable file; {INSTALL_HINT}")
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # imported lazily: it is only needed when there is no system ffmpeg
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # ImportError, or the wheel lacks a binary for this platform
+        exe = None
+    if exe and os.path.isfile(exe):
+        return exe
+    raise ToolMissing(INSTALL_HINT)
+
+
+def url(path: Path | str) -> str:
+    return "file:" + os.fspath(Path(path).absolute())
+
+
+def base_argv() -> list[str]:
+    # -nostdin: ffmpeg must never read the terminal (it would eat the user's keystrokes in a pool).
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y"]
+
+
+def run(args: Sequence[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*base_argv(), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
+def error_tail(stderr: bytes, lines: int = 2) -> str:
+    text = stderr.decode("utf-8", "replace").strip().splitlines()
+    return " | ".join(line.strip() for line in text[-lines:]) or "no message"
+
+
+def open_readonly(path: Path | str) -> int:
+    """A read-only descriptor that, where the kernel allows (we own the file), does not update atime."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+    except PermissionError:  # O_NOATIME is refused on files owned by someone else
+        return os.open(path, os.O_RDONLY)
+
+
+@functools.lru_cache(maxsize=1)
+def has_fd_protocol() -> bool:
+    # ffmpeg >= 6 reads (and seeks in) an inherited descriptor through the fd: protocol
+    proc = run(["-protocols"])
+    return any(line.strip() == "fd" for line in proc.stdout.decode("utf-8", "replace").splitlines())
+
+
+class SourceInput:
+    """``-i`` arguments for a source file, plus the stdin to give ffmpeg.
+
+    With the fd: protocol ffmpeg reads through our own O_NOATIME descriptor, so preparing a dataset
+    leaves even the source files' access times alone; older ffmpeg builds get a file: URL.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def __enter__(self) -> "SourceInput":
+        if has_fd_protocol():
+            self.fd = open_readonly(self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @property
+    def args(self) -> list[str]:
+        return ["-i", "fd:" if self.fd is not None else url(self.path)]
+
+    @property
+    def stdin(self):
+        return self.fd if self.fd is not None else subprocess.DEVNULL
+
+
+def passthrough_timing() -> list[str]:
+    """Output option: pass frames as they come (no duplicates to fill the gaps a select filter leaves)."""
+    # -fps_mode arrived in ffmpeg 5.1 (fd: in 6.0); older builds only know -vsync
+    return ["-fps_mode", "passthrough"] if has_fd_protocol() else ["-vsync", "passthrough"]
+
+
+def fit_filter(width: int, height: int) -> str:
+    # cover the target box, then centre-crop; lanczos keeps detail when downscaling
+    return (f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=lanczos,"
+            f"crop={width}:{height},setsar=1")
+
+
+def header(path: Path | str) -> str:
+    """ffmpeg's description of an input (no decoding): stderr of `ffmpeg -i` with no output."""
+    with SourceInput(path) as src_in:
+        proc = subprocess.run([*base_argv(), *src_in.args], stdin=src_in.stdin, capture_output=True)
+    return proc.stderr.decode("utf-8", "replace")

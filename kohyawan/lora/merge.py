@@ -1,0 +1,143 @@
+"""Merge weighted LoRAs into one, exactly, by stacking them along the rank.
+
+For a module present in LoRAs i with weights w_i and scales s_i = alpha_i / rank_i, the merged module
+has rank sum(rank_i), alpha = that rank (scale 1), up = [c_i up_i ...] and down = [d_i down_i ...] with
+c_i * d_i = w_i * s_i (the magnitude split evenly, the sign kept on up). Then
+up @ down = sum_i w_i * s_i * up_i @ down_i: the merged update is the weighted sum of the updates, with
+no approximation (only the output dtype's rounding). The price is the rank: resize afterwards if needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kohyawan.errors import BadInput
+from kohyawan.lora import keys as K
+from kohyawan.lora import metadata as M
+from kohyawan.lora.inspect import info_from_header
+from kohyawan.lora.io import SHORT_DTYPE, OutSpec, sha256_file, write_stream
+from kohyawan.lora.modules import LoraModules, load_modules
+
+
+@dataclass
+class MergeResult:
+    path: str
+    inputs: list[dict]
+    rank: int
+    modules: int
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_weighted(text: str) -> tuple[Path, float]:
+    """'a.safetensors:0.9' -> (Path('a.safetensors'), 0.9); no ':weight' means 1.0."""
+    head, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def check_mergeable(loras: list[LoraModules]) -> None:
+    infos = [info_from_header(lm.header) for lm in loras]
+    first = infos[0]
+    for lm, info in zip(loras[1:], infos[1:]):
+        if (info.model, info.image_attn) != (first.model, first.image_attn):
+            raise BadInput(f"cannot merge {lm.name} ({_describe(info)}) with {loras[0].name} ({_describe(first)})")
+        if info.task and first.task and info.task != first.task:
+            raise BadInput(f"cannot merge {lm.name} (task {info.task}) with {loras[0].name} (task {first.task})")
+    experts = {i.expert for i in infos} - {None, "both"}
+    if len(experts) > 1:
+        raise BadInput("cannot merge a high-noise expert LoRA with a low-noise one; merge each expert separately")
+    shapes: dict[str, tuple] = {}
+    for lm in loras:
+        for m in lm.modules:
+            shape = (m.out, m.inp)
+            if shapes.setdefault(m.path, shape) != shape:
+                raise BadInput(f"{lm.name}: {m.path} has shape {shape}, another input has {shapes[m.path]}")
+
+
+def _describe(info) -> str:
+    return (info.model or "unknown model") + (" with image cross-attention" if info.image_attn else "")
+
+
+def merge_files(inputs: list[tuple[Path, float]], dst: Path, *, dtype: str | None = None) -> MergeResult:
+    if len(inputs) < 2:
+        raise BadInput("merge needs at least two LoRAs")
+    dst = Path(dst)
+    if any(dst.resolve() == Path(p).resolve() for p, _ in inputs):
+        raise BadInput("the output must be a new file, not one of the inputs")
+    loras = [load_modules(p) for p, _ in inputs]
+    weights = [w for _, w in inputs]
+    check_mergeable(loras)
+    from contextlib import ExitStack
+
+    from kohyawan.lora import tensors as T
+
+    code = T.dtype_code(dtype, loras[0].dtype)
+    paths: dict[str, list[tuple[int, object]]] = {}
+    for i, lm in enumerate(loras):
+        for m in lm.modules:
+            paths.setdefault(m.path, []).append((i, m))
+    order = sorted(paths, key=lambda p: [int(t) if t.isdigit() else t for t in p.replace(".", " ").split()])
+    specs: list[OutSpec] = []
+    owner: dict[str, tuple[str, str]] = {}
+    for path in order:
+        parts = paths[path]
+        rank = sum(m.rank for _, m in parts)
+        m0 = parts[0][1]
+        base = K.musubi_name(path)
+        for what, shape in (("up", (m0.out, rank)), ("down", (rank, *m0.inp)), ("alpha", ())):
+            key = base + {"up": ".lora_up.weight", "down": ".lora_down.weight", "alpha": ".alpha"}[what]
+            specs.append(OutSpec(key, code, shape))
+            owner[key] = (what, path)
+
+    with ExitStack() as stack:
+        handles = [stack.enter_context(T.opened(lm.header)) for lm in loras]
+
+        def compute(path: str):
+            import torch
+
+            ups, downs = [], []
+            for i, m in paths[path]:
+                scale = T.scalar(handles[i], m.alpha, m.rank) / m.rank
+                c = weights[i] * scale
+                root = math.sqrt(abs(c))
+                ups.append(T.fp32(handles[i], m.up).reshape(m.out, m.rank) * (root if c >= 0 else -root))
+                downs.append(T.fp32(handles[i], m.down) * root)
+            up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
+            return {"up": up, "down": down, "alpha": torch.tensor(float(up.shape[1]))}
+
+        cache = T.ModuleCache(compute)
+
+        def produce(spec: OutSpec) -> bytes:
+            what, path = owner[spec.name]
+            return T.to_bytes(cache.get(path)[what], code)
+
+        facts = []
+        for (p, w), lm in zip(inputs, loras):
+            ranks = sorted({m.rank for m in lm.modules})
+            entry = {"file": Path(p).name, "sha256": sha256_file(Path(p)), "weight": w, "rank": ranks[-1],
+                     "modules": len(lm.modules)}
+            if lm is not loras[0]:  # the first file's metadata is the base; keep the others' in full
+                entry["metadata"] = lm.header.metadata
+            facts.append(entry)
+        ranks = {sum(m.rank for _, m in paths[p]) for p in order}
+        merged_rank = max(ranks)
+        updates = {M.SS_NETWORK_DIM: str(merged_rank), M.SS_NETWORK_ALPHA: str(float(merged_rank))} if len(ranks) == 1 else {}
+        meta = M.extended(loras[0].header.metadata, M.MERGED_FROM, {"inputs": facts}, updates)
+        tasks = {lm.header.metadata.get(M.TASK) for lm in loras} - {None}
+        if len(tasks) == 1:
+            meta[M.TASK] = tasks.pop()
+        experts = {lm.header.metadata.get(M.EXPERT) for lm in loras}
+        if len(experts) > 1:
+            meta[M.EXPERT] = (experts - {None, "both"} or {"both"}).pop()
+        write_stream(dst, specs, meta, produce)
+    return MergeResult(str(dst), [{"file": str(p), "weight": w} for p, w in inputs], merged_rank, len(order),
+                       SHORT_DTYPE[code])

@@ -1,0 +1,156 @@
+"""training_notes.md, rendered from a model's index record (pure: same record -> same bytes).
+
+The file is regenerated inside every registry transaction, so it never drifts from the index; hand edits
+are overwritten (add notes with ``kohyawan registry notes NAME --add``). Per version, newest first: date,
+files, source run and checkpoint, dataset, hyperparameters, changes from the previous version (an automatic
+diff of hyperparameters and dataset), test results, notes and the status history.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+_MISSING = object()
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Sorted (key, old, new) for every key whose value differs; a missing side is ``None``-free _MISSING."""
+    rows = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a != b:
+            rows.append((key, a, b))
+    return rows
+
+
+def _val(value: Any) -> str:
+    if value is _MISSING:
+        return "(unset)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _cell(value: Any) -> str:
+    return _val(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _dataset_view(v: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: val for k, val in (v.get("dataset") or {}).items() if val is not None}
+
+
+def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> list[str]:
+    if prev is None:
+        return ["First version."]
+    out = []
+    for title, old, new in (
+        ("hyperparameter", prev.get("hyperparameters") or {}, v.get("hyperparameters") or {}),
+        # hash_source explains a hash; the hash line itself already shows the change
+        ("dataset", {k: x for k, x in _dataset_view(prev).items() if k != "hash_source"},
+         {k: x for k, x in _dataset_view(v).items() if k != "hash_source"}),
+    ):
+        for key, a, b in diff(old, new):
+            out.append(f"- {title} `{key}`: {_val(a)} → {_val(b)}")
+    for key in ("task", "profile", "variant", "expert"):
+        if prev.get(key) != v.get(key):
+            out.append(f"- {key}: {_val(prev.get(key))} → {_val(v.get(key))}")
+    return out or [f"No changes in hyperparameters or dataset since v{prev['version']}."]
+
+
+def _note_lines(notes: Iterable[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for n in notes:
+        text = str(n["text"]).replace("\n", "\n  ")
+        lines.append(f"- {n['at'][:10]} {n['user']}: {text}")
+    return lines
+
+
+def _version_section(model: Mapping[str, Any], v: Mapping[str, Any], prev: Mapping[str, Any] | None) -> list[str]:
+    src = v.get("source") or {}
+    lines = [f"## v{v['version']} — {v['created'][:10]} — {v['status']}", ""]
+    for f in v.get("files", []):
+        expert = {"both": "both experts", "high": "high-noise expert", "low": "low-noise expert"}.get(f.get("expert"), f.get("expert"))
+        lines.append(f"- **File**: `{f['path'].rsplit('/', 1)[-1]}` ({expert}, {f.get('dtype') or '?'}, "
+                     f"{_size(f.get('bytes'))}, sha256 `{f['sha256'][:16]}`)")
+    where = f"run `{src['run_id']}`" if src.get("run_id") else f"`{src.get('origin', '?')}`"
+    step = ""
+    if src.get("step") is not None:
+        step = f", step {src['step']}"
+        if src.get("total_steps"):
+            step += f" of {src['total_steps']} ({100 * src['step'] / src['total_steps']:.0f} %)"
+    choice = f", chosen by `{src['choice']}`" if src.get("choice") else ""
+    lines.append(f"- **Source**: {where}{step}{choice}")
+    profile = (v.get("profile") or "?") + (f" ({v['variant']})" if v.get("variant") else "")
+    lines.append(f"- **Task**: {v.get('task') or '?'}; **profile**: {profile}; **exported by** {v.get('user')}")
+    ds = _dataset_view(v)
+    if ds:
+        lines.append("- **Dataset**: " + ", ".join(f"{k} `{_val(val)}`" for k, val in sorted(ds.items())))
+    else:
+        lines.append("- **Dataset**: not recorded (exported from a file without kohyawan run data)")
+    lines += ["", "### Hyperparameters", ""]
+    hp = v.get("hyperparameters") or {}
+    if hp:
+        lines += ["| key | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(hp[k])} |" for k in sorted(hp)]
+    else:
+        lines.append("Not recorded.")
+    title = "### Changes from " + (f"v{prev['version']}" if prev else "the previous version")
+    lines += ["", title, ""] + _lines_for_changes(prev, v)
+    lines += ["", "### Test results", ""]
+    scores = v.get("scores") or {}
+    if scores:
+        lines += ["| test | result |", "|---|---|"] + [f"| {_cell(k)} | {_cell(scores[k])} |" for k in sorted(scores)]
+    else:
+        lines.append(f"None recorded yet (`kohyawan registry notes {model['name']} --version v{v['version']} "
+                     "--score likeness=8`).")
+    if v.get("notes"):
+        lines += ["", "### Notes", ""] + _note_lines(v["notes"])
+    lines += ["", "### Status", ""]
+    for ev in model.get("events", []):
+        if ev["version"] != v["version"] or ev["action"] == "score":
+            continue
+        why = f" ({ev['reason']})" if ev.get("reason") else ""
+        lines.append(f"- {ev['at']} {ev['user']}: {ev['action']}, {ev['from'] or 'new'} → {ev['to']}{why}")
+    lines.append("")
+    return lines
+
+
+def render(model: Mapping[str, Any]) -> str:
+    versions = sorted(model["versions"], key=lambda v: v["version"])
+    current = next((v for v in versions if v["status"] == "current"), None)
+    lines = [
+        f"# Training notes: {model['name']} ({model['kind']}, client {model['client']})",
+        "",
+        "Generated by kohyawan from the registry index on every change; edits here are overwritten.",
+        f"Add notes with `kohyawan registry notes {model['name']} --add \"...\"`.",
+        "",
+    ]
+    if current:
+        files = ", ".join(f"`{f['path'].rsplit('/', 1)[-1]}`" for f in current.get("files", []))
+        lines.append(f"**Current (production)**: v{current['version']} — {files}")
+    else:
+        lines.append("**Current (production)**: none yet (promote a tested version)")
+    lines += ["", "| version | date | status | task | steps | scores |", "|---|---|---|---|---|---|"]
+    for v in reversed(versions):
+        src = v.get("source") or {}
+        scores = ", ".join(f"{k}={_val(val)}" for k, val in sorted((v.get("scores") or {}).items())) or "-"
+        lines.append(f"| v{v['version']} | {v['created'][:10]} | {v['status']} | {v.get('task') or '?'} | "
+                     f"{src.get('step') if src.get('step') is not None else '?'} | {_cell(scores)} |")
+    lines.append("")
+    if model.get("notes"):
+        lines += ["## Model notes", ""] + _note_lines(model["notes"]) + [""]
+    by_number = {v["version"]: v for v in versions}
+    for v in reversed(versions):
+        prev = max((n for n in by_number if n < v["version"]), default=None)
+        lines += _version_section(model, v, by_number.get(prev) if prev else None)
+    return "\n".join(lines).rstrip("\n") + "\n"
