@@ -154,3 +154,18 @@ def test_cli_dry_run_validates_and_shows_the_plan_without_writing(tmp_path):
     assert not (tmp_path / "clients.batch").exists()
     bad = CliRunner().invoke(cli, ["batch", "run", str(tmp_path / "nope.toml"), "--dry-run"])
     assert bad.exit_code == 2 and "manifest not found" in bad.output
+
+
+@pytest.mark.parametrize("name", ["sarah", "brand-x", "A9", "..", ".hidden", "a b", "x_y", "é", "a" * 64, "a" * 65,
+                                  "-lead", "$(rm -rf x)", "a/b"])
+def test_manifest_names_follow_the_registry_rule(name):
+    """The manifest refuses exactly what the registry would refuse at export time, not later."""
+    from kohyawan.errors import KohyawanError
+    from kohyawan.registry.naming import check_slug
+
+    try:
+        check_slug(name, "name")
+        registry_ok = True
+    except KohyawanError:
+        registry_ok = False
+    assert bool(manifest.SLUG.fullmatch(name)) == registry_ok
