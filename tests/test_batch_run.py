@@ -213,3 +213,34 @@ def test_batch_status_shows_the_folder_at_any_time(tmp_path, fast):
     assert "2 succeeded" in text.output.replace("  ", " ")
     missing = CliRunner().invoke(cli, ["batch", "status", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "not a batch folder" in missing.output
+
+
+def test_a_job_dropped_from_the_manifest_stays_in_the_folder_but_is_not_left_over(tmp_path, fast):
+    path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""))
+    from kohyawan.batch import manifest as manifest_mod
+    from kohyawan.batch.queue import Queue
+
+    folder = tmp_path / "clients.batch"
+    q = Queue(folder)
+    q.sync(manifest_mod.load(path).jobs)       # all three queued ...
+    q.close()
+    text = path.read_text()
+    path.write_text(text[:text.rindex("[[jobs]]")])   # ... then ana is dropped from the manifest
+    doc = driver.run(_opts(path))
+    jobs = {j["key"]: j for j in doc["jobs"]}
+    assert jobs["brand-y/ana"]["state"] == "pending" and jobs["brand-y/ana"]["in_manifest"] is False
+    assert jobs["brand-x/sarah"]["state"] == "succeeded" and not driver.interrupted(doc)
+
+
+def test_a_folder_with_slurm_tasks_in_flight_is_not_run_locally(tmp_path, fast):
+    from kohyawan.batch import manifest as manifest_mod
+    from kohyawan.batch.queue import Queue
+    from kohyawan.errors import BadInput
+
+    path = write_manifest(tmp_path, MANIFEST)
+    q = Queue(tmp_path / "clients.batch")
+    q.sync(manifest_mod.load(path).jobs)
+    q.update("brand-x/sarah", state="running", slurm_job="77_0")
+    q.close()
+    with pytest.raises(BadInput, match="SLURM task 77_0, still in flight"):
+        driver.run(_opts(path))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from kohyawan.batch import gpus as gpus_mod, jobs as jobs_mod, manifest as manifest_mod, report
 from kohyawan.batch.queue import BatchLock, Queue, DB_NAME
+from kohyawan.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ def run(opts: BatchOptions, say: Callable[[str], None] = lambda m: None) -> dict
         q = Queue(folder)
         try:
             q.sync(m.jobs)
-            q.set_meta(manifest=str(m.path), rehearse=m.rehearse, runs_dir=str(runs_dir(m, folder)),
+            _check_modes(q, opts.slurm)
+            q.set_meta(manifest=str(m.path), jobs=[j.key for j in m.jobs], rehearse=m.rehearse,
+                       runs_dir=str(runs_dir(m, folder)),
                        registry=str(m.registry) if m.registry else None, slurm=opts.slurm)
             if opts.retry_failed:
                 again = q.retry_failed()
@@ -115,4 +118,19 @@ def status(folder: Path) -> dict[str, Any]:
 
 
 def interrupted(doc: dict[str, Any]) -> bool:
-    return any(j["state"] in ("pending", "running") for j in doc["jobs"])
+    return any(j["state"] in ("pending", "running") for j in doc["jobs"] if j["in_manifest"])
+
+
+def _check_modes(q: Queue, slurm: bool) -> None:
+    """A batch folder is driven locally or through SLURM; never both at once for the same job."""
+    for row in q.rows("running"):
+        if row["slurm_job"] and not slurm:
+            raise BadInput(f"job {row['key']} is SLURM task {row['slurm_job']}, still in flight; follow the batch "
+                           f"with 'kohyawan batch ... --slurm' (or cancel it with scancel first)")
+        if not row["slurm_job"] and slurm:
+            from kohyawan.batch.scheduler import _same_process
+
+            if row["pid"] and _same_process(row["pid"], row["pid_started"]):
+                raise BadInput(f"job {row['key']} is running locally (pid {row['pid']}); let it finish with "
+                               f"'kohyawan batch' before switching this folder to --slurm")
+            q.update(row["key"], state="pending", pid=None, reason="interrupted (driver died)")

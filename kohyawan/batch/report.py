@@ -1,7 +1,7 @@
 """The batch's documents and tables: ``batch.json`` and what ``kohyawan batch status`` prints.
 
 ``batch.json`` (version 1; add fields, never rename): ``version, dir, manifest, driver_pid, counts{pending,
-running, succeeded, failed}, jobs[{key, client, name, kind, state, attempts, tries, run_id, run_dir, gpu,
+running, succeeded, failed}, jobs[{key, in_manifest (false: in the queue from an earlier manifest, not run any more), client, name, kind, state, attempts, tries, run_id, run_dir, gpu,
 started_at, ended_at, seconds, exit_code, reason, export_state, exported_version, export_notes,
 slurm_job, slurm_state, run{status, final_loss, best_loss, best_step, seconds, peak_vram_gb, attempts,
 rungs, checkpoints, candidates, final}}], scheduling{gaps_s[], max_gap_s, mean_gap_s}``.
@@ -41,6 +41,7 @@ def scheduling_gaps(queue: Queue) -> list[float]:
 
 def document(queue: Queue) -> dict[str, Any]:
     meta = queue.meta()
+    current = set(meta.get("jobs") or [])
     jobs = []
     for row in queue.rows():
         definition = json.loads(row["definition"])
@@ -48,7 +49,8 @@ def document(queue: Queue) -> dict[str, Any]:
         run = results.summarize(Path(row["run_dir"])) if row["run_dir"] else results.summarize(None)
         seconds = (row["ended_at"] - row["started_at"]) if row["ended_at"] and row["started_at"] else None
         jobs.append({
-            "key": row["key"], "client": definition.get("client"), "name": definition.get("name"),
+            "key": row["key"], "in_manifest": row["key"] in current if current else True,
+            "client": definition.get("client"), "name": definition.get("name"),
             "kind": definition.get("kind"), "dataset": definition.get("dataset"), "state": row["state"],
             "attempts": row["attempts"], "tries": row["tries"], "run_id": row["run_id"], "run_dir": row["run_dir"],
             "gpu": row["gpu"], "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"]),
