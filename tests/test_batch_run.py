@@ -70,6 +70,11 @@ def test_batch_runs_every_job_a_failure_stops_nothing_and_finished_jobs_are_expo
     _assert_one_job_per_gpu_at_a_time(tmp_path / "clients.batch")
     index = json.loads((tmp_path / "registry" / "index.json").read_text())
     assert sorted(index["models"]) == ["character/brand-x/sarah", "character/brand-y/ana"]
+    shown = subprocess.run([*CLI, "registry", "show", "sarah", "--client", "brand-x", "--kind", "character",
+                            "--registry", str(tmp_path / "registry"), "--json"], capture_output=True, text=True)
+    versions = json.loads(shown.stdout)["versions"]
+    assert len(versions) == 1
+    assert versions[0]["notes"][0]["text"] == "batch: first version, trained on 3 images. new hair"
     assert json.loads((tmp_path / "clients.batch" / "batch.json").read_text())["counts"] == doc["counts"]
 
     # Running again redoes nothing; --retry-failed retries only the failed job (fixed in the manifest).
