@@ -14,7 +14,7 @@ from kohyawan.dataset import check_dataset, load_report, settings_from
 from kohyawan.dataset.prepare import prepare
 from kohyawan.dataset.probe import count_frames
 from kohyawan.errors import DatasetError
-from tests import media
+import media
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,302 @@
+"""``kohyawan run`` and ``kohyawan runs list|show|resume|stop``: launch and babysit training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from kohyawan import console
+from kohyawan.commands.common import plan_options, resolve_spec
+from kohyawan.errors import BadInput, Interrupted, WorkFailed
+
+_DIR = click.Path(path_type=Path, file_okay=False)
+
+
+def _runs_dir(value: Path | None) -> Path:
+    if value is not None:
+        return value
+    from kohyawan import profiles
+
+    settings = profiles.project_settings(profiles.find_project_file())
+    return Path(settings.get("runs_dir", "runs"))
+
+
+def _launch_options(func):
+    options = [
+        click.option("--runs-dir", type=_DIR, default=None, help="Where run folders go (default ./runs)."),
+        click.option("--trainer-dir", type=_DIR, default=None, help="musubi-tuner checkout to train with."),
+        click.option("--python", "python", default=None, help="The trainer environment's python (default python)."),
+        click.option("--launcher", type=click.Choice(["accelerate", "python"]), default=None,
+                     help="Launch through accelerate launch (default) or plain python."),
+        click.option("--accelerate-arg", "accelerate_args", multiple=True, metavar="ARG",
+                     help="Extra argument for accelerate launch (repeatable)."),
+        click.option("--gpus", default=None, metavar="IDS", help="CUDA_VISIBLE_DEVICES for the trainer, e.g. 0."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
+                     help="Attempts per training run, ladder steps included (default: the profile's)."),
+        click.option("--notify", multiple=True, metavar="URL",
+                     help="Webhook for success, failure, ladder steps and alerts (Slack/Discord; repeatable)."),
+        click.option("--recache", is_flag=True, help="Rebuild latent and text-encoder caches even if up to date."),
+        click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel."),
+        click.option("--interval", type=float, default=30.0, show_default=True,
+                     help="Seconds between plain progress lines."),
+        click.option("--json", "as_json", is_flag=True, help="Print run.json when the run ends."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
+             plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None):
+    from kohyawan.runner import RunOptions
+
+    stored = stored or {}
+    return RunOptions(
+        runs_dir=Path(os.path.abspath(_runs_dir(runs_dir))), name=name,
+        trainer_dir=trainer_dir.resolve() if trainer_dir else (Path(stored["trainer_dir"]) if stored.get("trainer_dir") else None),
+        python=python or stored.get("python") or "python",
+        launcher=launcher or stored.get("launcher") or "accelerate",
+        accelerate_args=tuple(accelerate_args) or tuple(stored.get("accelerate_args", ())),
+        gpus=gpus if gpus is not None else stored.get("gpus"),
+        max_attempts=max_attempts or stored.get("max_attempts"),
+        notify=tuple(notify) or tuple(stored.get("notify", ())),
+        rehearse=rehearse or bool(stored.get("rehearse")),
+        gpu_memory_gb=gpu_memory or stored.get("gpu_memory_gb"),
+        recache=recache, live=False if plain else None, plain_interval_s=interval)
+
+
+def _finish(data: dict, as_json: bool) -> None:
+    if as_json:
+        console.print_json(data)
+    else:
+        _summary(data)
+    if data["status"] == "succeeded":
+        return
+    if data["status"] == "stopped":
+        raise Interrupted(f"run {data['id']} stopped: {data.get('reason', '')}; continue with "
+                          f"'kohyawan runs resume {data['id']}'")
+    from kohyawan.runview import brief
+
+    raise WorkFailed(f"run {data['id']} failed: {brief(data.get('reason')) or 'see run.json'}")
+
+
+def _summary(data: dict) -> None:
+    from kohyawan.runview import brief
+
+    c = console.out()
+    c.print(f"run {data['id']}: {data['status']}" + (" (REHEARSAL: no training happened)" if data.get("rehearsal") else ""))
+    for a in data["attempts"]:
+        c.print(f"  attempt {a['n']} {a.get('stage', '')}: steps {a['steps'][0]}-{a['steps'][1]} {a['outcome']}"
+                + (f" [rung {a['rung']}]" if a.get("rung") else "") + (f" - {brief(a['reason'])}" if a.get("reason") else ""), markup=False)
+    if data.get("final"):
+        c.print(f"  final: {data['final']['path']}")
+
+
+@click.command()
+@plan_options(dataset_required=True)
+@_launch_options
+@click.option("--name", default=None, help="Run id (default PROFILE-YYYYmmdd-HHMMSS).")
+@click.option("--rehearse", is_flag=True,
+              help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING.")
+@click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
+              help="Rehearsal: the virtual GPU's memory (default 24).")
+def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
+        interval, as_json, name, rehearse, gpu_memory, **plan_kwargs):
+    """Train a LoRA and babysit it: caches, training, OOM fallback ladder, exact resume.
+
+    Stages: preflight, latent caching, text-encoder caching (each skipped when its caches are complete and
+    newer than their inputs), training (each expert in turn for --expert sequential), verification. On a
+    CUDA out-of-memory error the next rung of the profile's [ladder] is applied and training resumes from
+    the last saved state, with steps, checkpoint numbers and the learning rate continuing exactly.
+
+    \b
+    Example:
+      kohyawan run --profile character --dataset ./data/sarah --task t2v-1.3B \\
+        --runs-dir ./runs --name sarah-try --rehearse --gpu-memory 12
+    """
+    from kohyawan import runsetup
+
+    if gpu_memory and not rehearse:
+        raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
+    # the trainer runs in its own checkout: every path it gets must be absolute
+    plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
+    request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+               for k, v in plan_kwargs.items()}
+    spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
+                                                   "dit_high_noise", "vae", "t5", "sets")))
+    opts = _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
+                    plain, interval, rehearse, gpu_memory, name)
+    job = runsetup.new_run(spec, request, opts)
+    if not as_json:
+        console.err().print(f"run {job.ledger.data['id']} in {job.dir}", markup=False)
+    _finish(job.drive(), as_json)
+
+
+@click.group()
+def runs():
+    """List, inspect, resume and stop runs.
+
+    \b
+    Example:
+      kohyawan runs list --runs-dir ./runs
+    """
+
+
+def _run_dir(runs_dir: Path | None, run_id: str) -> Path:
+    path = Path(run_id)
+    if (path / "run.json").is_file():
+        return path
+    path = _runs_dir(runs_dir) / run_id
+    if not (path / "run.json").is_file():
+        raise BadInput(f"no run {run_id!r} in {_runs_dir(runs_dir)}")
+    return path
+
+
+def _live_state(run_dir: Path, data: dict) -> str:
+    from kohyawan import runlock
+
+    if runlock.is_locked(run_dir):
+        return "running"
+    if runlock.orphan(run_dir):
+        return "orphaned"
+    if data["status"] == "running":
+        return "dead"  # its supervisor died; runs resume continues it
+    return data["status"]
+
+
+@runs.command("list")
+@click.option("--runs-dir", type=_DIR, default=None, help="Where run folders are (default ./runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_runs(runs_dir, as_json):
+    """List runs with their state (running, succeeded, failed, stopped, dead, orphaned).
+
+    "dead": the supervisor is gone (resume it); "orphaned": its trainer still runs without a supervisor
+    (runs stop or runs resume deal with it).
+
+    \b
+    Example:
+      kohyawan runs list --json
+    """
+    root = _runs_dir(runs_dir)
+    rows = []
+    for path in sorted(root.glob("*/run.json")) if root.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        last = data["attempts"][-1] if data["attempts"] else {}
+        rows.append({"id": data["id"], "status": data["status"], "state": _live_state(path.parent, data),
+                     "profile": data.get("profile"), "task": data.get("task"), "total_steps": data.get("total_steps"),
+                     "step": (last.get("steps") or [0, 0])[1], "attempts": len(data["attempts"]),
+                     "rehearsal": bool(data.get("rehearsal")), "path": str(path.parent)})
+    if as_json:
+        console.print_json(rows)
+        return
+    c = console.out()
+    if not rows:
+        c.print(f"no runs in {root}")
+    for r in rows:
+        c.print(f"{r['id']:<32} {r['state']:<10} {r['step']}/{r['total_steps']} steps  {r['attempts']} attempt(s)  "
+                f"{r['profile']} {r['task']}" + ("  (rehearsal)" if r["rehearsal"] else ""), markup=False)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--runs-dir", type=_DIR, default=None, help="Where run folders are (default ./runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print run.json.")
+def show(run_id, runs_dir, as_json):
+    """Show a run: attempts, rungs, outcomes, checkpoints.
+
+    \b
+    Example:
+      kohyawan runs show sarah-try
+    """
+    run_dir = _run_dir(runs_dir, run_id)
+    data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    data["state"] = _live_state(run_dir, data)
+    if as_json:
+        console.print_json(data)
+        return
+    _summary(data)
+    c = console.out()
+    c.print(f"  state: {data['state']}; {len(data['checkpoints'])} checkpoint(s):")
+    for ck in data["checkpoints"]:
+        c.print(f"    step {ck['step']:>7}  {ck['path']}" + ("  (removed)" if ck.get("removed") else ""), markup=False)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--runs-dir", type=_DIR, default=None, help="Where run folders are (default ./runs).")
+@click.option("--trainer-dir", type=_DIR, default=None, help="Override the stored trainer checkout.")
+@click.option("--python", "python", default=None, help="Override the stored trainer python.")
+@click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel.")
+@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between plain lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print run.json when the run ends.")
+def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
+    """Continue a run whose supervisor died or that was stopped, from its last saved state.
+
+    An orphaned trainer (still running without kohyawan) is stopped first; a run that another kohyawan
+    is supervising is refused.
+
+    \b
+    Example:
+      kohyawan runs resume sarah-try
+    """
+    from kohyawan import runlock, runsetup
+    from kohyawan.supervise import kill_group
+
+    run_dir = _run_dir(runs_dir, run_id)
+    if runlock.is_locked(run_dir):
+        raise WorkFailed(f"run {run_id} is being supervised by process {runlock.holder_pid(run_dir)}")
+    pgid = runlock.orphan(run_dir)
+    if pgid:
+        console.warn(f"stopping the orphaned trainer of {run_id} (process group {pgid})")
+        kill_group(pgid)
+        runlock.clear_pid(run_dir)
+    data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if data["status"] == "succeeded":
+        raise BadInput(f"run {run_id} already succeeded")
+    req = data["request"]
+    spec = resolve_spec(req["profile"], Path(req["dataset"]) if req.get("dataset") else None, req.get("task"),
+                        req.get("expert"), req.get("variant"),
+                        *(Path(req[k]) if req.get(k) else None for k in ("dit", "dit_high_noise", "vae", "t5")),
+                        tuple(req.get("sets") or ()))
+    stored = data.get("options", {})
+    opts = _options(run_dir.parent, trainer_dir, python, None, (), None, None, (), False, plain, interval,
+                    stored=stored)
+    job = runsetup.load_run(run_dir, spec, opts)
+    _finish(job.drive(), as_json)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--runs-dir", type=_DIR, default=None, help="Where run folders are (default ./runs).")
+def stop(run_id, runs_dir):
+    """Stop a run cleanly: its supervisor sends SIGINT to the trainer, waits, then escalates.
+
+    The run ends as "stopped" with its last saved state usable (runs resume continues it).
+
+    \b
+    Example:
+      kohyawan runs stop sarah-try
+    """
+    from kohyawan import runlock
+    from kohyawan.supervise import kill_group
+
+    run_dir = _run_dir(runs_dir, run_id)
+    holder = runlock.holder_pid(run_dir) if runlock.is_locked(run_dir) else None
+    if holder:
+        os.kill(holder, signal.SIGTERM)  # the supervisor turns it into a clean stop
+        console.err().print(f"asked kohyawan (pid {holder}) to stop run {run_id}", markup=False)
+        return
+    pgid = runlock.orphan(run_dir)
+    if pgid:
+        kill_group(pgid)
+        runlock.clear_pid(run_dir)
+        console.err().print(f"stopped the orphaned trainer of {run_id}", markup=False)
+        return
+    console.err().print(f"run {run_id} is not running", markup=False)

@@ -1,0 +1,121 @@
+"""The run folder: ``run.json`` (rewritten atomically after every change), ``metrics.jsonl``, and one
+folder per attempt with its ``console.log`` and rendered configs.
+
+run.json, version 1 (stable: add fields, never rename): ``version, id, status ("running" | "succeeded" |
+"failed" | "stopped"), profile, task, total_steps, attempts[{n, rung, changes, outcome, reason,
+resumed_from, steps: [first, last], exit_code, peak_vram_gb, peak_ram_gb}], checkpoints[{path, step,
+epoch, attempt, bytes, sha256}], final`` plus extra fields documented in notes/runtime.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+STATUSES = ("running", "succeeded", "failed", "stopped")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Ledger:
+    def __init__(self, run_dir: Path, data: dict[str, Any]):
+        self.dir = Path(run_dir)
+        self.data = data
+
+    @classmethod
+    def create(cls, run_dir: Path, *, run_id: str, profile: str, task: str, total_steps: int | None,
+               **extra: Any) -> "Ledger":
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = {"version": VERSION, "id": run_id, "status": "running", "profile": profile, "task": task,
+                "total_steps": total_steps, "attempts": [], "checkpoints": [], "final": None,
+                "created": _now(), "updated": _now(), **extra}
+        led = cls(run_dir, data)
+        led.save()
+        return led
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Ledger":
+        run_dir = Path(run_dir)
+        return cls(run_dir, json.loads((run_dir / "run.json").read_text(encoding="utf-8")))
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "run.json"
+
+    def save(self) -> None:
+        self.data["updated"] = _now()
+        atomic_write(self.path, json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def set(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    # --- attempts -------------------------------------------------------------------------------------
+    def attempt_dir(self, n: int) -> Path:
+        d = self.dir / "attempts" / f"{n:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def start_attempt(self, *, rung: str | None, changes: dict, resumed_from: str | None, first_step: int,
+                      **extra: Any) -> dict:
+        att = {"n": len(self.data["attempts"]) + 1, "rung": rung, "changes": changes, "outcome": None,
+               "reason": None, "resumed_from": resumed_from, "steps": [first_step, first_step], "exit_code": None,
+               "peak_vram_gb": None, "peak_ram_gb": None, "started": _now(), "ended": None, **extra}
+        self.data["attempts"].append(att)
+        self.save()
+        return att
+
+    def update_attempt(self, **fields: Any) -> None:
+        self.data["attempts"][-1].update(fields)
+        self.save()
+
+    def end_attempt(self, *, outcome: str, reason: str, exit_code: int | None, **fields: Any) -> None:
+        self.update_attempt(outcome=outcome, reason=reason, exit_code=exit_code, ended=_now(), **fields)
+
+    # --- outputs --------------------------------------------------------------------------------------
+    def add_checkpoint(self, path: Path, *, step: int, epoch: int | None, attempt: int, **extra: Any) -> dict:
+        path = Path(path)
+        entry = {"path": str(path), "step": step, "epoch": epoch, "attempt": attempt,
+                 "bytes": path.stat().st_size if path.exists() else None,
+                 "sha256": sha256_file(path) if path.exists() else None, **extra}
+        self.data["checkpoints"] = [c for c in self.data["checkpoints"] if c["path"] != str(path)] + [entry]
+        self.save()
+        return entry
+
+    def metric(self, record: dict) -> None:
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,9 @@
+# Rehearsal stand-in for musubi-tuner's wan_cache_latents.py (kohyawan --rehearse): no training happens.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[5]))
+from kohyawan.rehearse.cache import main_latents  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main_latents())

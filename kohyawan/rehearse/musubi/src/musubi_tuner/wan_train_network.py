@@ -1,0 +1,9 @@
+# Rehearsal stand-in for musubi-tuner's wan_train_network.py (kohyawan --rehearse): no training happens.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[5]))
+from kohyawan.rehearse.train import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
