@@ -120,11 +120,10 @@ def _assert_one_job_per_gpu_at_a_time(folder):
 
 
 def _drive_in_process(path, folder, gpus):
-    code = ("import sys; from kohyawan.batch import driver\n"
-            f"driver.run(driver.BatchOptions(manifest={str(path)!r}, folder={str(folder)!r}, gpus={gpus!r}, "
-            f"kohyawan={CLI!r}))")
+    """`kohyawan batch` as a real process, so it can be signalled and killed."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "KOHYAWAN_REHEARSE_STEP_S": "0.3"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    return subprocess.Popen([*CLI, "batch", str(path), "--dir", str(folder), "--gpus", gpus], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(predicate, timeout=60):
@@ -165,7 +164,8 @@ def test_killing_the_batch_halfway_and_rerunning_finishes_only_what_was_left(tmp
         assert f"CUDA_VISIBLE_DEVICES={row['gpu']}".encode() in environ
     q.close()
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=120) == 130          # interrupted, jobs left
+    assert "batch stopped with 3 job(s) left; run the same command again to continue" in proc.stderr.read()
     states = _states(folder)
     assert states == {"brand-x/sarah": "pending", "brand-x/tom": "pending", "brand-y/ana": "pending"}
     doc = driver.run(_opts(path, folder=folder, gpus="0,1"))

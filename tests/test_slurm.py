@@ -128,10 +128,16 @@ def fake_slurm(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accounting", [True, False])
-def test_batch_through_fake_slurm_merges_results_and_exports(tmp_path, fake_slurm, monkeypatch, accounting):
-    if not accounting:
-        monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")   # falls back to scontrol
+def test_without_accounting_final_states_come_from_scontrol(tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")      # sacct fails as on a cluster without slurmdbd
+    path = write_manifest(tmp_path, MANIFEST[:MANIFEST.index('[[jobs]]\nclient = "brand-x"\nname = "tom"')])
+    doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
+    (job,) = doc["jobs"]
+    assert job["state"] == "succeeded" and job["slurm_state"] == "COMPLETED" and job["exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_batch_through_fake_slurm_merges_results_and_exports(tmp_path, fake_slurm, monkeypatch):
     path = write_manifest(tmp_path, MANIFEST)
     messages = []
     doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI), say=messages.append)
@@ -154,14 +160,30 @@ def test_batch_through_fake_slurm_merges_results_and_exports(tmp_path, fake_slur
 
 
 @pytest.mark.slow
-def test_a_task_cut_short_by_slurm_is_resumed_on_the_next_submission(tmp_path, fake_slurm, monkeypatch):
+def test_a_task_that_never_ran_fails_with_the_slurm_state(tmp_path, fake_slurm, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_FAIL_TASKS", "0:NODE_FAIL")
-    path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@2" }\n', ""))
+    path = write_manifest(tmp_path, MANIFEST[:MANIFEST.index('[[jobs]]\nclient = "brand-x"\nname = "tom"')])
     doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
-    sarah = doc["jobs"][0]
-    # the fake killed the task before it ran: no run.json, so nothing to resume -> failed with the SLURM state
-    assert sarah["state"] == "failed" and "NODE_FAIL" in sarah["reason"]
-    assert doc["counts"]["succeeded"] == 2
+    (sarah,) = doc["jobs"]
+    assert sarah["state"] == "failed" and "SLURM NODE_FAIL" in sarah["reason"] and "no run.json" in sarah["reason"]
+
+
+@pytest.mark.slow
+def test_a_task_cut_short_by_its_time_limit_is_resumed_on_the_next_submission(tmp_path, fake_slurm, monkeypatch):
+    path = write_manifest(tmp_path, MANIFEST[:MANIFEST.index('[[jobs]]\nclient = "brand-x"\nname = "tom"')])
+    monkeypatch.setenv("KOHYAWAN_REHEARSE_STEP_S", "0.4")
+    monkeypatch.setenv("FAKE_SLURM_FAIL_TASKS", "0:TIMEOUT@4")
+    doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
+    (sarah,) = doc["jobs"]
+    assert sarah["state"] == "pending" and sarah["slurm_state"] == "TIMEOUT", sarah
+    assert json.loads(Path(sarah["run_dir"], "run.json").read_text())["status"] == "stopped"
+    monkeypatch.delenv("FAKE_SLURM_FAIL_TASKS")
+    monkeypatch.setenv("KOHYAWAN_REHEARSE_STEP_S", "0.02")
+    doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
+    (sarah,) = doc["jobs"]
+    assert sarah["state"] == "succeeded" and sarah["tries"] == 1 and sarah["attempts"] == 2
+    script = (tmp_path / "clients.batch" / "slurm" / "submit-002.sh").read_text()
+    assert "kohyawan runs resume" in script and str(Path(sarah["run_dir"])) in script
 
 
 def test_slurm_tools_missing_is_a_clear_error(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ def sbatch(args):
     counter = STATE / "next_id"
     job = int(counter.read_text()) if counter.exists() else 1000
     counter.write_text(str(job + 1))
-    fail = os.environ.get("FAKE_SLURM_FAIL_TASKS", "")       # "IDX:STATE" e.g. "1:NODE_FAIL"
+    fail = os.environ.get("FAKE_SLURM_FAIL_TASKS", "")       # "IDX:STATE" e.g. "1:NODE_FAIL", "0:TIMEOUT@2.5"
     forced = dict(item.split(":") for item in fail.split(",") if ":" in item)
     for idx in _expand(m.group(1)):
         out = opts["output"].replace("%A", str(job)).replace("%a", str(idx)).replace("%%", "%")
@@ -59,13 +59,22 @@ def task(job, idx, script, out, chdir, forced):
     path = STATE / f"{job}_{idx}.json"
     time.sleep(0.1)
     _write(path, {"state": "RUNNING", "exit": "0:0"})
+    limit = None
+    if forced.startswith("TIMEOUT@"):          # the time limit hits after N seconds: SIGTERM, as --signal=B:TERM
+        limit, forced = float(forced.split("@")[1]), ""
     if forced:
         _write(path, {"state": forced, "exit": "0:0" if forced != "FAILED" else "1:0"})
         return 0
     env = {**os.environ, "SLURM_ARRAY_JOB_ID": job, "SLURM_ARRAY_TASK_ID": idx, "SLURM_JOB_ID": str(int(job) + int(idx) + 1)}
     with open(out, "ab") as fh:
-        code = subprocess.call(["bash", script], cwd=chdir, env=env, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL)
-    _write(path, {"state": "COMPLETED" if code == 0 else "FAILED", "exit": f"{code}:0"})
+        proc = subprocess.Popen(["bash", script], cwd=chdir, env=env, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL)
+        try:
+            code = proc.wait(timeout=limit)
+            state = "COMPLETED" if code == 0 else "FAILED"
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            code, state = proc.wait(), "TIMEOUT"
+    _write(path, {"state": state, "exit": f"{code}:0" if code >= 0 else f"0:{-code}"})
     return 0
 
 
