@@ -66,3 +66,22 @@ def test_sweep_refuses_bad_variants_before_starting(tmp_path):
     result = CliRunner().invoke(cli, ["sweep", "--dataset", str(tmp_path / "data"), "--variants", "a,b",
                                       "--variant", "standard"])
     assert result.exit_code == 2 and "--variant is for single runs" in result.output
+
+
+@pytest.mark.slow
+def test_sweep_command_prints_sweep_json_and_the_table(tmp_path, fast):
+    import subprocess
+    import sys
+
+    data = make_dataset(tmp_path / "data", images=3)
+    argv = [sys.executable, "-m", "kohyawan", "sweep", "--profile", "character", "--dataset", str(data),
+            "--task", "t2v-1.3B", "--variants", "conservative,aggressive", "--gpus", "0,1", "--rehearse",
+            "--runs-dir", str(tmp_path / "runs"), "--name", "cli"]
+    proc = subprocess.run(argv + ["--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == 1 and [r["variant"] for r in doc["variants"]] == ["conservative", "aggressive"]
+    assert "started conservative on GPU 0" in proc.stderr
+    table = subprocess.run(argv, capture_output=True, text=True)    # continues: nothing to do
+    assert table.returncode == 0
+    assert "sweep cli (seed" in table.stdout and "conservative" in table.stdout and "REHEARSAL" in table.stdout
