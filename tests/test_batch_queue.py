@@ -108,3 +108,38 @@ def test_gpu_slots_parse_group_and_allocate_one_job_per_gpu():
     with pytest.raises(ValueError):
         alloc.hold("1", "e")
     assert alloc.take("e") is None
+
+
+def test_change_notes_compare_item_counts_with_the_previous_version(tmp_path):
+    from conftest import make_dataset
+    from kohyawan.batch import results
+
+    assert results.change_note(12, None, "images") == "first version, trained on 12 images"
+    prev = {"version": 3, "dataset": {"size": 10}}
+    assert results.change_note(60, prev, "images") == "retrained on 50 new images (60 in all; v3 had 10)"
+    assert results.change_note(8, prev, "items") == "retrained on 8 items, 2 fewer than v3"
+    assert results.change_note(10, prev) == "retrained on the same number of items as v3 (10)"
+    assert results.change_note(10, {"version": 2, "dataset": {}}) == "retrained (batch); dataset size of v2 not recorded"
+    assert results.dataset_word(make_dataset(tmp_path / "a", images=2)) == "images"
+    assert results.dataset_word(make_dataset(tmp_path / "b", images=2, videos=1)) == "items"
+
+
+def test_run_summary_tolerates_missing_and_half_written_files(tmp_path):
+    import json
+
+    from kohyawan.batch import results
+
+    assert results.summarize(None)["status"] is None
+    assert results.summarize(tmp_path)["status"] is None              # nothing written yet
+    (tmp_path / "run.json").write_text(json.dumps({
+        "id": "r", "status": "succeeded", "total_steps": 100, "created": "2026-11-28T01:00:00Z",
+        "updated": "2026-11-28T01:10:00Z",
+        "attempts": [{"peak_vram_gb": 20.5, "rung": None}, {"peak_vram_gb": 18.0, "rung": "fp8_base"}],
+        "checkpoints": [{"step": s} for s in (50, 60, 70, 80, 90, 100)] + [{"step": 65, "removed": True}],
+        "final": {"path": "/x/final.safetensors"}}))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.2}\n'
+                                             '{"step": 3, "loss": NaN}\n{"step": 4, "loss": 0.3}\n{"step": 5, "lo')
+    row = results.summarize(tmp_path)
+    assert (row["final_loss"], row["best_loss"], row["best_step"]) == (0.3, 0.2, 2)
+    assert row["seconds"] == 600 and row["peak_vram_gb"] == 20.5 and row["rungs"] == ["fp8_base"]
+    assert row["candidates"] == [60, 70, 80] and row["final"] == "/x/final.safetensors"

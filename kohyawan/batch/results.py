@@ -91,15 +91,12 @@ def summarize(run_dir: Path | None) -> dict[str, Any]:
 
 
 def dataset_word(dataset: Path) -> str:
-    """'images', 'clips' or 'items': how to speak of the dataset's units in a note."""
+    """'images' for an image-only dataset, else 'items': the counts compared are the trainer's items, and a
+    clip can give several items (chunked frame extraction), so clips are not counted as such."""
     from kohyawan import inventory
 
     inv = inventory.scan(Path(dataset))
-    if inv.images and not inv.clips:
-        return "images"
-    if inv.clips and not inv.images:
-        return "clips"
-    return "items"
+    return "images" if inv.images and not inv.clips else "items"
 
 
 def change_note(items: int | None, previous: dict | None, word: str = "items") -> str:
