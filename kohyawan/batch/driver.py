@@ -101,7 +101,12 @@ def run(opts: BatchOptions, say: Callable[[str], None] = lambda m: None) -> dict
             if opts.slurm:
                 from kohyawan.batch import slurm
 
-                slurm.drive(q, m, launch, say=say)
+                try:
+                    slurm.drive(q, m, launch, say=say)
+                except KeyboardInterrupt:
+                    # Only the following stops; the array runs on. batch.json says where things stand.
+                    report.write(q)
+                    raise
             else:
                 Scheduler(q, list(m.jobs), launch, slots, registry=m.registry, say=say).run()
             return report.write(q)

@@ -149,7 +149,8 @@ def run_cmd(manifest, folder, gpus, slurm, dry_run, retry_failed, as_json):
     try:
         doc = driver.run(opts, say=_say)
     except KeyboardInterrupt:
-        raise Interrupted("batch interrupted; run the same command again to continue") from None
+        raise Interrupted("batch interrupted; run the same command again to continue"
+                          + (" (the SLURM tasks keep running; it follows them again)" if slurm else "")) from None
     if as_json:
         console.print_json(doc)
     else:
