@@ -236,3 +236,26 @@ def test_rehearsal_batch_through_a_real_slurm(tmp_path, real_slurm, monkeypatch)
     # The run folders were written by the tasks, on "shared storage", and read back by the driver.
     run = json.loads((tmp_path / "clients.batch" / "runs" / "brand-y__ana" / "run.json").read_text())
     assert run["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_interrupted_following_picks_the_array_up_again_without_resubmitting(tmp_path, fake_slurm):
+    from kohyawan.batch import jobs as jobs_mod, manifest as manifest_mod
+    from kohyawan.batch.queue import Queue
+
+    path = write_manifest(tmp_path, MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@2" }\n', ""))
+    m = manifest_mod.load(path)
+    folder = tmp_path / "clients.batch"
+    q = Queue(folder)
+    q.sync(m.jobs)
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        slurm.drive(q, m, jobs_mod.Launch(runs_dir=folder / "runs", rehearse=True, kohyawan=CLI), sleep=ctrl_c)
+    assert {r["state"] for r in q.rows()} == {"running"} and {r["slurm_job"] for r in q.rows()} == {"1000_0", "1000_1", "1000_2"}
+    q.close()
+    doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
+    assert doc["counts"]["succeeded"] == 3
+    assert sorted(p.name for p in (folder / "slurm").glob("submit-*.sh")) == ["submit-001.sh"]
