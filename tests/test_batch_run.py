@@ -249,3 +249,19 @@ def test_a_folder_with_slurm_tasks_in_flight_is_not_run_locally(tmp_path, fast):
     q.close()
     with pytest.raises(BadInput, match="SLURM task 77_0, still in flight"):
         driver.run(_opts(path))
+
+
+def test_a_failed_export_is_retried_without_training_again(tmp_path, fast):
+    body = MANIFEST.replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', "")
+    body = body[:body.index('[[jobs]]\nclient = "brand-x"\nname = "tom"')]          # sarah only
+    path = write_manifest(tmp_path, body.replace('registry = "registry"', 'registry = "not-a-folder"'))
+    (tmp_path / "not-a-folder").write_text("a file where the registry should be")
+    doc = driver.run(_opts(path))
+    (sarah,) = doc["jobs"]
+    assert sarah["state"] == "failed" and sarah["export_state"] == "failed" and sarah["reason"].startswith("export: ")
+    assert sarah["run"]["status"] == "succeeded"
+    path.write_text(path.read_text().replace('registry = "not-a-folder"', 'registry = "registry"'))
+    doc = driver.run(_opts(path, retry_failed=True))
+    (sarah,) = doc["jobs"]
+    assert sarah["state"] == "succeeded" and sarah["exported_version"] == 1
+    assert sarah["attempts"] == 1 and sarah["tries"] == 1          # trained once
