@@ -42,6 +42,7 @@ class RunOptions:
     notify: tuple[str, ...] = ()
     rehearse: bool = False
     gpu_memory_gb: float | None = None
+    start_rung: str = "auto"          # "auto": the first rung the estimator says fits; "base": the profile's
     recache: bool = False
     live: bool | None = None
     quiet: bool = False
@@ -199,6 +200,8 @@ class Run:
             if inherited:
                 self.view.say(f"{stage_name}: starting with the rungs {earlier[-1]['name']} needed: "
                               f"{', '.join(inherited)}")
+            elif self.opts.start_rung == "auto":
+                rec["rungs"] = self.estimated_start(base, vram)
         rec.setdefault("lr_scale", 1.0)
         rec.setdefault("saves", [])
         rec["status"] = "running"
@@ -244,6 +247,31 @@ class Run:
             self.view.say(f"attempt {self.status.attempt} ended: {outcome} ({brief(reason)}); {brief(nxt.reason)}")
             self.notifier.send("ladder", f"{outcome}: {reason}. Next: {nxt.reason}", outcome=outcome,
                                rung=nxt.new_rung)
+
+    def estimated_start(self, base, vram) -> list[str]:
+        """The rungs to start with: the first position of the ladder that ``kohyawan estimate`` says fits
+        this GPU with the profile's safety margin (none when the GPU's size is unknown)."""
+        from kohyawan import estimate
+
+        gib = (self.opts.gpu_memory_gb or 24.0) if self.opts.rehearse else _gpu_total_gib(self.opts.gpus)
+        if gib is None:
+            self.view.say("estimate: GPU size unknown, starting at the profile's settings")
+            return []
+        margin = float(base.extra.get("watchdog", {}).get("vram_margin_gb", estimate.DEFAULT_MARGIN_GIB))
+        index, rung, est = estimate.first_fitting_rung(base, gib, margin_gb=margin)
+        self.ledger.data["estimate"] = {"gpu_gib": gib, "margin_gib": margin, "start_index": index,
+                                        "predicted_peak_gib": round(est.vram_gib, 2)}
+        if index == 0:
+            self.view.say(f"estimate: the profile's settings fit {gib:g} GiB (predicted peak {est.vram_gib:.1f} GiB)")
+            return []
+        if index < 0:
+            self.view.say(f"estimate: nothing on the ladder fits {gib:g} GiB (last rung {est.vram_gib:.1f} GiB); "
+                          f"starting at the profile's settings and climbing")
+            return []
+        names = [r.name for r in vram[:index]]
+        self.view.say(f"estimate: starting at rung {rung.name} (predicted peak {est.vram_gib:.1f} GiB of "
+                      f"{gib:g}); --start-rung base starts at the profile's settings")
+        return names
 
     def attempt(self, plan, stage, spec, nxt: ladder.Next, total: int, rec: dict):
         n = len(self.ledger.data["attempts"]) + 1
@@ -370,6 +398,18 @@ class _Stop(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+def _gpu_total_gib(gpus: str | None) -> float | None:
+    """Total memory of the GPU the trainer will use (first of CUDA_VISIBLE_DEVICES), through NVML."""
+    from kohyawan import doctor
+
+    found = doctor.probe_gpus(doctor.real_nvml())
+    if not found:
+        return None
+    first = (gpus or "0").split(",")[0].strip()
+    index = int(first) if first.isdigit() and int(first) < len(found) else 0
+    return float(found[index]["total_gib"])
 
 
 def _term_as_interrupt(signum, frame):

@@ -82,7 +82,7 @@ def _options_doc(opts) -> dict:
     return {"trainer_dir": str(opts.trainer_dir) if opts.trainer_dir else None, "python": opts.python,
             "launcher": opts.launcher, "accelerate_args": list(opts.accelerate_args), "gpus": opts.gpus,
             "max_attempts": opts.max_attempts, "notify": list(opts.notify), "rehearse": opts.rehearse,
-            "gpu_memory_gb": opts.gpu_memory_gb}
+            "gpu_memory_gb": opts.gpu_memory_gb, "start_rung": opts.start_rung}
 
 
 def rehearsal_models(spec, runs_dir: Path):

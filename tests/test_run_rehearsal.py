@@ -158,12 +158,23 @@ def test_exhausted_ladder_and_retry_budget(data, tmp_path):
 
 def test_virtual_gpu_too_small_for_the_model_oom_then_fp8(data, tmp_path):
     runs = tmp_path / "runs"
-    # 1.3B in bf16 needs ~3.6 GB to hold; fp8 halves it
-    r = run_cli(base_args(data, runs, "small", "--gpu-memory", "3"))
+    # 1.3B in bf16 needs ~3.6 GB to hold; fp8 halves it. --start-rung base: climb from the profile's settings
+    r = run_cli(base_args(data, runs, "small", "--gpu-memory", "3", "--start-rung", "base"))
     assert r.returncode == 0, r.stderr
     d = ledger(runs, "small")
     assert _summary(d)[0][0] == "oom_vram" and d["attempts"][0]["steps"] == [0, 0]
     assert d["attempts"][-1]["outcome"] == "succeeded" and "fp8_base" in d["attempts"][-1]["rungs"]
+
+
+def test_run_starts_at_the_rung_the_estimate_says_fits(data, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "fits", "--gpu-memory", "3"))
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "fits")
+    assert [a["outcome"] for a in d["attempts"]] == ["succeeded"]  # no OOM on the way
+    assert "fp8_base" in d["attempts"][0]["rungs"]
+    assert d["estimate"]["gpu_gib"] == 3 and d["estimate"]["start_index"] >= 1
+    assert "estimate: starting at rung" in r.stderr
 
 
 def _start(data, runs, name, step_s="0.2"):

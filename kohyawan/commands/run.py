@@ -51,7 +51,8 @@ def _launch_options(func):
 
 
 def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
-             plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None):
+             plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None,
+             start_rung=None):
     from kohyawan.runner import RunOptions
 
     stored = stored or {}
@@ -66,6 +67,7 @@ def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max
         notify=tuple(notify) or tuple(stored.get("notify", ())),
         rehearse=rehearse or bool(stored.get("rehearse")),
         gpu_memory_gb=gpu_memory or stored.get("gpu_memory_gb"),
+        start_rung=start_rung or stored.get("start_rung") or "auto",
         recache=recache, live=False if plain else None, plain_interval_s=interval)
 
 
@@ -104,8 +106,11 @@ def _summary(data: dict) -> None:
               help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING.")
 @click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
               help="Rehearsal: the virtual GPU's memory (default 24).")
+@click.option("--start-rung", type=click.Choice(["auto", "base"]), default="auto", show_default=True,
+              help="auto: start at the first ladder rung that 'kohyawan estimate' says fits the GPU; "
+                   "base: start at the profile's settings and climb only on an OOM.")
 def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
-        interval, as_json, name, rehearse, gpu_memory, **plan_kwargs):
+        interval, as_json, name, rehearse, gpu_memory, start_rung, **plan_kwargs):
     """Train a LoRA and babysit it: caches, training, OOM fallback ladder, exact resume.
 
     Stages: preflight, latent caching, text-encoder caching (each skipped when its caches are complete and
@@ -129,7 +134,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
                                                    "dit_high_noise", "vae", "t5", "sets")))
     opts = _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
-                    plain, interval, rehearse, gpu_memory, name)
+                    plain, interval, rehearse, gpu_memory, name, start_rung=start_rung)
     job = runsetup.new_run(spec, request, opts)
     if not as_json:
         console.err().print(f"run {job.ledger.data['id']} in {job.dir}", markup=False)

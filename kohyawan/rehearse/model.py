@@ -45,29 +45,24 @@ def lora_modules(arch: Arch) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# memory model (GB). Rough but monotone in every lever the ladder pulls, which is what rehearsal needs.
+# memory: VRAM from kohyawan.memory (the estimator's model); host RAM rough but monotone in every lever.
 
 def tokens(width: int, height: int, frames: int, batch: int) -> int:
     return (width // 16) * (height // 16) * ((frames - 1) // 4 + 1) * batch
 
 
-def vram_need(args, arch: Arch, biggest_tokens: int) -> tuple[float, float]:
-    """(GB to hold the model, GB at the peak of a training step)."""
-    bytes_pp = 1 if args.fp8_base else 2
-    swap = min(args.blocks_to_swap or 0, arch.blocks - 1)
-    resident = (arch.blocks - swap) / arch.blocks
-    weights = arch.params * bytes_pp / 1e9 * resident
-    if getattr(args, "dit_high_noise", None) and not args.offload_inactive_dit:
-        weights *= 2
-    scale = arch.dim / 5120
-    if args.gradient_checkpointing and args.gradient_checkpointing_cpu_offload:
-        per_token_mb = 0.05 * scale
-    elif args.gradient_checkpointing:
-        per_token_mb = (0.012 * arch.blocks + 0.25) * scale
-    else:
-        per_token_mb = 0.3 * arch.blocks * scale
-    activations = biggest_tokens * per_token_mb / 1024
-    return weights + 0.8, weights + 0.8 + activations
+def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, float]:
+    """(GiB to hold the model, GiB at the peak of a training step) for the biggest bucket (W, H, frames,
+    batch), from kohyawan's own memory model, so a rehearsal runs out of memory exactly where
+    ``kohyawan estimate`` says the real trainer would."""
+    from kohyawan import memory
+
+    width, height, frames, batch = bucket
+    expert = "both" if getattr(args, "dit_high_noise", None) else "low"
+    dataset = {"resolution": [width, height], "target_frames": [frames], "batch_size": batch}
+    inp = memory.inputs_from_values(vars(args), dataset, args.task, expert)
+    need = memory.vram(inp)
+    return need.parts["weights"] + need.parts["cuda_context"], need.total_gib
 
 
 def ram_need(args, arch: Arch) -> float:

@@ -151,8 +151,8 @@ def main() -> int:
     log(TB, "preparing accelerator")
     out("accelerator device: cuda (rehearsal: simulated)")
     gpu = env.gpu_gb()
-    biggest = max(tokens(b[0], b[1], b[2], b[3]) for b in buckets)
-    hold, peak = vram_need(args, arch, biggest)
+    biggest = max(buckets, key=lambda b: tokens(b[0], b[1], b[2], b[3]))
+    hold, peak = vram_need(args, biggest[:4])
     log(TB, f"Loading DiT model from {args.dit}")
     time.sleep(env.startup_s())
     if hold > gpu:
