@@ -113,7 +113,7 @@ class Scheduler:
                 continue
             slot = self.alloc.take(key)
             if slot is None:
-                return
+                continue      # no free GPU; a later row may still need only its export
             self._spawn(self.jobs[key], row, slot)
 
     def _spawn(self, job: Job, row, slot: str) -> None:
