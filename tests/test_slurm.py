@@ -259,3 +259,16 @@ def test_interrupted_following_picks_the_array_up_again_without_resubmitting(tmp
     doc = driver.run(driver.BatchOptions(manifest=path, slurm=True, kohyawan=CLI))
     assert doc["counts"]["succeeded"] == 3
     assert sorted(p.name for p in (folder / "slurm").glob("submit-*.sh")) == ["submit-001.sh"]
+
+
+def test_dry_run_with_slurm_shows_the_script_and_submits_nothing(tmp_path, fake_slurm):
+    from click.testing import CliRunner
+
+    from kohyawan.cli import cli
+
+    path = write_manifest(tmp_path, MANIFEST)
+    result = CliRunner().invoke(cli, ["batch", str(path), "--slurm", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "SLURM job array that would be submitted:" in result.output
+    assert "#SBATCH --array=0-2" in result.output and "--name brand-x__tom" in result.output
+    assert not fake_slurm.exists() and not (tmp_path / "clients.batch").exists()

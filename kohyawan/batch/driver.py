@@ -73,9 +73,27 @@ def plan(opts: BatchOptions) -> dict[str, Any]:
             jobs_mod.resume_argv(Path(row["run_dir"]), launch) if action == "resume" else None
         out.append({"key": job.key, "action": action, "dataset": str(job.dataset), "profile": job.profile,
                     "variant": job.variant, "task": job.task, "export": job.export, "argv": argv})
+    script = None
+    if opts.slurm:
+        from kohyawan.batch import slurm
+
+        node = slurm.node_launch(m, launch)
+        tasks = []
+        for job, entry in zip(m.jobs, out):
+            row = rows.get(job.key)
+            if entry["action"] in ("run", "run again"):
+                argv = jobs_mod.run_argv(job, node, max((row["tries"] if row else 0) + 1, 1))
+            elif entry["action"] == "resume":
+                argv = jobs_mod.resume_argv(Path(row["run_dir"]), node)
+            else:
+                continue
+            entry["argv"] = argv
+            tasks.append({"index": job.index, "key": job.key, "argv": argv, "env": dict(job.env)})
+        script = slurm.render_script(tasks, m.slurm, folder.name) if tasks else None
     return {"version": 1, "manifest": str(m.path), "dir": str(folder), "rehearsal": m.rehearse,
             "slots": [s for s in slots if s] or None, "runs_dir": str(launch.runs_dir),
-            "registry": str(m.registry) if m.registry else None, "slurm": opts.slurm, "jobs": out}
+            "registry": str(m.registry) if m.registry else None, "slurm": opts.slurm, "slurm_script": script,
+            "jobs": out}
 
 
 def run(opts: BatchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:

@@ -172,8 +172,11 @@ def _print_plan(doc: dict) -> None:
     for j in doc["jobs"]:
         c.print(f"  {j['key']:<30} {j['action']:<12} {j['profile']}" + (f"/{j['variant']}" if j['variant'] else "")
                 + f" {j['task']} {j['dataset']}" + ("" if j["export"] else "  (no export)"), markup=False)
-        if j["argv"]:
+        if j["argv"] and not doc["slurm_script"]:
             c.print("      " + " ".join(shlex.quote(a) for a in j["argv"]), markup=False)
+    if doc["slurm_script"]:
+        c.print("SLURM job array that would be submitted:", markup=False)
+        c.print(doc["slurm_script"], markup=False, end="")
 
 
 @batch.command("status")
