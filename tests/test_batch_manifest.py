@@ -169,3 +169,21 @@ def test_manifest_names_follow_the_registry_rule(name):
     except KohyawanError:
         registry_ok = False
     assert bool(manifest.SLUG.fullmatch(name)) == registry_ok
+
+
+def test_ranges_the_run_command_would_refuse_are_refused_up_front(tmp_path):
+    path = write_manifest(tmp_path, """
+    [defaults]
+    task = "t2v-1.3B"
+    rehearse = true
+    [[jobs]]
+    name = "sarah"
+    dataset = "data/sarah"
+    gpu_memory = 0
+    max_attempts = 0
+    """)
+    with pytest.raises(ConfigError) as info:
+        manifest.load(path)
+    assert len(info.value.problems) == 2
+    assert "gpu_memory is the rehearsal's virtual GPU size" in info.value.problems[0]
+    assert "max_attempts must be between 1 and 100" in info.value.problems[1]

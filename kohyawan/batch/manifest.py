@@ -212,6 +212,10 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
     for key, value in merged["env"].items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not re.fullmatch(r"[A-Za-z_]\w*", key):
             problems.append(f"{where}: env {key!r} must be NAME = \"value\"")
+    if "gpu_memory" in merged and not (rehearse and 1 <= merged["gpu_memory"] <= 4096):
+        problems.append(f"{where}: gpu_memory is the rehearsal's virtual GPU size, 1-4096 GB, with rehearse = true")
+    if "max_attempts" in merged and not 1 <= merged["max_attempts"] <= 100:
+        problems.append(f"{where}: max_attempts must be between 1 and 100")
     dataset = _path(base, table["dataset"]) if "dataset" in table else None
     if dataset is not None and not dataset.is_dir():
         problems.append(f"{where}: dataset folder not found: {dataset}")
