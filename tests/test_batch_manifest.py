@@ -181,9 +181,13 @@ def test_ranges_the_run_command_would_refuse_are_refused_up_front(tmp_path):
     dataset = "data/sarah"
     gpu_memory = 0
     max_attempts = 0
+    checkpoint = "best"
+    dtype = "fp8"
     """)
     with pytest.raises(ConfigError) as info:
         manifest.load(path)
-    assert len(info.value.problems) == 2
+    assert len(info.value.problems) == 4, info.value.problems
+    assert "checkpoint must be 'auto', 'final' or a step number, got 'best'" in info.value.problems[1]
+    assert "dtype must be bf16, fp16 or fp32, got 'fp8'" in info.value.problems[2]
     assert "gpu_memory is the rehearsal's virtual GPU size" in info.value.problems[0]
-    assert "max_attempts must be between 1 and 100" in info.value.problems[1]
+    assert "max_attempts must be between 1 and 100" in info.value.problems[3]

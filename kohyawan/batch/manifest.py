@@ -214,6 +214,11 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
             problems.append(f"{where}: env {key!r} must be NAME = \"value\"")
     if "gpu_memory" in merged and not (rehearse and 1 <= merged["gpu_memory"] <= 4096):
         problems.append(f"{where}: gpu_memory is the rehearsal's virtual GPU size, 1-4096 GB, with rehearse = true")
+    checkpoint = str(merged.get("checkpoint", "auto"))
+    if checkpoint not in ("auto", "final") and not checkpoint.isdigit():
+        problems.append(f"{where}: checkpoint must be 'auto', 'final' or a step number, got {checkpoint!r}")
+    if merged.get("dtype") not in (None, "bf16", "fp16", "fp32"):
+        problems.append(f"{where}: dtype must be bf16, fp16 or fp32, got {merged['dtype']!r}")
     if "max_attempts" in merged and not 1 <= merged["max_attempts"] <= 100:
         problems.append(f"{where}: max_attempts must be between 1 and 100")
     dataset = _path(base, table["dataset"]) if "dataset" in table else None
