@@ -50,12 +50,11 @@ def missing(stage: str, dataset_toml: Path, model: str | None) -> str | None:
         for item in items(ds):
             caption = os.path.splitext(item.media)[0] + ds.caption_extension
             if stage == "cache_latents":
-                if ds.is_image:  # the name carries the image's own size: any size will do
-                    pattern = os.path.join(glob.escape(ds.cache_directory), f"{glob.escape(item.stem)}_*x*_wan.safetensors")
-                    found = glob.glob(pattern)
-                    ok = bool(found) and _newer(found[0], item.media)
-                else:
-                    ok = _newer(item.latent_cache, item.media)
+                # the name carries a size (the image's own, or the video's bucket) and for video the crop:
+                # any cache of this item will do, so the check holds for the real trainer's names too
+                tail = "_*x*_wan.safetensors" if ds.is_image else "_*-*_*x*_wan.safetensors"
+                found = glob.glob(os.path.join(glob.escape(ds.cache_directory), f"{glob.escape(item.stem)}{tail}"))
+                ok = bool(found) and all(_newer(f, item.media) for f in found)
             else:
                 ok = _newer(item.te_cache, item.media, caption)
             if not ok:

@@ -81,3 +81,26 @@ def scan(root: Path, caption_extension: str = ".txt") -> Inventory:
                     frames = tuple(report[r] for r in rel)
             folders.append(MediaFolder(folder, kind, len(files), uncaptioned, frames))
     return Inventory(root, tuple(folders))
+
+
+def fingerprint(folder: Path) -> tuple[str, float] | None:
+    """A cheap identity of a dataset folder: every file's relative path and size, and caption text;
+    with the newest modification time seen, so a caller can tell whether it still describes the data
+    a run trained on. Hidden entries (kohyawan's own state) and .safetensors caches are left out."""
+    import hashlib
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    newest = 0.0
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.suffix == ".safetensors":
+            continue
+        st = p.stat()
+        newest = max(newest, st.st_mtime)
+        h.update(f"{rel.as_posix()}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
+        if p.suffix in (".txt", ".caption", ".jsonl", ".toml"):
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16], newest

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kohyawan import preflight
+from kohyawan import inventory, preflight
 from kohyawan.errors import BadInput
 from kohyawan.ledger import Ledger
 from kohyawan.tomlfmt import toml_value
@@ -75,6 +75,12 @@ def new_run(spec, request: dict, opts):
     led = Ledger.create(run_dir, run_id=run_id, profile=spec.profile, task=spec.task,
                         total_steps=plan.steps.total_steps, variant=spec.variant, expert=spec.expert,
                         rehearsal=opts.rehearse, request=request, options=_options_doc(opts))
+    # what the run trained on, for the registry's notes ("retrained on 50 new images")
+    found = inventory.fingerprint(Path(spec.dataset_dir))
+    inv = inventory.scan(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"))
+    led.data.update(dataset_hash=found[0] if found else None, dataset_size=inv.samples,
+                    dataset_images=inv.images, dataset_clips=inv.clips)
+    led.save()
     return Run(led, spec, opts)
 
 

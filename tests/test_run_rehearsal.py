@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import media
+
 from runtime_helpers import base_args, env, ledger, make_dataset, run_cli, trainer_processes, wait_for
 
 pytestmark = pytest.mark.slow
@@ -287,8 +289,8 @@ def test_fewer_frames_rung_rebuilds_latent_caches_before_resuming(tmp_path):
     data = make_dataset(tmp_path / "data", n=2)
     videos = data / "videos"
     videos.mkdir()
-    for i in range(2):
-        (videos / f"clip{i}.mp4").write_bytes(b"not decoded by the simulation")
+    for i in range(2):  # real clips: the simulated cacher decodes them to count frames, as musubi does
+        media.video(videos / f"clip{i}.mp4", size="64x64", rate=16, seconds=1.2)
         (videos / f"clip{i}.txt").write_text("a clip")
     runs = tmp_path / "runs"
     r = run_cli(base_args(data, runs, "frames", "--set", "target_frames=[17]", "--set", 'ladder.vram=["fewer_frames"]'),

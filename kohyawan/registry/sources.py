@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kohyawan import inventory
 from kohyawan.errors import BadInput
 from kohyawan.registry import lora_check, lorafile
 
@@ -262,28 +263,6 @@ def _plan_sections(plan: Mapping[str, Any]) -> tuple[dict, dict]:
     return train, dataset
 
 
-def dataset_fingerprint(folder: Path) -> tuple[str, float] | None:
-    """A cheap identity of a dataset folder: every file's relative path and size, and caption text;
-    with the newest modification time seen, so a caller can tell whether it still describes the data
-    a run trained on. Hidden entries (kohyawan's own state) and .safetensors caches are left out."""
-    import hashlib
-
-    if not folder.is_dir():
-        return None
-    h = hashlib.sha256()
-    newest = 0.0
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.suffix == ".safetensors":
-            continue
-        st = p.stat()
-        newest = max(newest, st.st_mtime)
-        h.update(f"{rel.as_posix()}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
-        if p.suffix in (".txt", ".caption", ".jsonl", ".toml"):
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16], newest
-
-
 def _epoch(iso: Any) -> float | None:
     from datetime import datetime
 
@@ -295,7 +274,7 @@ def _epoch(iso: Any) -> float | None:
 
 def _computed_hash(folder: Path, run: Mapping[str, Any]) -> tuple[str | None, str]:
     """The fingerprint of the dataset folder now, only if nothing in it changed after the run started."""
-    found = dataset_fingerprint(folder)
+    found = inventory.fingerprint(folder)
     if found is None:
         return None, "unknown: the dataset folder is gone"
     digest, newest = found

@@ -140,7 +140,8 @@ def main() -> int:
             per[bucket] = per.get(bucket, 0) + ds.num_repeats
         for bucket, count in per.items():
             log("musubi_tuner.dataset.bucket", f"bucket: {bucket}, count: {count}")
-            buckets[bucket + (ds.batch_size,)] = math.ceil(count / ds.batch_size)
+            # each dataset batches its own buckets (musubi keeps one batch manager per dataset)
+            buckets[bucket + (ds.batch_size, ds.index)] = math.ceil(count / ds.batch_size)
             items += count
     batches = sum(buckets.values())
     log("musubi_tuner.dataset.bucket", f"total batches: {batches}")
