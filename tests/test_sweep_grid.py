@@ -72,3 +72,32 @@ def test_no_finished_variant_is_a_clear_error(tmp_path):
     doc = {"name": "ab", "seed": 1, "task": "t2v-A14B", "variants": [{"variant": "a", "state": "failed", "run_dir": None}]}
     with pytest.raises(BadInput, match="no finished variant"):
         sweep_grid.plan(doc, ["x"])
+
+
+@pytest.mark.slow
+def test_grid_runs_on_a_comfyui_server_and_makes_a_contact_sheet(tmp_path):
+    from comfy_fake_server import FakeComfy, ffmpeg_path
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sarah walks\n")
+    names = [f"kohyawan-sweeps/ab/{v}.safetensors" for v in ("conservative", "standard", "aggressive")]
+    with FakeComfy(tmp_path / "comfy", loras=names, ffmpeg=ffmpeg_path()) as server:
+        result = sweep_grid.build(_doc(tmp_path), prompts, tmp_path / "grid", server=server.url)
+    assert result["ran"] and Path(result["contact_sheet"]).is_file()
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert [c["status"] for c in grid["cells"]] == ["done"] * 4
+
+
+def test_grid_that_does_not_validate_on_the_server_queues_nothing(tmp_path):
+    from comfy_fake_server import FakeComfy, ffmpeg_path
+
+    from kohyawan.errors import WorkFailed
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sarah walks\n")
+    with FakeComfy(tmp_path / "comfy", loras=["other.safetensors"], ffmpeg=ffmpeg_path()) as server:
+        with pytest.raises(WorkFailed, match="does not validate") as info:
+            sweep_grid.build(_doc(tmp_path), prompts, tmp_path / "grid", server=server.url)
+    assert "kohyawan-sweeps/ab/conservative.safetensors" in str(info.value)
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert {c["status"] for c in grid["cells"]} == {"planned"}

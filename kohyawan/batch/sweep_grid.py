@@ -81,6 +81,19 @@ def plan(doc: dict[str, Any], prompts: list[str], *, strength: float = 1.0, incl
     return merged, files
 
 
+def _validate(client, manifest: dict) -> None:
+    """Every cell against the server's /object_info before anything is queued (a LoRA ComfyUI does not
+    list, a missing model): one line with the distinct problems."""
+    from kohyawan.comfy.validate import check_workflow
+    from kohyawan.errors import WorkFailed
+
+    info = client.object_info()
+    problems = sorted({str(p) for cell in manifest["cells"] for p in check_workflow(cell["workflow_graph"], info)})
+    if problems:
+        raise WorkFailed(f"the grid does not validate against {client.url}: " + "; ".join(problems[:5])
+                         + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+
+
 def deploy(files: list[tuple[str, Path]], comfyui: Path) -> list[str]:
     """Copy the LoRA files into ComfyUI's models/loras under their grid names (atomically)."""
     loras = Path(comfyui) / "models" / "loras"
@@ -116,7 +129,9 @@ def build(doc: dict[str, Any], prompts_file: Path, out_dir: Path, *, strength: f
         from kohyawan.comfy.client import ComfyClient
         from kohyawan.comfy.sheet import contact_sheet, index_html
 
-        run_grid(ComfyClient(server), out_dir, manifest, timeout=timeout, report=report)
+        client = ComfyClient(server)
+        _validate(client, manifest)
+        run_grid(client, out_dir, manifest, timeout=timeout, report=report)
         manifest["contact_sheet"] = contact_sheet(out_dir, manifest).name
         manifest["index"] = index_html(out_dir, manifest).name
         save_manifest(out_dir, manifest)
