@@ -93,13 +93,18 @@ def test_batch_runs_every_job_a_failure_stops_nothing_and_finished_jobs_are_expo
 
 
 def test_a_second_batch_reports_what_changed_since_the_previous_version(tmp_path, fast):
-    path = write_manifest(tmp_path, MANIFEST.split("[[jobs]]")[0] + "[[jobs]]" + MANIFEST.split("[[jobs]]")[1])
+    body = MANIFEST.split("[[jobs]]")[0] + "[[jobs]]" + MANIFEST.split("[[jobs]]")[1]
+    path = write_manifest(tmp_path, body.replace("[defaults]\n", '[defaults]\nruns_dir = "shared-runs"\n'))
     driver.run(_opts(path))
     for i in range(5):
         (tmp_path / "data" / "sarah" / "images" / f"new{i}.png").write_bytes(b"\0")
+        (tmp_path / "data" / "sarah" / "images" / f"new{i}.txt").write_text("new")
     doc = driver.run(_opts(path, folder=tmp_path / "second"))
-    assert doc["jobs"][0]["exported_version"] == 2
-    assert doc["jobs"][0]["export_notes"] == "retrained on 5 new images (8 in all; v1 had 3). new hair"
+    (sarah,) = doc["jobs"]
+    assert sarah["exported_version"] == 2
+    assert sarah["export_notes"] == "retrained on 5 new images (8 in all; v1 had 3). new hair"
+    # the runs folder is shared with the first batch: the retrain got a fresh run folder beside the old one
+    assert sarah["run_id"] == "brand-x__sarah.r2" and (tmp_path / "shared-runs" / "brand-x__sarah" / "run.json").is_file()
 
 
 def _assert_one_job_per_gpu_at_a_time(folder):

@@ -68,8 +68,8 @@ def plan(opts: BatchOptions) -> dict[str, Any]:
     for job in m.jobs:
         row = rows.get(job.key)
         action = _action(row, opts.retry_failed)
-        tries = (row["tries"] if row else 0) + (1 if action in ("run", "run again") else 0)
-        argv = jobs_mod.run_argv(job, launch, max(tries, 1)) if action in ("run", "run again") else \
+        tries = jobs_mod.fresh_try(job, launch.runs_dir, row["tries"] if row else 0)
+        argv = jobs_mod.run_argv(job, launch, tries) if action in ("run", "run again") else \
             jobs_mod.resume_argv(Path(row["run_dir"]), launch) if action == "resume" else None
         out.append({"key": job.key, "action": action, "dataset": str(job.dataset), "profile": job.profile,
                     "variant": job.variant, "task": job.task, "export": job.export, "argv": argv})
@@ -82,7 +82,7 @@ def plan(opts: BatchOptions) -> dict[str, Any]:
         for job, entry in zip(m.jobs, out):
             row = rows.get(job.key)
             if entry["action"] in ("run", "run again"):
-                argv = jobs_mod.run_argv(job, node, max((row["tries"] if row else 0) + 1, 1))
+                argv = jobs_mod.run_argv(job, node, jobs_mod.fresh_try(job, launch.runs_dir, row["tries"] if row else 0))
             elif entry["action"] == "resume":
                 argv = jobs_mod.resume_argv(Path(row["run_dir"]), node)
             else:

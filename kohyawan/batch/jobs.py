@@ -43,6 +43,15 @@ def run_name(job: Job, attempt: int) -> str:
     return job.run_name if attempt <= 1 else f"{job.run_name}.r{attempt}"
 
 
+def fresh_try(job: Job, runs_dir: Path, after: int) -> int:
+    """The next try number whose run folder is free: a runs folder shared between batches (a retrain next
+    month) may already hold ``client__name`` from an earlier batch, and ``kohyawan run`` never reuses one."""
+    n = after + 1
+    while (Path(runs_dir) / run_name(job, n) / "run.json").exists():
+        n += 1
+    return n
+
+
 def run_argv(job: Job, launch: Launch, attempt: int = 1) -> list[str]:
     argv = launch.base() + ["run", "--profile", job.profile, "--dataset", str(job.dataset), "--task", job.task,
                             "--expert", job.expert, "--runs-dir", str(launch.runs_dir),

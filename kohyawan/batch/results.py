@@ -19,7 +19,7 @@ from typing import Any
 CANDIDATE_RANGE = (0.6, 0.8)
 
 
-def _json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -63,8 +63,8 @@ def summarize(run_dir: Path | None) -> dict[str, Any]:
                            "checkpoints": [], "candidates": [], "final": None, "items": None, "rehearsal": None}
     if run_dir is None:
         return row
-    data = _json(Path(run_dir) / "run.json")
-    plan = _json(Path(run_dir) / "plan.json")
+    data = read_json(Path(run_dir) / "run.json")
+    plan = read_json(Path(run_dir) / "plan.json")
     if plan:
         row["items"] = (plan.get("steps") or {}).get("items")
     if data is None:

@@ -119,8 +119,8 @@ class Scheduler:
     def _spawn(self, job: Job, row, slot: str) -> None:
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
         resuming = run_dir is not None and (run_dir / "run.json").is_file() and \
-            (results._json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
-        tries = row["tries"] if resuming else row["tries"] + 1
+            (results.read_json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
+        tries = row["tries"] if resuming else jobs_mod.fresh_try(job, self.launch.runs_dir, row["tries"])
         if resuming:
             argv = jobs_mod.resume_argv(run_dir, self.launch)
         else:
@@ -231,7 +231,7 @@ class Scheduler:
                 self.q.event(key, "adopt", {"pid": pid})
                 self.say(f"adopted {key} (pid {pid}, still running from an earlier batch)")
                 continue
-            status = (results._json(run_dir / "run.json") or {}).get("status") if run_dir else None
+            status = (results.read_json(run_dir / "run.json") or {}).get("status") if run_dir else None
             if status == "succeeded":
                 self.q.update(key, state="pending", run_status="succeeded", pid=None)
             elif status == "failed":

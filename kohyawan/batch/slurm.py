@@ -183,8 +183,8 @@ def drive(q, manifest: Manifest, launch: jobs_mod.Launch, *, say: Callable[[str]
         if job is None:
             continue
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
-        resumable = run_dir is not None and (results._json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
-        tries = row["tries"] if resumable else row["tries"] + 1
+        resumable = run_dir is not None and (results.read_json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
+        tries = row["tries"] if resumable else jobs_mod.fresh_try(job, launch.runs_dir, row["tries"])
         argv = jobs_mod.resume_argv(run_dir, launch) if resumable else jobs_mod.run_argv(job, launch, tries)
         run_dir = run_dir if resumable else launch.runs_dir / jobs_mod.run_name(job, tries)
         tasks.append({"index": job.index, "key": job.key, "argv": argv, "env": dict(job.env),
