@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kohyawan import estimate as est  # noqa: E402
 from kohyawan import gpus, profiles, rungs  # noqa: E402
+from kohyawan.steps import longest_clip  # noqa: E402
 
 GPUS = ("rtx4090", "a100-40gb", "h100-80gb")
 
@@ -41,7 +42,7 @@ def main(argv=None):
             changes = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in e.changes.items()) or "-"
             label = (e.label if i >= 0 else "nothing fits") + f" ({changes})"
             name = f"{profile} (dim {spec.train['network_dim']}, {d['resolution'][0]}x{d['resolution'][1]}, " \
-                   f"{max(d['target_frames'])} frames)"
+                   f"{longest_clip(d)} frames)"
             print(f"| {name} | {key} ({gpu.vram_gib:g}) | {label} | {e.vram_gib:.1f} | {e.ram_gib:.1f} | "
                   f"{e.s_per_step:.1f} | {e.hours:.1f} h |")
 

@@ -163,9 +163,11 @@ def _apply_size_rules(layers: Layers, inv: inventory.Inventory, notes: list[str]
                          f"{rule.epoch_range[0]}-{rule.epoch_range[1]}")
 
 
-def _apply_model_rules(layers: Layers, models: Models | None, notes: list[str]) -> None:
+def _apply_model_rules(layers: Layers, models: Models | None, expert: str, notes: list[str]) -> None:
     """musubi-tuner trains an fp16 DiT only in fp16 and a bf16 DiT only in bf16: follow the checkpoint."""
-    path = models and (models.dit or models.dit_high_noise)
+    if models is None:
+        return
+    path = (models.dit_high_noise or models.dit) if expert == "high" else (models.dit or models.dit_high_noise)
     if not path:
         return
     try:
@@ -177,8 +179,8 @@ def _apply_model_rules(layers: Layers, models: Models | None, notes: list[str]) 
     current = layers.train.get("mixed_precision")
     if wanted and current not in (wanted, "no"):
         layers.set("train.mixed_precision", wanted, "model-file")
-        notes.append(f"mixed_precision {current} -> {wanted}: {Path(path).name} is a {dtype} checkpoint, and "
-                     f"musubi-tuner trains a {dtype} DiT only in {wanted}")
+        notes.append(f"mixed_precision {current} -> {wanted}: {Path(path).name} holds {dtype} weights, and "
+                     f"musubi-tuner trains such a DiT only in {wanted}")
 
 
 def _imply_head_extraction(layers: Layers, notes: list[str]) -> None:
@@ -232,7 +234,7 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
         if not inv.folders:
             raise DatasetError(f"no images or videos found in {dataset_dir} (looked in images/, videos/ and the folder itself)")
         _apply_size_rules(layers, inv, notes)
-    _apply_model_rules(layers, models, notes)
+    _apply_model_rules(layers, models, expert, notes)
     if project_file is not None:
         table = {k: v for k, v in _read_toml(project_file).items() if k != "kohyawan"}
         layers.merge_table(table, f"project:{project_file.name}", where=str(project_file))

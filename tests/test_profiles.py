@@ -181,7 +181,7 @@ def test_mixed_precision_follows_the_checkpoint_dtype(tmp_path):
     bf16 = fabricate.write_dit(tmp_path / "low_noise_bf16.safetensors", dtype="bf16")
     spec = profiles.resolve("character", models=Models(dit=fp16))
     assert spec.train["mixed_precision"] == "fp16" and spec.origin["train.mixed_precision"] == "model-file"
-    assert any("low_noise_fp16.safetensors is a fp16 checkpoint" in n for n in spec.notes)
+    assert any("low_noise_fp16.safetensors holds fp16 weights" in n for n in spec.notes)
     spec = profiles.resolve("character", models=Models(dit=bf16))
     assert spec.train["mixed_precision"] == "bf16" and spec.origin["train.mixed_precision"] == "base"
     spec = profiles.resolve("character", models=Models(dit=fp16), sets=["mixed_precision=no"])
