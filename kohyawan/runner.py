@@ -42,12 +42,20 @@ class RunOptions:
     notify: tuple[str, ...] = ()
     rehearse: bool = False
     gpu_memory_gb: float | None = None
-    start_rung: str = "auto"          # "auto": the first rung the estimator says fits; "base": the profile's
+    start_rung: str = "auto"
+    data_parallel: bool = False       # one run on every GPU in --gpus (accelerate --multi_gpu)          # "auto": the first rung the estimator says fits; "base": the profile's
     recache: bool = False
     live: bool | None = None
     quiet: bool = False
     plain_interval_s: float = 30.0
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+def _processes(opts: "RunOptions") -> int:
+    return len([g for g in (opts.gpus or "").split(",") if g.strip()]) if opts.data_parallel else 1
+
+
+RunOptions.processes = property(_processes)  # type: ignore[attr-defined]
 
 
 class Run:
@@ -68,7 +76,7 @@ class Run:
         from kohyawan import render
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
-                                 launcher=self.opts.launcher)
+                                 launcher=self.opts.launcher, processes=self.opts.processes)
         render.write_plan(plan)
         return plan
 
@@ -283,7 +291,8 @@ class Run:
         if nxt.network_weights:
             overrides["network_weights"] = nxt.network_weights
         cont = schedule.continuation(spec.train, total_steps=rec.get("lr_total_steps", total),
-                                     start_step=nxt.start_step, lr_scale=nxt.lr_scale)
+                                     start_step=nxt.start_step, lr_scale=nxt.lr_scale,
+                                     num_processes=self.opts.processes)
         rec.setdefault("lr_total_steps", total)
         if cont:
             overrides.update(cont)

@@ -61,7 +61,12 @@ def new_run(spec, request: dict, opts):
         raise BadInput(f"run {run_id} already exists in {opts.runs_dir}; continue it with 'kohyawan runs resume {run_id}'")
     from kohyawan import render
 
-    plan = render.build_plan(spec, run_dir, trainer_dir=opts.trainer_dir, python=opts.python, launcher=opts.launcher)
+    if opts.data_parallel and opts.processes < 2:
+        raise BadInput("--data-parallel trains one run on several GPUs: give them with --gpus, e.g. --gpus 0,1")
+    if opts.data_parallel and opts.launcher != "accelerate":
+        raise BadInput("--data-parallel needs the accelerate launcher (accelerate launch --multi_gpu)")
+    plan = render.build_plan(spec, run_dir, trainer_dir=opts.trainer_dir, python=opts.python, launcher=opts.launcher,
+                             processes=opts.processes)
     from kohyawan import console
 
     for warning in plan.warnings:
@@ -88,7 +93,8 @@ def _options_doc(opts) -> dict:
     return {"trainer_dir": str(opts.trainer_dir) if opts.trainer_dir else None, "python": opts.python,
             "launcher": opts.launcher, "accelerate_args": list(opts.accelerate_args), "gpus": opts.gpus,
             "max_attempts": opts.max_attempts, "notify": list(opts.notify), "rehearse": opts.rehearse,
-            "gpu_memory_gb": opts.gpu_memory_gb, "start_rung": opts.start_rung}
+            "gpu_memory_gb": opts.gpu_memory_gb, "start_rung": opts.start_rung,
+            "data_parallel": opts.data_parallel}
 
 
 def rehearsal_models(spec, runs_dir: Path):

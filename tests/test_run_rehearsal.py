@@ -301,3 +301,18 @@ def test_fewer_frames_rung_rebuilds_latent_caches_before_resuming(tmp_path):
     caches = sorted(p.name for p in (runs / "frames" / "cache").glob("*/*_wan.safetensors"))
     assert caches and all("-017_" not in c for c in caches if c.startswith("clip"))
     assert any("-005_" in c or "-009_" in c for c in caches)
+
+
+def test_data_parallel_splits_steps_over_the_gpus(data, tmp_path):
+    runs = tmp_path / "runs"
+    single = run_cli(base_args(data, runs, "one"))
+    assert single.returncode == 0, single.stderr
+    r = run_cli(base_args(data, runs, "two", "--gpus", "0,1", "--data-parallel"))
+    assert r.returncode == 0, r.stderr
+    one, two = ledger(runs, "one"), ledger(runs, "two")
+    per_epoch = one["total_steps"] // 5  # base_args trains 5 epochs
+    assert two["total_steps"] == -(-per_epoch // 2) * 5  # ceil(batches / processes) per epoch, as musubi counts
+    argv = (runs / "two" / "commands.sh").read_text()
+    assert "--multi_gpu" in argv and "--num_processes 2" in argv
+    bad = run_cli(base_args(data, runs, "bad", "--data-parallel"))
+    assert bad.returncode == 2 and "give them with --gpus" in bad.stderr

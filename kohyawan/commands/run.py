@@ -52,7 +52,7 @@ def _launch_options(func):
 
 def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
              plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None,
-             start_rung=None):
+             start_rung=None, data_parallel=False):
     from kohyawan.runner import RunOptions
 
     stored = stored or {}
@@ -68,6 +68,7 @@ def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max
         rehearse=rehearse or bool(stored.get("rehearse")),
         gpu_memory_gb=gpu_memory or stored.get("gpu_memory_gb"),
         start_rung=start_rung or stored.get("start_rung") or "auto",
+        data_parallel=data_parallel or bool(stored.get("data_parallel")),
         recache=recache, live=False if plain else None, plain_interval_s=interval)
 
 
@@ -109,8 +110,11 @@ def _summary(data: dict) -> None:
 @click.option("--start-rung", type=click.Choice(["auto", "base"]), default="auto", show_default=True,
               help="auto: start at the first ladder rung that 'kohyawan estimate' says fits the GPU; "
                    "base: start at the profile's settings and climb only on an OOM.")
+@click.option("--data-parallel", is_flag=True,
+              help="Train this one run on every GPU in --gpus (accelerate --multi_gpu, DDP); steps per epoch "
+                   "are divided as the trainer divides them.")
 def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
-        interval, as_json, name, rehearse, gpu_memory, start_rung, **plan_kwargs):
+        interval, as_json, name, rehearse, gpu_memory, start_rung, data_parallel, **plan_kwargs):
     """Train a LoRA and babysit it: caches, training, OOM fallback ladder, exact resume.
 
     Stages: preflight, latent caching, text-encoder caching (each skipped when its caches are complete and
@@ -134,7 +138,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
                                                    "dit_high_noise", "vae", "t5", "sets")))
     opts = _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
-                    plain, interval, rehearse, gpu_memory, name, start_rung=start_rung)
+                    plain, interval, rehearse, gpu_memory, name, start_rung=start_rung, data_parallel=data_parallel)
     job = runsetup.new_run(spec, request, opts)
     if not as_json:
         console.err().print(f"run {job.ledger.data['id']} in {job.dir}", markup=False)
