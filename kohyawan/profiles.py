@@ -4,7 +4,7 @@ Layers, lowest first: built-in ``base`` < profile (and the profiles it extends) 
 dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < project file
 (``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up in the built-in folder, then
 the user's folder (``$XDG_CONFIG_HOME/kohyawan/profiles``), then the project's ``profiles/`` folder (next
-to ``kohyawan.toml``, else in the current folder); a later folder's profile of the same name replaces an
+to its ``kohyawan.toml``); a later folder's profile of the same name replaces an
 earlier one.
 """
 
@@ -214,8 +214,8 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
         raise ConfigError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     if expert not in EXPERT_MODES:
         raise ConfigError(f"unknown expert mode '{expert}'; choose one of {', '.join(EXPERT_MODES)}")
-    # the project's own profiles/: next to kohyawan.toml, else in the current folder
-    project_dir = project_file.parent if project_file else Path.cwd()
+    # the project's own profiles/ folder sits next to its kohyawan.toml
+    project_dir = project_file.parent if project_file else None
     layers, notes = Layers(), []
     for name, table in _chain(profile, available(project_dir)):
         source = "base" if name == "base" else f"profile:{name}"

@@ -195,9 +195,12 @@ def test_strings_musubi_would_misread_are_refused():
         profiles.resolve("character", sets=['caption_extension="\\".txt"'])
 
 
-def test_project_profiles_folder_in_the_current_directory(tmp_path, monkeypatch):
+def test_project_profiles_folder_next_to_the_project_file(tmp_path, monkeypatch):
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "house.toml").write_text('extends = "style"\n[train]\nmax_train_epochs = 9\n')
+    (tmp_path / "kohyawan.toml").write_text('[kohyawan]\nprofile = "house"\n')
     monkeypatch.chdir(tmp_path)
-    spec = profiles.resolve("house")
+    with pytest.raises(ConfigError, match="unknown profile 'house'"):
+        profiles.resolve("house")  # without the project file, its profiles/ folder is not looked at
+    spec = profiles.resolve("house", project_file=profiles.find_project_file())
     assert spec.train["max_train_epochs"] == 9 and spec.train["network_dim"] == 96

@@ -192,7 +192,7 @@ def drive(q, manifest: Manifest, launch: jobs_mod.Launch, *, say: Callable[[str]
     if tasks:
         n = len(list((folder / "slurm").glob("submit-*.sh"))) + 1
         script = folder / "slurm" / f"submit-{n:03d}.sh"
-        from kohyawan.render import atomic_write
+        from kohyawan.atomic import write_text as atomic_write
 
         atomic_write(script, render_script(tasks, manifest.slurm, folder.name), mode=0o755)
         job_id = submit(script, folder / "slurm", Path.cwd())

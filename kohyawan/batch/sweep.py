@@ -118,7 +118,7 @@ def run(req: SweepRequest, say: Callable[[str], None] = lambda m: None) -> dict[
             q.close()
     if req.grid_prompts is not None:
         doc["comparison_grid"] = _grid(doc, req, folder, say)
-    from kohyawan.render import atomic_write
+    from kohyawan.atomic import write_text as atomic_write
 
     atomic_write(folder / "sweep.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return doc
