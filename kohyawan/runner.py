@@ -259,14 +259,19 @@ class Run:
     def estimated_start(self, base, vram) -> list[str]:
         """The rungs to start with: the first position of the ladder that ``kohyawan estimate`` says fits
         this GPU with the profile's safety margin (none when the GPU's size is unknown)."""
-        from kohyawan import estimate
+        from kohyawan import estimate, observations
 
-        gib = (self.opts.gpu_memory_gb or 24.0) if self.opts.rehearse else _gpu_total_gib(self.opts.gpus)
+        gpu = None if self.opts.rehearse else _gpu(self.opts.gpus)
+        if gpu is not None:  # the estimator learns from runs on the same GPU: record which one this is
+            self.ledger.data["gpu"] = gpu
+        gib = (self.opts.gpu_memory_gb or 24.0) if self.opts.rehearse else (gpu or {}).get("total_gib")
         if gib is None:
             self.view.say("estimate: GPU size unknown, starting at the profile's settings")
             return []
         margin = float(base.extra.get("watchdog", {}).get("vram_margin_gb", estimate.DEFAULT_MARGIN_GIB))
-        index, rung, est = estimate.first_fitting_rung(base, gib, margin_gb=margin)
+        seen = observations.load_observations(self.opts.runs_dir) if gpu else []
+        index, rung, est = estimate.first_fitting_rung(base, gib, margin_gb=margin, observations=seen,
+                                                       gpu_name=gpu["name"] if gpu else None)
         self.ledger.data["estimate"] = {"gpu_gib": gib, "margin_gib": margin, "start_index": index,
                                         "predicted_peak_gib": round(est.vram_gib, 2)}
         if index == 0:
@@ -409,8 +414,8 @@ class _Stop(Exception):
         self.status, self.reason = status, reason
 
 
-def _gpu_total_gib(gpus: str | None) -> float | None:
-    """Total memory of the GPU the trainer will use (first of CUDA_VISIBLE_DEVICES), through NVML."""
+def _gpu(gpus: str | None) -> dict | None:
+    """Name and total memory of the GPU the trainer will use (first of CUDA_VISIBLE_DEVICES), via NVML."""
     from kohyawan import doctor
 
     found = doctor.probe_gpus(doctor.real_nvml())
@@ -418,7 +423,7 @@ def _gpu_total_gib(gpus: str | None) -> float | None:
         return None
     first = (gpus or "0").split(",")[0].strip()
     index = int(first) if first.isdigit() and int(first) < len(found) else 0
-    return float(found[index]["total_gib"])
+    return {"name": str(found[index]["name"]), "total_gib": float(found[index]["total_gib"])}
 
 
 def _term_as_interrupt(signum, frame):

@@ -191,3 +191,15 @@ def test_a_failing_callback_never_leaves_the_trainer_running(tmp_path):
         sup.run()
     sup.proc.wait(timeout=10)
     assert not group_alive(sup.pid)
+
+
+def test_the_run_names_its_gpu_from_nvml(monkeypatch):
+    from kohyawan import doctor, runner
+
+    cards = [{"name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99}, {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}]
+    monkeypatch.setattr(doctor, "real_nvml", lambda: object())
+    monkeypatch.setattr(doctor, "probe_gpus", lambda nvml: cards)
+    assert runner._gpu("1") == {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}
+    assert runner._gpu(None)["name"] == "NVIDIA GeForce RTX 4090"
+    monkeypatch.setattr(doctor, "probe_gpus", lambda nvml: [])
+    assert runner._gpu("0") is None
