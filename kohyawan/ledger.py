@@ -10,7 +10,6 @@ epoch, attempt, bytes, sha256}], final`` plus extra fields documented in notes/r
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any

@@ -144,8 +144,8 @@ def _clamp(value: int, bounds: tuple[int, int]) -> int:
 def _apply_size_rules(layers: Layers, inv: inventory.Inventory, notes: list[str]) -> None:
     rule = size_rule(inv.samples)
     if rule is None:
-        notes.append(f"dataset has {inv.samples} samples, below the guide's smallest size rule (100); "
-                     f"network_dim and epochs are the profile's")
+        notes.append(f"dataset has {inv.samples} samples, below the guide's smallest size rule (100): "
+                     f"no dataset-size rule applies to network_dim and epochs")
         return
     dim = layers.train.get("network_dim")
     if isinstance(dim, int):

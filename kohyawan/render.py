@@ -206,7 +206,7 @@ def _pairs(parts: list[str]) -> list[str]:
 # -- the plan --------------------------------------------------------------------------------------
 
 def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None, python: str = "python",
-               launcher: str = "accelerate", processes: int = 1) -> Plan:
+               launcher: str = "accelerate", processes: int = 1, accelerate_args: tuple[str, ...] = ()) -> Plan:
     if spec.dataset_dir is None:
         raise DatasetError("--dataset is required to render a plan")
     out_dir = Path(os.path.abspath(out_dir))
@@ -224,8 +224,9 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
     base_name = spec.train.get("output_name") or "_".join(filter(None, [spec.profile, spec.variant]))
     stages = _cache_stages(spec, out_dir, trainer_dir, python)
     runs_doc = []
+    multi = ("--multi_gpu", "--num_processes", str(processes)) if processes > 1 else ()
     prefix = musubi.launch_prefix(launcher, python, spec.train.get("mixed_precision", "bf16"),
-                                  ("--multi_gpu", "--num_processes", str(processes)) if processes > 1 else ())
+                                  (*multi, *accelerate_args))
     for stage_name, expert in _runs(spec):
         output_name = base_name if expert == "both" else f"{base_name}_{expert}"
         config_name = "train.toml" if stage_name == "train" else f"{stage_name}.toml"

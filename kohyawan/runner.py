@@ -76,7 +76,8 @@ class Run:
         from kohyawan import render
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
-                                 launcher=self.opts.launcher, processes=self.opts.processes)
+                                 launcher=self.opts.launcher, processes=self.opts.processes,
+                                 accelerate_args=tuple(self.opts.accelerate_args))
         render.write_plan(plan)
         return plan
 
@@ -85,7 +86,6 @@ class Run:
         if argv[1:3] == ["-m", "accelerate.commands.launch"]:
             if self.opts.rehearse:
                 argv[2] = "kohyawan.rehearse.accelerate"
-            argv[3:3] = list(self.opts.accelerate_args)
         return argv
 
     def env(self) -> dict[str, str]:
@@ -213,7 +213,7 @@ class Run:
         rec.setdefault("lr_scale", 1.0)
         rec.setdefault("saves", [])
         rec["status"] = "running"
-        saves = [ladder.Saved(**s) for s in rec["saves"]]
+        saves = _present([ladder.Saved(**s) for s in rec["saves"]])
         latest = max(saves, key=lambda s: (s.step, s.state_dir is not None), default=None)
         action, start, state, weights, how = ladder.start_from(latest, None)
         nxt = ladder.Next(action, how if latest else "first attempt", tuple(rec["rungs"]), None, start, state, weights,
@@ -229,9 +229,9 @@ class Run:
             total = rec.setdefault("total_steps", plan.steps.total_steps)
             self.ledger.data["total_steps"] = total
             outcome, reason, tracker, wd = self.attempt(plan, stage, spec, nxt, total, rec)
-            saves = [ladder.Saved(**s) for s in rec["saves"]]
+            saves = _present([ladder.Saved(**s) for s in rec["saves"]])
             if outcome == "succeeded":
-                rec.update(status="done", final=tracker.final, steps_done=tracker.absolute)
+                rec.update(status="done", final=tracker.final, steps_done=tracker.absolute, reason=None)
                 self.ledger.save()
                 return
             bad_from = (wd.bad_loss[0] if outcome == "nan" and wd.bad_loss else
@@ -371,7 +371,7 @@ class Run:
                         if st.name.startswith("train"):
                             self.train_stage(st.name)
                     self.verify()
-                    led.set(status="succeeded")
+                    led.set(status="succeeded", reason=None)
                     self.notifier.send("succeeded", f"succeeded: {led.data['final']['path']}")
                 except _Stop as stop:
                     led.set(status=stop.status, reason=stop.reason)
@@ -412,6 +412,22 @@ class _Stop(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
+
+
+def _present(saves: list) -> list:
+    """Resume points whose files still exist: a state folder missing a file falls back to the LoRA saved
+    at the same step (fresh optimizer), and a point with neither is dropped, so an attempt never launches
+    (and loads a 14B DiT for minutes) only to find its --resume folder gone."""
+    kept = []
+    for s in saves:
+        state = s.state_dir if s.state_dir and all((Path(s.state_dir) / f).is_file() for f in STATE_FILES) else None
+        weights = s.weights if s.weights and Path(s.weights).is_file() else None
+        if state or weights:
+            kept.append(ladder.Saved(s.step, state, weights))
+    return kept
 
 
 def _gpu(gpus: str | None) -> dict | None:

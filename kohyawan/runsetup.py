@@ -30,6 +30,8 @@ def attempt_config(text: str, overrides: dict[str, Any]) -> str:
     import tomllib
 
     text = _EPOCHS_LINE.sub("", text)
+    for key in overrides:  # one value per key: the trainer would take the later one, a checker flags both
+        text = re.sub(rf"(?m)^{re.escape(key)} = .*\n", "", text)
     lines = [text.rstrip("\n"), "", "# kohyawan: this attempt's output name, remaining steps, resume point and "
              "LR continuation", "[kohyawan_attempt]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in overrides.items()]
@@ -121,4 +123,11 @@ def rehearsal_models(spec, runs_dir: Path):
 def load_run(run_dir: Path, spec, opts):
     from kohyawan.runner import Run
 
-    return Run(Ledger.load(run_dir), spec, opts)
+    led = Ledger.load(run_dir)
+    # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly
+    for attempt in led.data.get("attempts", []):
+        if attempt.get("outcome") is None:
+            attempt.update(outcome="interrupted", ended=attempt.get("ended") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           reason="the supervisor died (kohyawan was killed) during this attempt")
+    led.save()
+    return Run(led, spec, opts)

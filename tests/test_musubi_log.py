@@ -87,3 +87,21 @@ def test_failure_classification(lines, code, outcome, needle):
 
 def test_error_line_skips_accelerates_wrapper():
     assert error_line(["KeyError: 'x'"] + WRAP) == "KeyError: 'x'"
+
+
+def test_a_finished_bar_is_handed_out_before_the_next_redraw():
+    # tqdm writes "\r" before each redraw: the bar for step 1 sits unterminated until step 2's arrives
+    from kohyawan.trainer.musubi_log import LineSplitter, parse_line
+
+    split = LineSplitter()
+    first = split.feed(b"\rsteps:  25%|##5       | 1/4 [00:00<00:00, 325.64it/s, avr_loss=2.53]")
+    assert len(first) == 1
+    (event,) = parse_line(first[0])
+    assert event.step == 1 and event.loss == 2.53
+    assert event.s_per_it is None and event.eta_s is None  # the first step's rate means nothing
+    second = split.feed(b"\rsteps:  50%|#####     | 2/4 [00:46<00:46, 23.22s/it, avr_loss=2.50]")
+    assert [parse_line(s)[0].step for s in second] == [2]  # step 1 is not handed out twice
+    (event,) = parse_line(second[0])
+    assert event.s_per_it == 23.22
+    assert split.feed(b"\nINFO:musubi_tuner.training.trainer_base:model saved.\n") == [
+        "INFO:musubi_tuner.training.trainer_base:model saved."]

@@ -316,3 +316,11 @@ def test_data_parallel_splits_steps_over_the_gpus(data, tmp_path):
     assert "--multi_gpu" in argv and "--num_processes 2" in argv
     bad = run_cli(base_args(data, runs, "bad", "--data-parallel"))
     assert bad.returncode == 2 and "give them with --gpus" in bad.stderr
+
+
+def test_accelerate_arguments_are_in_the_plan_that_ran(data, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "acc", "--accelerate-arg", "--num_machines=1"))
+    assert r.returncode == 0, r.stderr
+    assert "--num_machines=1" in (runs / "acc" / "commands.sh").read_text()
+    assert "succeeded" == ledger(runs, "acc")["status"] and ledger(runs, "acc").get("reason") is None

@@ -203,3 +203,31 @@ def test_the_run_names_its_gpu_from_nvml(monkeypatch):
     assert runner._gpu(None)["name"] == "NVIDIA GeForce RTX 4090"
     monkeypatch.setattr(doctor, "probe_gpus", lambda nvml: [])
     assert runner._gpu("0") is None
+
+
+def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
+    import tomllib
+
+    from kohyawan.runsetup import attempt_config
+
+    text = '[save_load]\noutput_name = "character"\nsave_state = true\n\n[training]\nmax_train_epochs = 15\n'
+    out = attempt_config(text, {"output_name": "character-a02", "max_train_steps": 40})
+    assert out.count("output_name =") == 1 and "max_train_epochs" not in out
+    assert tomllib.loads(out)["kohyawan_attempt"]["output_name"] == "character-a02"
+
+
+def test_resume_points_whose_state_folder_is_gone_fall_back_to_the_weights(tmp_path):
+    from kohyawan import ladder, runner
+
+    whole = tmp_path / "a-step4-state"
+    whole.mkdir()
+    for name in runner.STATE_FILES:
+        (whole / name).write_bytes(b"x")
+    partial = tmp_path / "a-step8-state"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"x")
+    lora8 = tmp_path / "a-step8.safetensors"
+    lora8.write_bytes(b"x")
+    saves = [ladder.Saved(4, str(whole), None), ladder.Saved(8, str(partial), str(lora8)),
+             ladder.Saved(12, str(tmp_path / "gone-state"), str(tmp_path / "gone.safetensors"))]
+    assert runner._present(saves) == [ladder.Saved(4, str(whole), None), ladder.Saved(8, None, str(lora8))]

@@ -5,7 +5,6 @@ What a user rehearses, estimates and runs is then the same plan: the same flags 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click

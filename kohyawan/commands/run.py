@@ -277,6 +277,10 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     stored = data.get("options", {})
     opts = _options(run_dir.parent, trainer_dir, python, None, (), None, None, (), False, plain, interval,
                     stored=stored)
+    if not opts.rehearse:
+        from kohyawan import preflight
+
+        preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
     job = runsetup.load_run(run_dir, spec, opts)
     _finish(job.drive(), as_json)
 

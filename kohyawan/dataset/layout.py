@@ -8,7 +8,6 @@ DEST/report.json, DEST/.kohyawan/ (manifest, lock, latent caches). Temporary fil
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import unicodedata
 from pathlib import Path

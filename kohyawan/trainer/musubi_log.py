@@ -73,7 +73,9 @@ def _progress(m: re.Match) -> Event:
     step, total = int(m.group(1)), int(m.group(2))
     rate = m.group(5)
     s_per_it = None
-    if "?" not in rate:
+    first = int(m.group(1)) <= 1 and _clock(m.group(3)) == 0
+    # musubi restarts the bar's clock after the first step: the rate shown with it is meaningless
+    if "?" not in rate and not first:
         value = float(rate)
         s_per_it = value if m.group(6) == "s/it" else (1.0 / value if value else None)
     loss = None
@@ -82,7 +84,7 @@ def _progress(m: re.Match) -> Event:
     if lm:
         loss = float(lm.group(1))
     return Event("progress", step=step, total=total, loss=loss, s_per_it=s_per_it,
-                 elapsed_s=_clock(m.group(3)), eta_s=_clock(m.group(4)))
+                 elapsed_s=_clock(m.group(3)), eta_s=None if first else _clock(m.group(4)))
 
 
 def parse_line(line: str) -> list[Event]:
@@ -167,6 +169,7 @@ class LineSplitter:
 
     def __init__(self) -> None:
         self._buf = b""
+        self._sent: bytes | None = None  # an unterminated progress bar already handed out
 
     def feed(self, data: bytes) -> list[str]:
         data = self._buf + data
@@ -175,7 +178,17 @@ class LineSplitter:
         if len(self._buf) > 1 << 20:  # a runaway line without a newline: cut it rather than grow forever
             parts.append(self._buf)
             self._buf = b""
-        return [p.decode("utf-8", "replace") for p in parts if p]
+        if self._sent is not None and parts and parts[0] == self._sent:
+            parts.pop(0)  # its terminator arrived: it was handed out already
+        self._sent = None
+        out = [p.decode("utf-8", "replace") for p in parts if p]
+        # tqdm writes "\r" BEFORE each redraw, so a finished bar sits unterminated until the next step's
+        # update; hand a complete bar out now, or progress would always be one step late.
+        tail = self._buf.decode("utf-8", "replace")
+        if tail.rstrip().endswith("]") and _BAR.search(tail):
+            out.append(tail)
+            self._sent = self._buf
+        return out
 
     def flush(self) -> list[str]:
         rest, self._buf = self._buf, b""
