@@ -58,7 +58,9 @@ def missing(stage: str, dataset_toml: Path, model: str | None) -> str | None:
             else:
                 ok = _newer(item.te_cache, item.media, caption)
             if not ok:
-                return f"{os.path.basename(item.media)} has no up-to-date cache"
+                changed = caption if stage != "cache_latents" and os.path.exists(caption) and \
+                    _newer(item.media, caption) is False else item.media
+                return f"{os.path.basename(changed)} is newer than its cache (or has none)"
     return None
 
 

@@ -74,7 +74,11 @@ def decide(outcome: str, *, failure_line: str = "", vram: Sequence[RungLike] = (
     if outcome == "succeeded":
         return Next("stop", "training finished", applied, lr_scale=lr_scale)
     if outcome == "interrupted":
-        return Next("stop", "stopped by the user; the last saved state can be resumed", applied, lr_scale=lr_scale)
+        if saved is None or saved.step <= 0:
+            return Next("stop", "stopped by the user; nothing was saved yet, so 'runs resume' starts again from step 0",
+                        applied, lr_scale=lr_scale)
+        return Next("stop", f"stopped by the user; 'runs resume' continues from the save at step {saved.step}",
+                    applied, lr_scale=lr_scale)
     if outcome == "crashed":
         return Next("stop", f"the trainer failed with an error that a setting change will not fix: {failure_line}"
                     if failure_line else "the trainer failed; not retried", applied, lr_scale=lr_scale)

@@ -160,7 +160,7 @@ class Supervisor:
                 except KeyboardInterrupt:
                     if self._stop is not None and self._stop[0] == "interrupted" and self._stop_phase == 1:
                         self._stop_at = 0.0  # a second Ctrl-C: escalate now
-                    self.request_stop("interrupted", "interrupted by the user (Ctrl-C)")
+                    self.request_stop("interrupted", "stopped by the user (Ctrl-C or kohyawan runs stop)")
             for line in splitter.flush():
                 nlines += 1
                 self._line(line, tail)

@@ -76,3 +76,15 @@ def test_stall_retries_once():
     n = decide("stall", saved=SAVED)
     assert n.action == "resume" and n.new_rung is None and n.start_step == 40
     assert decide("stall", saved=SAVED, previous=["stall"]).action == "stop"
+
+
+def test_a_stop_says_where_a_resume_will_continue():
+    from kohyawan import ladder
+
+    nothing = ladder.decide("interrupted", failure_line=None, vram=[], ram=[], applied=[], lr_scale=1.0,
+                            attempts_made=1, max_attempts=8, saved=None, good_saved=None, previous=[])
+    assert nothing.action == "stop" and "starts again from step 0" in nothing.reason
+    saved = ladder.Saved(40, "/runs/x/a-state", None)
+    later = ladder.decide("interrupted", failure_line=None, vram=[], ram=[], applied=[], lr_scale=1.0,
+                          attempts_made=1, max_attempts=8, saved=saved, good_saved=saved, previous=[])
+    assert "continues from the save at step 40" in later.reason
