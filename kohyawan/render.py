@@ -180,7 +180,7 @@ STAGE_TITLES = {"cache_latents": "1. Cache latents (needs the VAE)",
                 "train_low": "4. Train the low-noise expert"}
 
 
-def _shell_line(argv: tuple[str, ...], python: str, trainer_dir: Path | None) -> str:
+def _shell_line(argv: tuple[str, ...], python: str) -> str:
     parts = [shlex.quote(a) for a in argv]
     if argv and argv[0] == python:
         parts[0] = '"${PYTHON:-' + python.replace('"', '\\"').replace("$", "\\$") + '}"'
@@ -239,7 +239,7 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
                          "output_dir": values["output_dir"], "output_name": output_name,
                          "dit": values["dit"], "timesteps": [values.get("min_timestep"), values.get("max_timestep")]})
     cwd = str(trainer_dir) if trainer_dir else None
-    lines = [{"title": STAGE_TITLES[s.name], "line": _shell_line(s.argv, python, trainer_dir)} for s in stages]
+    lines = [{"title": STAGE_TITLES[s.name], "line": _shell_line(s.argv, python)} for s in stages]
     cd_target = shlex.quote(str(trainer_dir)) if trainer_dir else \
         '"${MUSUBI_TUNER_DIR:?set MUSUBI_TUNER_DIR to your musubi-tuner checkout}"'
     files["commands.sh"] = render_template("commands.sh.j2", profile=spec.profile, variant=spec.variant,

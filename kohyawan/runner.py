@@ -50,12 +50,10 @@ class RunOptions:
     plain_interval_s: float = 30.0
     timeouts: Timeouts = field(default_factory=Timeouts)
 
-
-def _processes(opts: "RunOptions") -> int:
-    return len([g for g in (opts.gpus or "").split(",") if g.strip()]) if opts.data_parallel else 1
-
-
-RunOptions.processes = property(_processes)  # type: ignore[attr-defined]
+    @property
+    def processes(self) -> int:
+        """Trainer processes: one per GPU in --gpus with --data-parallel, else one."""
+        return len([g for g in (self.gpus or "").split(",") if g.strip()]) if self.data_parallel else 1
 
 
 class Run:
