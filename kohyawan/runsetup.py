@@ -110,11 +110,19 @@ def rehearsal_models(spec, runs_dir: Path):
     missing = [r for r in ("dit", "dit_high_noise", "vae", "t5") if getattr(given, r) is None]
     if not missing:
         return spec
+    import fcntl
+
+    from kohyawan import atomic
+
     folder = runs_dir / ".rehearsal-models" / spec.task
+    folder.mkdir(parents=True, exist_ok=True)
     marker = folder / ".complete"
-    if not marker.exists():
-        files = write_task_models(folder, spec.task)
-        marker.write_text(json.dumps({k: str(v) for k, v in files.items()}))
+    # parallel rehearsals (a sweep, a batch) share this folder: one writes, the others wait for it
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            files = write_task_models(folder, spec.task)
+            atomic.write_text(marker, json.dumps({k: str(v) for k, v in files.items()}))
     files = json.loads(marker.read_text())
     fields = {r: Path(files[r]) for r in missing if r in files}
     return replace(spec, models=replace(given, **fields)) if fields else spec

@@ -231,3 +231,21 @@ def test_resume_points_whose_state_folder_is_gone_fall_back_to_the_weights(tmp_p
     saves = [ladder.Saved(4, str(whole), None), ladder.Saved(8, str(partial), str(lora8)),
              ladder.Saved(12, str(tmp_path / "gone-state"), str(tmp_path / "gone.safetensors"))]
     assert runner._present(saves) == [ladder.Saved(4, str(whole), None), ladder.Saved(8, None, str(lora8))]
+
+
+def test_parallel_rehearsals_share_one_set_of_stand_in_models(tmp_path):
+    # a sweep starts several rehearsals at once in one runs folder; none may read a half-written marker
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from kohyawan import profiles, runsetup; "
+            "spec = profiles.resolve('character', task='t2v-1.3B'); "
+            "out = runsetup.rehearsal_models(spec, Path(sys.argv[1])); print(out.models.dit)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    assert len({r[0] for r in results}) == 1
+    marker = json.loads((tmp_path / ".rehearsal-models" / "t2v-1.3B" / ".complete").read_text())
+    assert marker["dit"] == results[0][0].strip()
