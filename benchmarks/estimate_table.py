@@ -14,9 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kohyawan import estimate as est  # noqa: E402
-from kohyawan import gpus, profiles, rungs  # noqa: E402
-from kohyawan.steps import longest_clip  # noqa: E402
+from kohyawan.estimate import plan as est  # noqa: E402
+from kohyawan.estimate import offers as gpus  # noqa: E402
+from kohyawan.config import profiles  # noqa: E402
+from kohyawan.run import rungs  # noqa: E402
+from kohyawan.config.steps import longest_clip  # noqa: E402
 
 GPUS = ("rtx4090", "a100-40gb", "h100-80gb")
 

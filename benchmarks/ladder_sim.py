@@ -2,7 +2,7 @@
 at the base settings and climbing the fallback ladder one OOM at a time?
 
 The "true" peak VRAM of each setting is the model's estimate times an error factor drawn per grid cell
-(log-normal, --sigma, default 0.05 = the calibration error stated in kohyawan/memory.py), times a
+(log-normal, --sigma, default 0.05 = the calibration error stated in kohyawan/estimate/memory.py), times a
 systematic --bias (default 1.0; try 1.10 for a model that underestimates by 10 %). A setting OOMs when its
 true peak exceeds what torch can allocate (the card's GiB minus --reserve, 0.45 GiB on a 24 GB card).
 
@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kohyawan import estimate as est  # noqa: E402
-from kohyawan import profiles, rungs  # noqa: E402
+from kohyawan.estimate import plan as est  # noqa: E402
+from kohyawan.config import profiles  # noqa: E402
+from kohyawan.run import rungs  # noqa: E402
 
 GPUS = (24, 32, 40, 48, 80)             # nominal GiB (NVML total: 23.99, 31.84, 39.5, 47.99, 79.2)
 NVML_TOTAL = {24: 23.99, 32: 31.84, 40: 39.5, 48: 47.99, 80: 79.2}

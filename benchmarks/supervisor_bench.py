@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kohyawan.ledger import Ledger  # noqa: E402
-from kohyawan.supervise import Supervisor  # noqa: E402
-from kohyawan.tracker import Tracker  # noqa: E402
-from kohyawan.watchdog import Watchdog, host_sample  # noqa: E402
+from kohyawan.run.ledger import Ledger  # noqa: E402
+from kohyawan.run.supervise import Supervisor  # noqa: E402
+from kohyawan.run.tracker import Tracker  # noqa: E402
+from kohyawan.run.watchdog import Watchdog, host_sample  # noqa: E402
 
 TRAINER = r"""
 import sys, time

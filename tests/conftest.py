@@ -53,7 +53,7 @@ def make_models(folder, task="t2v-A14B"):
              "vae": "wan_2.1_vae.safetensors", "t5": "models_t5_umt5-xxl-enc-bf16.safetensors"}
     paths = {role: folder / name for role, name in names.items()}
     try:
-        from kohyawan import fabricate
+        from kohyawan.modelfiles import standins as fabricate
     except ImportError:
         for p in paths.values():
             p.write_bytes(b"")

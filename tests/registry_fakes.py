@@ -22,7 +22,7 @@ def write_lora(path, *, task="t2v-1.3B", rank=1, dtype="bf16", metadata=None, se
 def make_run(folder, *, steps=range(100, 1001, 100), total=1000, final=True, task="t2v-1.3B",
              experts=("both",), run_id=None, train=None, dataset_hash=None, items=12, status="succeeded",
              dataset_dir=None, rehearsal=False):
-    """A run folder shaped like the runner's (kohyawan.ledger / render.plan_document): run.json with
+    """A run folder shaped like the runner's (kohyawan.run.ledger / render.plan_document): run.json with
     checkpoints (absolute step, stage, final flag) hard-linked under checkpoints/, ``final`` with one output
     per train stage, and plan.json with the resolved ``values``. One tiny LoRA per checkpoint and stage."""
     folder = Path(folder)

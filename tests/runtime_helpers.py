@@ -63,6 +63,6 @@ def trainer_processes(marker: str) -> list:
             cmd = " ".join(p.info["cmdline"] or [])
         except psutil.Error:
             continue
-        if marker in cmd and ("wan_train_network" in cmd or "kohyawan.guard" in cmd):
+        if marker in cmd and ("wan_train_network" in cmd or "kohyawan.run.guard" in cmd):
             found.append(p)
     return found

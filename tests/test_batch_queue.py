@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kohyawan.batch import gpus, queue
+from kohyawan.batch import queue
+from kohyawan.batch import allocate as gpus
 from kohyawan.batch.manifest import Job, with_fingerprint
 from kohyawan.errors import BadInput
 

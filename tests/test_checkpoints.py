@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kohyawan.checkpoints import list_checkpoints
+from kohyawan.run.checkpoints import list_checkpoints
 from kohyawan.errors import BadInput
 from kohyawan.lora.fabricate import write_lora
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from kohyawan import doctor, doctor_trainer
+from kohyawan.doctor import host as doctor, trainer as doctor_trainer
 
 GIB = 2**30
 HAS_GPU = Path("/dev/nvidia0").exists()

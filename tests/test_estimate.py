@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from kohyawan import estimate as est
-from kohyawan import gpus as gpus_mod
-from kohyawan import memory, observations, profiles, rungs
+from kohyawan.estimate import plan as est
+from kohyawan.estimate import offers as gpus_mod
+from kohyawan.estimate import memory, observations
+from kohyawan.config import profiles
+from kohyawan.run import rungs
 from kohyawan.errors import BadInput, ConfigError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from kohyawan import profiles
+from kohyawan.config import profiles
 from kohyawan.cli import cli
 from test_estimate import make_dataset, write_run
 

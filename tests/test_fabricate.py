@@ -7,7 +7,7 @@ import os
 import pytest
 from safetensors import safe_open
 
-from kohyawan import fabricate
+from kohyawan.modelfiles import standins as fabricate
 from kohyawan.modelfiles.layouts import dit_layout, t5_layout, vae_layout
 
 # (tensor count, parameter count, digest of the sorted "name shape" lines), taken from musubi-tuner's

@@ -1,6 +1,6 @@
 """The installed package carries its bundled profiles, templates and option tables."""
 
-from kohyawan import resources
+from kohyawan.config import resources
 from kohyawan.trainer import musubi
 
 

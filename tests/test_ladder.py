@@ -1,6 +1,6 @@
 from dataclasses import dataclass, field
 
-from kohyawan.ladder import HALF_LR, Saved, decide
+from kohyawan.run.ladder import HALF_LR, Saved, decide
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def test_stall_retries_once():
 
 
 def test_a_stop_says_where_a_resume_will_continue():
-    from kohyawan import ladder
+    from kohyawan.run import ladder
 
     nothing = ladder.decide("interrupted", failure_line=None, vram=[], ram=[], applied=[], lr_scale=1.0,
                             attempts_made=1, max_attempts=8, saved=None, good_saved=None, previous=[])

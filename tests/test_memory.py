@@ -1,11 +1,11 @@
-"""The memory model against published observations (errors as stated in kohyawan/memory.py) and physics."""
+"""The memory model against published observations (errors as stated in kohyawan/estimate/memory.py) and physics."""
 
 import itertools
 
 import pytest
 
-from kohyawan import memory
-from kohyawan.memory import MemoryInputs, inputs_from_values
+from kohyawan.estimate import memory
+from kohyawan.estimate.memory import MemoryInputs, inputs_from_values
 
 A14B_EXPERT = dict(task="t2v-A14B", expert="low")
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from kohyawan import fabricate
+from kohyawan.modelfiles import standins as fabricate
 from kohyawan.errors import ModelFileError
-from kohyawan.fabricate import write_safetensors
+from kohyawan.modelfiles.standins import write_safetensors
 from kohyawan.modelfiles import identify
 from kohyawan.modelfiles.layouts import t5_layout, vae_layout
 

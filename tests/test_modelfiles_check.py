@@ -2,7 +2,7 @@
 
 import pytest
 
-from kohyawan import fabricate
+from kohyawan.modelfiles import standins as fabricate
 from kohyawan.errors import ModelFileError
 from kohyawan.modelfiles import check_infos, check_models, identify
 
@@ -172,7 +172,7 @@ def test_check_models_reads_files_and_names_the_option(tmp_path, files):
 
 def test_dit_as_pth_or_diffusers_is_refused(tmp_path, files):
     torch = pytest.importorskip("torch")
-    from kohyawan.fabricate import write_safetensors
+    from kohyawan.modelfiles.standins import write_safetensors
     from kohyawan.modelfiles.layouts import dit_layout
 
     p = tmp_path / "wan21_t2v_1.3B.pth"

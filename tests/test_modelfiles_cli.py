@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kohyawan import fabricate
+from kohyawan.modelfiles import standins as fabricate
 from kohyawan.cli import cli
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset, make_models
-from kohyawan import profiles, render
-from kohyawan.spec import Models
+from kohyawan.config import profiles, render
+from kohyawan.config.spec import Models
 
 CHECKER = os.environ.get("KOHYAWAN_MUSUBI_CHECK")
 pytestmark = [pytest.mark.integration,

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_dataset
-from kohyawan import profiles
+from kohyawan.config import profiles
 from kohyawan.cli import cli
 from kohyawan.errors import ConfigError
 
@@ -174,8 +174,8 @@ def test_cli_bad_key_is_one_line_exit_2():
 
 
 def test_mixed_precision_follows_the_checkpoint_dtype(tmp_path):
-    from kohyawan import fabricate
-    from kohyawan.spec import Models
+    from kohyawan.modelfiles import standins as fabricate
+    from kohyawan.config.spec import Models
 
     fp16 = fabricate.write_dit(tmp_path / "low_noise_fp16.safetensors", dtype="fp16")
     bf16 = fabricate.write_dit(tmp_path / "low_noise_bf16.safetensors", dtype="bf16")

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 import golden
 from conftest import make_dataset, make_models
-from kohyawan import profiles, render
+from kohyawan.config import profiles, render
 from kohyawan.cli import cli
-from kohyawan.spec import Models
+from kohyawan.config.spec import Models
 from kohyawan.trainer import musubi
 
 PROFILES = ("character", "style", "motion", "domain")

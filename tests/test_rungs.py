@@ -1,6 +1,7 @@
 import pytest
 
-from kohyawan import profiles, rungs
+from kohyawan.config import profiles
+from kohyawan.run import rungs
 from kohyawan.errors import ConfigError
 
 

@@ -10,13 +10,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from kohyawan import preflight
+from kohyawan.run import preflight
 from kohyawan.errors import BadInput, ToolMissing, WorkFailed
-from kohyawan.ledger import Ledger
-from kohyawan.notify import Notifier
-from kohyawan.runlock import RunLock
-from kohyawan.runsetup import attempt_config
-from kohyawan.supervise import Supervisor, Timeouts, group_alive
+from kohyawan.run.ledger import Ledger
+from kohyawan.run.notify import Notifier
+from kohyawan.run.runlock import RunLock
+from kohyawan.run.runsetup import attempt_config
+from kohyawan.run.supervise import Supervisor, Timeouts, group_alive
 
 
 def test_ledger_is_rewritten_atomically_with_the_schema(tmp_path):
@@ -194,7 +194,8 @@ def test_a_failing_callback_never_leaves_the_trainer_running(tmp_path):
 
 
 def test_the_run_names_its_gpu_from_nvml(monkeypatch):
-    from kohyawan import doctor, runner
+    from kohyawan.doctor import host as doctor
+    from kohyawan.run import runner
 
     cards = [{"name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99}, {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}]
     monkeypatch.setattr(doctor, "real_nvml", lambda: object())
@@ -208,7 +209,7 @@ def test_the_run_names_its_gpu_from_nvml(monkeypatch):
 def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
     import tomllib
 
-    from kohyawan.runsetup import attempt_config
+    from kohyawan.run.runsetup import attempt_config
 
     text = '[save_load]\noutput_name = "character"\nsave_state = true\n\n[training]\nmax_train_epochs = 15\n'
     out = attempt_config(text, {"output_name": "character-a02", "max_train_steps": 40})
@@ -217,7 +218,7 @@ def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
 
 
 def test_resume_points_whose_state_folder_is_gone_fall_back_to_the_weights(tmp_path):
-    from kohyawan import ladder, runner
+    from kohyawan.run import ladder, runner
 
     whole = tmp_path / "a-step4-state"
     whole.mkdir()
@@ -239,7 +240,7 @@ def test_parallel_rehearsals_share_one_set_of_stand_in_models(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from kohyawan import profiles, runsetup; "
+    code = ("import sys; from pathlib import Path; from kohyawan.config import profiles; from kohyawan.run import runsetup; "
             "spec = profiles.resolve('character', task='t2v-1.3B'); "
             "out = runsetup.rehearsal_models(spec, Path(sys.argv[1])); print(out.models.dit)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kohyawan import schedule
+from kohyawan.run import lrschedule as schedule
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(schedule.pyshim_dir()))

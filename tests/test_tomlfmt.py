@@ -2,7 +2,7 @@ import tomllib
 
 import pytest
 
-from kohyawan.tomlfmt import toml_key, toml_value
+from kohyawan.config.tomlfmt import toml_key, toml_value
 
 
 @pytest.mark.parametrize("value", [

@@ -1,6 +1,6 @@
 import math
 
-from kohyawan.watchdog import Watchdog, settings
+from kohyawan.run.watchdog import Watchdog, settings
 
 
 def _feed(wd, losses, t0=0.0, dt=1.0):

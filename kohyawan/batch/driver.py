@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kohyawan.batch import gpus as gpus_mod, jobs as jobs_mod, manifest as manifest_mod, report
+from kohyawan.batch import jobs as jobs_mod, manifest as manifest_mod, report
+from kohyawan.batch import allocate as gpus_mod
 from kohyawan.batch.queue import BatchLock, Queue, DB_NAME
 from kohyawan.errors import BadInput
 
@@ -98,7 +99,7 @@ def plan(opts: BatchOptions) -> dict[str, Any]:
 
 def run(opts: BatchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run (or continue) a batch to the end; returns the batch.json document."""
-    from kohyawan.batch.scheduler import Scheduler
+    from kohyawan.batch.local import Scheduler
 
     m = manifest_mod.load(opts.manifest)
     folder = Path(opts.folder or default_folder(opts.manifest)).absolute()
@@ -151,7 +152,7 @@ def _check_modes(q: Queue, slurm: bool) -> None:
             raise BadInput(f"job {row['key']} is SLURM task {row['slurm_job']}, still in flight; follow the batch "
                            f"with 'kohyawan batch ... --slurm' (or cancel it with scancel first)")
         if not row["slurm_job"] and slurm:
-            from kohyawan.batch.scheduler import _same_process
+            from kohyawan.batch.local import _same_process
 
             if row["pid"] and _same_process(row["pid"], row["pid_started"]):
                 raise BadInput(f"job {row['key']} is running locally (pid {row['pid']}); let it finish with "

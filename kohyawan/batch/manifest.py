@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kohyawan.errors import ConfigError, KohyawanError
-from kohyawan.tomlfmt import toml_value
+from kohyawan.config.tomlfmt import toml_value
 
 # Model names and client folders become registry paths: the registry's slug rule, so that nothing in a
 # manifest can name a path outside the registry ("../x", "a/b", absolute paths, dots, spaces).
@@ -256,7 +256,7 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
 
 def check_plan(job: Job, rehearse: bool) -> None:
     """Resolve and validate the job's plan exactly as ``kohyawan run`` will (profile, variant, --set)."""
-    from kohyawan import validate
+    from kohyawan.config import validate
     from kohyawan.commands.common import resolve_spec
 
     m = {role: Path(p) for role, p in job.models.items()}

@@ -72,7 +72,7 @@ def document(queue: Queue) -> dict[str, Any]:
 
 
 def write(queue: Queue) -> dict[str, Any]:
-    from kohyawan.atomic import write_text as atomic_write
+    from kohyawan.files.atomic import write_text as atomic_write
 
     doc = document(queue)
     atomic_write(queue.folder / "batch.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

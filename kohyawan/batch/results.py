@@ -93,7 +93,7 @@ def summarize(run_dir: Path | None) -> dict[str, Any]:
 def dataset_word(dataset: Path) -> str:
     """'images' for an image-only dataset, else 'items': the counts compared are the trainer's items, and a
     clip can give several items (chunked frame extraction), so clips are not counted as such."""
-    from kohyawan import inventory
+    from kohyawan.dataset import inventory
 
     inv = inventory.scan(Path(dataset))
     return "images" if inv.images and not inv.clips else "items"

@@ -54,7 +54,7 @@ def job_name(batch_name: str) -> str:
 def render_script(tasks: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], batch_name: str) -> str:
     """``tasks``: dicts with ``index``, ``key``, ``argv`` (list) and ``env`` (mapping). Values are
     shell-quoted here, so paths with spaces, quotes, ``$(...)`` and newlines stay literal."""
-    from kohyawan.render import render_template
+    from kohyawan.config.render import render_template
 
     setup = settings.get("setup", [])
     setup = [setup] if isinstance(setup, str) else list(setup)
@@ -165,7 +165,7 @@ def drive(q, manifest: Manifest, launch: jobs_mod.Launch, *, say: Callable[[str]
           exporter=None, sleep: Callable[[float], None] = time.sleep) -> None:
     """Submit what is left, follow it to the end, merge and export. Interrupting stops the following
     only: the array keeps running, and the next ``kohyawan batch --slurm`` follows it again."""
-    from kohyawan.batch.scheduler import run_export
+    from kohyawan.batch.local import run_export
 
     exporter = exporter or run_export
     jobs = {j.key: j for j in manifest.jobs}
@@ -192,7 +192,7 @@ def drive(q, manifest: Manifest, launch: jobs_mod.Launch, *, say: Callable[[str]
     if tasks:
         n = len(list((folder / "slurm").glob("submit-*.sh"))) + 1
         script = folder / "slurm" / f"submit-{n:03d}.sh"
-        from kohyawan.atomic import write_text as atomic_write
+        from kohyawan.files.atomic import write_text as atomic_write
 
         atomic_write(script, render_script(tasks, manifest.slurm, folder.name), mode=0o755)
         job_id = submit(script, folder / "slurm", Path.cwd())

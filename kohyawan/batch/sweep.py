@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kohyawan.batch import gpus as gpus_mod, jobs as jobs_mod, results
+from kohyawan.batch import jobs as jobs_mod, results
+from kohyawan.batch import allocate as gpus_mod
 from kohyawan.batch.manifest import Job, with_fingerprint
 from kohyawan.batch.queue import BatchLock, Queue
 from kohyawan.errors import BadInput, KohyawanError
@@ -59,7 +60,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 def plan_jobs(req: SweepRequest) -> tuple[str, int, list[Job]]:
     """Resolve every variant's plan (fails before anything starts) and one job per variant."""
-    from kohyawan import profiles, validate
+    from kohyawan.config import profiles, validate
     from kohyawan.commands.common import resolve_spec
 
     known = profiles.variants(profiles.find_project_file().parent if profiles.find_project_file() else None)
@@ -99,7 +100,7 @@ def _replace_sets(job: Job, sets: Sequence[str]) -> Job:
 
 
 def run(req: SweepRequest, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    from kohyawan.batch.scheduler import Scheduler
+    from kohyawan.batch.local import Scheduler
 
     name, seed, jobs = plan_jobs(req)
     slots = gpus_mod.parse_gpus(req.gpus)
@@ -118,7 +119,7 @@ def run(req: SweepRequest, say: Callable[[str], None] = lambda m: None) -> dict[
             q.close()
     if req.grid_prompts is not None:
         doc["comparison_grid"] = _grid(doc, req, folder, say)
-    from kohyawan.atomic import write_text as atomic_write
+    from kohyawan.files.atomic import write_text as atomic_write
 
     atomic_write(folder / "sweep.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return doc

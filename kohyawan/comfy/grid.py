@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kohyawan.comfy import workflow as wfmod
-from kohyawan.atomic import write_bytes, write_text
+from kohyawan.files.atomic import write_bytes, write_text
 from kohyawan.comfy.strengths import LoraRef, parse_lora, stacks
 from kohyawan.errors import BadInput, Interrupted
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from urllib.parse import quote
 
-from kohyawan.atomic import write_bytes, write_text
+from kohyawan.files.atomic import write_bytes, write_text
 from kohyawan.errors import BadInput, ToolMissing
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}

@@ -54,7 +54,7 @@ def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_di
       kohyawan sweep --profile character --dataset ./data/sarah --task t2v-1.3B \\
         --variants conservative,standard,aggressive --gpus 0,1,2 --rehearse
     """
-    from kohyawan import profiles
+    from kohyawan.config import profiles
     from kohyawan.batch import sweep as sweep_mod
 
     if plan.get("variant"):

@@ -122,7 +122,7 @@ def workflow(loras, loras_high, loras_low, prompt, seed, prefix, out_path, serve
       kohyawan comfy workflow --lora sarah_v1.safetensors --lora style.safetensors:0.6 \\
           --prompt "sarah walks on a beach" --frames 49 --out wf.json --server http://127.0.0.1:8188
     """
-    from kohyawan.atomic import write_text
+    from kohyawan.files.atomic import write_text
     from kohyawan.comfy.strengths import parse_lora, stacks
     from kohyawan.comfy.workflow import build_workflow, dumps, loras_in
 

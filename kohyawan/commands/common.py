@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kohyawan.spec import EXPERT_MODES, TASKS, Models
+from kohyawan.config.spec import EXPERT_MODES, TASKS, Models
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -49,7 +49,7 @@ def plan_options(*, dataset_required: bool = False):
 
 def resolve_spec(profile, dataset, task, expert, variant, dit, dit_high_noise, vae, t5, sets):
     """Resolve the RunSpec from plan options, with the project file's [kohyawan] defaults."""
-    from kohyawan import profiles
+    from kohyawan.config import profiles
 
     project_file = profiles.find_project_file()
     defaults = profiles.project_settings(project_file)

@@ -42,7 +42,7 @@ def render(out, trainer_dir, python, as_json, **kwargs):
         --vae wan_2.1_vae.safetensors --t5 models_t5_umt5-xxl-enc-bf16.pth \\
         --out ./cfg/sarah
     """
-    from kohyawan import render as render_mod
+    from kohyawan.config import render as render_mod
 
     spec = spec_from_kwargs(kwargs)
     plan = render_mod.build_plan(spec, out, trainer_dir=trainer_dir.resolve() if trainer_dir else None,
@@ -104,6 +104,6 @@ def show(origin, as_json, **kwargs):
 
 
 def _show(value) -> str:
-    from kohyawan.tomlfmt import toml_value
+    from kohyawan.config.tomlfmt import toml_value
 
     return toml_value(value)

@@ -13,7 +13,7 @@ def _profile_overrides(profile: str | None) -> dict:
     """[prepare] thresholds and [profile] min sizes of a profile, when the core's resolver is present."""
     if not profile:
         return {}
-    from kohyawan import profiles
+    from kohyawan.config import profiles
 
     extra = profiles.resolve(profile).extra
     overrides = dict(extra.get("prepare", {}) or {})

@@ -37,7 +37,7 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
       kohyawan doctor --trainer-dir ~/musubi-tuner --comfyui ~/ComfyUI
       kohyawan doctor --json --dit wan2.2_t2v_low_noise_14B_fp16.safetensors
     """
-    from kohyawan import doctor as doc
+    from kohyawan.doctor import host as doc
     from kohyawan.commands.estimate import _default_runs_dir
 
     runs_dir = runs_dir or _default_runs_dir()

@@ -22,7 +22,8 @@ def _steps(spec, steps_override):
     """(items, total_steps, epochs) counted like the trainer, when a dataset is given."""
     if spec.dataset_dir is None:
         return None, steps_override, None
-    from kohyawan import inventory, steps as steps_mod
+    from kohyawan.dataset import inventory
+    from kohyawan.config import steps as steps_mod
 
     inv = inventory.scan(spec.dataset_dir, spec.dataset.get("caption_extension", ".txt"))
     if not inv.folders:
@@ -33,7 +34,7 @@ def _steps(spec, steps_override):
 
 def _default_runs_dir() -> Path:
     """The project's [kohyawan] runs_dir (kohyawan.toml in the current folder), else ./runs."""
-    from kohyawan import profiles
+    from kohyawan.config import profiles
 
     project_file = profiles.find_project_file()
     configured = profiles.project_settings(project_file).get("runs_dir")
@@ -44,7 +45,7 @@ def _default_runs_dir() -> Path:
 
 def _local_gpu():
     """The first NVIDIA GPU on this machine as (name, total GiB), or None."""
-    from kohyawan import doctor
+    from kohyawan.doctor import host as doctor
 
     gpus = doctor.probe_gpus(doctor.real_nvml())
     return (gpus[0]["name"], gpus[0]["total_gib"]) if gpus else None
@@ -72,16 +73,17 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
     """Predict peak VRAM, host RAM, time, disk and cost for a plan and each fallback rung.
 
     The first rung that fits the GPU with the safety margin is marked: `kohyawan run` starts there.
-    Figures are GiB; the memory model and its calibration are documented in kohyawan/memory.py.
+    Figures are GiB; the memory model and its calibration are documented in kohyawan/estimate/memory.py.
 
     \b
     Example:
       kohyawan estimate --profile character --dataset ./data/sarah --gpu rtx4090
       kohyawan estimate --profile motion --dataset ./clips --vram 40 --ram 64 --json
     """
-    from kohyawan import estimate as est
-    from kohyawan import gpus as gpus_mod
-    from kohyawan import observations, rungs
+    from kohyawan.estimate import plan as est
+    from kohyawan.estimate import offers as gpus_mod
+    from kohyawan.estimate import observations
+    from kohyawan.run import rungs
 
     spec = spec_from_kwargs(kwargs)
     table = gpus_mod.load_gpus(gpus_file)

@@ -205,7 +205,7 @@ def checkpoints(run_or_dir: Path, no_effect: bool, as_json: bool):
       kohyawan checkpoints runs/sarah-20260301-1200
       kohyawan checkpoints ./output --json
     """
-    from kohyawan.checkpoints import list_checkpoints
+    from kohyawan.run.checkpoints import list_checkpoints
 
     items = list_checkpoints(run_or_dir, effect=not no_effect)
     if as_json:

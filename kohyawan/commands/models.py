@@ -134,7 +134,7 @@ def fabricate_cmd(task, dtype, out):
     from pathlib import Path
 
     from kohyawan.errors import BadInput
-    from kohyawan.fabricate import write_task_models
+    from kohyawan.modelfiles.standins import write_task_models
     from kohyawan.modelfiles.check import TASKS
 
     if task not in TASKS:

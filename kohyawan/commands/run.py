@@ -19,7 +19,7 @@ _DIR = click.Path(path_type=Path, file_okay=False)
 def _runs_dir(value: Path | None) -> Path:
     if value is not None:
         return value
-    from kohyawan import profiles
+    from kohyawan.config import profiles
 
     settings = profiles.project_settings(profiles.find_project_file())
     return Path(settings.get("runs_dir", "runs"))
@@ -53,7 +53,7 @@ def _launch_options(func):
 def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
              plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None,
              start_rung=None, data_parallel=False):
-    from kohyawan.runner import RunOptions
+    from kohyawan.run.runner import RunOptions
 
     stored = stored or {}
     return RunOptions(
@@ -82,13 +82,13 @@ def _finish(data: dict, as_json: bool) -> None:
     if data["status"] == "stopped":
         raise Interrupted(f"run {data['id']} stopped: {data.get('reason', '')}; continue with "
                           f"'kohyawan runs resume {data['id']}'")
-    from kohyawan.runview import brief
+    from kohyawan.run.runview import brief
 
     raise WorkFailed(f"run {data['id']} failed: {brief(data.get('reason')) or 'see run.json'}")
 
 
 def _summary(data: dict) -> None:
-    from kohyawan.runview import brief
+    from kohyawan.run.runview import brief
 
     c = console.out()
     c.print(f"run {data['id']}: {data['status']}" + (" (REHEARSAL: no training happened)" if data.get("rehearsal") else ""))
@@ -127,7 +127,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
       kohyawan run --profile character --dataset ./data/sarah --task t2v-1.3B \\
         --runs-dir ./runs --name sarah-try --rehearse --gpu-memory 12
     """
-    from kohyawan import runsetup
+    from kohyawan.run import runsetup
 
     if gpu_memory and not rehearse:
         raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
@@ -166,7 +166,7 @@ def _run_dir(runs_dir: Path | None, run_id: str) -> Path:
 
 
 def _live_state(run_dir: Path, data: dict) -> str:
-    from kohyawan import runlock
+    from kohyawan.run import runlock
 
     if runlock.is_locked(run_dir):
         return "running"
@@ -255,8 +255,8 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     Example:
       kohyawan runs resume sarah-try
     """
-    from kohyawan import runlock, runsetup
-    from kohyawan.supervise import kill_group
+    from kohyawan.run import runlock, runsetup
+    from kohyawan.run.supervise import kill_group
 
     run_dir = _run_dir(runs_dir, run_id)
     if runlock.is_locked(run_dir):
@@ -278,7 +278,7 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     opts = _options(run_dir.parent, trainer_dir, python, None, (), None, None, (), False, plain, interval,
                     stored=stored)
     if not opts.rehearse:
-        from kohyawan import preflight
+        from kohyawan.run import preflight
 
         preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
     job = runsetup.load_run(run_dir, spec, opts)
@@ -297,8 +297,8 @@ def stop(run_id, runs_dir):
     Example:
       kohyawan runs stop sarah-try
     """
-    from kohyawan import runlock
-    from kohyawan.supervise import kill_group
+    from kohyawan.run import runlock
+    from kohyawan.run.supervise import kill_group
 
     run_dir = _run_dir(runs_dir, run_id)
     holder = runlock.holder_pid(run_dir) if runlock.is_locked(run_dir) else None

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import tomli_w
 
-from kohyawan import atomic
+from kohyawan.files import atomic
 
 IMAGES = "images"
 VIDEOS = "videos"

@@ -9,7 +9,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from kohyawan.dataset import captions, layout, manifest, plan, report, scan
+from kohyawan.dataset import captions, layout, plan, report, scan
+from kohyawan.dataset import provenance as manifest
 from kohyawan.dataset.progress import Progress
 from kohyawan.dataset.settings import Settings, size_targets
 from kohyawan.dataset.work import encode_job, probe_job

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from kohyawan.errors import BadInput
-from kohyawan.digest import sha256_file  # noqa: F401  (re-exported)
+from kohyawan.files.digest import sha256_file  # noqa: F401  (re-exported)
 
 
 class LoraFileError(BadInput):

@@ -1,6 +1,6 @@
 """Tensor layouts of the WAN model files musubi-tuner loads: names and shapes, nothing else.
 
-One source of truth for two users: ``kohyawan.fabricate`` writes sparse files with these headers, and
+One source of truth for two users: ``kohyawan.modelfiles.standins`` writes sparse files with these headers, and
 ``check`` compares a user's DiT against the layout the trainer will ``load_state_dict(strict=True)``.
 The numbers are the model configurations of musubi-tuner's ``wan/configs`` (and, for the 5B model and the
 Wan 2.2 VAE, which musubi does not train, the upstream Wan 2.2 architecture as ComfyUI loads it).

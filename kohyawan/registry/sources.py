@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kohyawan import inventory
+from kohyawan.dataset import inventory
 from kohyawan.errors import BadInput
 from kohyawan.registry import lora_check, lorafile
 

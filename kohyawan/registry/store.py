@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kohyawan.errors import BadInput, ConfigError, WorkFailed
-from kohyawan import atomic
-from kohyawan.digest import sha256_file  # noqa: F401  (re-exported)
+from kohyawan.files import atomic
+from kohyawan.files.digest import sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA = 1
 INDEX = "index.json"

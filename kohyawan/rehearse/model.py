@@ -45,7 +45,7 @@ def lora_modules(arch: Arch) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# memory: VRAM from kohyawan.memory (the estimator's model); host RAM rough but monotone in every lever.
+# memory: VRAM from kohyawan.estimate.memory (the estimator's model); host RAM rough but monotone in every lever.
 
 def tokens(width: int, height: int, frames: int, batch: int) -> int:
     return (width // 16) * (height // 16) * ((frames - 1) // 4 + 1) * batch
@@ -55,7 +55,7 @@ def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, float]:
     """(GiB to hold the model, GiB at the peak of a training step) for the biggest bucket (W, H, frames,
     batch), from kohyawan's own memory model, so a rehearsal runs out of memory exactly where
     ``kohyawan estimate`` says the real trainer would."""
-    from kohyawan import memory
+    from kohyawan.estimate import memory
 
     width, height, frames, batch = bucket
     expert = "both" if getattr(args, "dit_high_noise", None) else "low"

@@ -85,7 +85,7 @@ def disk(run_dir: Path, needed: int) -> None:
 def captions(dataset_dir: Path, caption_extension: str = ".txt") -> None:
     """Fail now on what would fail after minutes of model loading: a video without a caption breaks
     text-encoder caching, and uncaptioned images are skipped, so none captioned means nothing to train."""
-    from kohyawan import inventory
+    from kohyawan.dataset import inventory
 
     inv = inventory.scan(dataset_dir, caption_extension)
     for folder in inv.folders:

@@ -1,4 +1,4 @@
-"""The trainer's guard: a tiny process between kohyawan and the trainer (``python -m kohyawan.guard``).
+"""The trainer's guard: a tiny process between kohyawan and the trainer (``python -m kohyawan.run.guard``).
 
 It leads the trainer's process group. If kohyawan dies, even by SIGKILL, the kernel tells the guard
 (``PR_SET_PDEATHSIG``; a once-a-second parent check covers systems without it) and the guard stops

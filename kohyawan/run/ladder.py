@@ -1,6 +1,6 @@
 """The fallback ladder: from an attempt's outcome to the next attempt, or a reasoned stop (pure).
 
-Rungs come from ``kohyawan.rungs`` (vram_rungs / ram_rungs for the spec); anything with ``name``,
+Rungs come from ``kohyawan.run.rungs`` (vram_rungs / ram_rungs for the spec); anything with ``name``,
 ``changes``, ``needs_recache`` and ``keeps_state`` will do. Rungs are cumulative: every attempt runs
 with all rungs taken so far, applied in order.
 """

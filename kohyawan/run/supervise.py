@@ -1,6 +1,6 @@
 """One attempt: start the trainer in its own process group, tee its output, parse it, stop it cleanly.
 
-The trainer runs under ``kohyawan.guard`` (the group leader), which kills the group if kohyawan dies.
+The trainer runs under ``kohyawan.run.guard`` (the group leader), which kills the group if kohyawan dies.
 Output (stdout and stderr merged, so their order is kept) is appended raw to ``console.log`` and split
 on ``\\r`` and ``\\n`` into events. One thread, one ``select`` loop: at 20 progress updates a second
 this costs well under 1 % of a core (benchmarks/supervisor_bench.py).
@@ -73,10 +73,10 @@ class Supervisor:
             self._stop = (why, reason)
 
     def start(self) -> None:
-        guard = [sys.executable, "-m", "kohyawan.guard", str(os.getpid()), str(self.timeouts.orphan_grace_s), "--"]
+        guard = [sys.executable, "-m", "kohyawan.run.guard", str(os.getpid()), str(self.timeouts.orphan_grace_s), "--"]
         env = dict(self.env)
         # the guard imports kohyawan: make sure it finds this very copy, whatever the trainer's paths are
-        pkg_root = str(Path(__file__).resolve().parent.parent)
+        pkg_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(guard + self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

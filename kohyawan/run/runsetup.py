@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kohyawan import inventory, preflight
+from kohyawan.dataset import inventory
+from kohyawan.run import preflight
 from kohyawan.errors import BadInput
-from kohyawan.ledger import Ledger
-from kohyawan.tomlfmt import toml_value
+from kohyawan.run.ledger import Ledger
+from kohyawan.config.tomlfmt import toml_value
 
 
 def rehearse_trainer() -> Path:
@@ -47,7 +48,7 @@ def attempt_config(text: str, overrides: dict[str, Any]) -> str:
 
 def new_run(spec, request: dict, opts):
     """Preflight and create the run folder (a ``runner.Run``); nothing is launched yet."""
-    from kohyawan.runner import Run
+    from kohyawan.run.runner import Run
 
     preflight.runs_dir_writable(opts.runs_dir)
     if opts.rehearse:
@@ -61,7 +62,7 @@ def new_run(spec, request: dict, opts):
     run_dir = opts.runs_dir / run_id
     if (run_dir / "run.json").exists():
         raise BadInput(f"run {run_id} already exists in {opts.runs_dir}; continue it with 'kohyawan runs resume {run_id}'")
-    from kohyawan import render
+    from kohyawan.config import render
 
     if opts.data_parallel and opts.processes < 2:
         raise BadInput("--data-parallel trains one run on several GPUs: give them with --gpus, e.g. --gpus 0,1")
@@ -104,7 +105,7 @@ def rehearsal_models(spec, runs_dir: Path):
     for the ones not given, once per task, so model checks see exactly what real files would show."""
     from dataclasses import replace
 
-    from kohyawan.fabricate import write_task_models
+    from kohyawan.modelfiles.standins import write_task_models
 
     given = spec.models
     missing = [r for r in ("dit", "dit_high_noise", "vae", "t5") if getattr(given, r) is None]
@@ -112,7 +113,7 @@ def rehearsal_models(spec, runs_dir: Path):
         return spec
     import fcntl
 
-    from kohyawan import atomic
+    from kohyawan.files import atomic
 
     folder = runs_dir / ".rehearsal-models" / spec.task
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ def rehearsal_models(spec, runs_dir: Path):
 
 
 def load_run(run_dir: Path, spec, opts):
-    from kohyawan.runner import Run
+    from kohyawan.run.runner import Run
 
     led = Ledger.load(run_dir)
     # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly

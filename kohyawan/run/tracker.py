@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kohyawan.ladder import Saved
-from kohyawan.ledger import Ledger
+from kohyawan.run.ladder import Saved
+from kohyawan.run.ledger import Ledger
 from kohyawan.trainer.musubi_log import Event
 
 _STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")

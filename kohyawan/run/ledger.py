@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kohyawan import atomic
-from kohyawan.digest import sha256_file
+from kohyawan.files import atomic
+from kohyawan.files.digest import sha256_file
 
 VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "stopped")

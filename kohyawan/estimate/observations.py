@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from kohyawan import memory
+from kohyawan.estimate import memory
 
 VRAM_CLAMP = (0.7, 1.6)
 TIME_CLAMP = (0.2, 5.0)

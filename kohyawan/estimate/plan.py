@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from kohyawan import memory
-from kohyawan.gpus import Gpu
-from kohyawan.observations import Corrections, Observation, fit_corrections
+from kohyawan.estimate import memory
+from kohyawan.estimate.offers import Gpu
+from kohyawan.estimate.observations import Corrections, Observation, fit_corrections
 
 DEFAULT_MARGIN_GIB = 1.5   # headroom kept free: allocator spikes and the model's own error (about +-5 %)
 STARTUP_SECONDS = 120      # loading the DiT(s), building the network, the first (uncounted) step
@@ -201,7 +201,7 @@ class Ladder:
 
 
 def ladder_estimates(spec: Any, rungs: Sequence[Any], apply, **kwargs: Any) -> Ladder:
-    """Estimate the base spec and each cumulative rung; ``apply(spec, rungs)`` is ``kohyawan.rungs.apply``."""
+    """Estimate the base spec and each cumulative rung; ``apply(spec, rungs)`` is ``kohyawan.run.rungs.apply``."""
     estimates = [estimate_spec(spec, label="base", changes={}, **kwargs)]
     for i, rung in enumerate(rungs, start=1):
         stepped = apply(spec, list(rungs[:i]))
@@ -219,7 +219,7 @@ def first_fitting_rung(spec: Any, vram_gb: float, ram_gb: float | None = None,
     settings; index i means rungs[0..i-1] of ``rungs.vram_rungs(spec)`` applied (``rung`` is rungs[i-1]).
     When nothing fits, index is -1, rung None and the estimate is the last rung's (the run will likely OOM).
     """
-    from kohyawan import rungs as rungs_mod
+    from kohyawan.run import rungs as rungs_mod
 
     ladder = ladder_estimates(spec, rungs_mod.vram_rungs(spec), rungs_mod.apply,
                               vram_gib=vram_gb, ram_gib=ram_gb, margin_gib=margin_gb, **kwargs)

@@ -18,12 +18,15 @@ from typing import Any, Mapping
 
 import jinja2
 
-from kohyawan import __version__, atomic, inventory, steps as steps_mod, validate
+from kohyawan import __version__
+from kohyawan.files import atomic
+from kohyawan.dataset import inventory
+from kohyawan.config import steps as steps_mod, validate
 from kohyawan.errors import ConfigError, DatasetError
-from kohyawan.resources import templates_dir
-from kohyawan.spec import RunSpec
-from kohyawan.steps import Steps
-from kohyawan.tomlfmt import toml_key, toml_value
+from kohyawan.config.resources import templates_dir
+from kohyawan.config.spec import RunSpec
+from kohyawan.config.steps import Steps
+from kohyawan.config.tomlfmt import toml_key, toml_value
 from kohyawan.trainer import musubi
 
 PLAN_VERSION = 1

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from kohyawan.inventory import Inventory
+from kohyawan.dataset.inventory import Inventory
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - python < 3.11
     import tomli as tomllib
 
-from kohyawan.doctor import Check
+from kohyawan.doctor.host import Check
 
 TRAIN_SCRIPT = Path("src") / "musubi_tuner" / "wan_train_network.py"
 PROBE_TIMEOUT = 180

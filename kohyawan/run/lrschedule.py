@@ -20,7 +20,7 @@ SCHEDULER_CLASS = "kohyawan_lr.ContinuedLR"
 
 def pyshim_dir() -> Path:
     """Add this to the trainer's PYTHONPATH so it can import ``kohyawan_lr``."""
-    return Path(__file__).resolve().parent / "trainer" / "pyshim"
+    return Path(__file__).resolve().parents[1] / "trainer" / "pyshim"
 
 
 def supported(train: Mapping[str, Any]) -> tuple[bool, str]:

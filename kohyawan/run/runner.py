@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kohyawan import caches, ladder, rungs, schedule
-from kohyawan.ledger import Ledger
-from kohyawan.notify import Notifier
-from kohyawan.runlock import RunLock, clear_pid, write_pid
-from kohyawan.runview import Status, View, brief
-from kohyawan.runsetup import attempt_config, rehearsal_models, rehearse_trainer
-from kohyawan.supervise import Supervisor, Timeouts
-from kohyawan.tracker import Tracker
+from kohyawan.run import caches, ladder, rungs, lrschedule as schedule
+from kohyawan.run.ledger import Ledger
+from kohyawan.run.notify import Notifier
+from kohyawan.run.runlock import RunLock, clear_pid, write_pid
+from kohyawan.run.runview import Status, View, brief
+from kohyawan.run.runsetup import attempt_config, rehearsal_models, rehearse_trainer
+from kohyawan.run.supervise import Supervisor, Timeouts
+from kohyawan.run.tracker import Tracker
 from kohyawan.trainer.musubi_log import classify_failure
-from kohyawan.watchdog import GpuSampler, Watchdog, host_sample
+from kohyawan.run.watchdog import GpuSampler, Watchdog, host_sample
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Run:
 
     # --- plan -----------------------------------------------------------------------------------------
     def plan(self, spec):
-        from kohyawan import render
+        from kohyawan.config import render
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
                                  launcher=self.opts.launcher, processes=self.opts.processes,
@@ -257,7 +257,7 @@ class Run:
     def estimated_start(self, base, vram) -> list[str]:
         """The rungs to start with: the first position of the ladder that ``kohyawan estimate`` says fits
         this GPU with the profile's safety margin (none when the GPU's size is unknown)."""
-        from kohyawan import estimate, observations
+        from kohyawan.estimate import plan as estimate, observations
 
         gpu = None if self.opts.rehearse else _gpu(self.opts.gpus)
         if gpu is not None:  # the estimator learns from runs on the same GPU: record which one this is
@@ -301,7 +301,7 @@ class Run:
             overrides.update(cont)
         elif n == 1 or nxt.lr_scale != 1.0:
             self.view.say("warning: " + schedule.supported(spec.train)[1])
-        from kohyawan.atomic import write_text as atomic_write
+        from kohyawan.files.atomic import write_text as atomic_write
 
         atomic_write(Path(stage.config_file), attempt_config(Path(stage.config_file).read_text(encoding="utf-8"),
                                                              overrides))
@@ -430,7 +430,7 @@ def _present(saves: list) -> list:
 
 def _gpu(gpus: str | None) -> dict | None:
     """Name and total memory of the GPU the trainer will use (first of CUDA_VISIBLE_DEVICES), via NVML."""
-    from kohyawan import doctor
+    from kohyawan.doctor import host as doctor
 
     found = doctor.probe_gpus(doctor.real_nvml())
     if not found:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kohyawan import inventory, rungs
+from kohyawan.dataset import inventory
+from kohyawan.run import rungs
 from kohyawan.errors import ConfigError, DatasetError
-from kohyawan.resources import profiles_dir
-from kohyawan.spec import EXPERT_MODES, TASKS, Layers, Models, RunSpec, _freeze
+from kohyawan.config.resources import profiles_dir
+from kohyawan.config.spec import EXPERT_MODES, TASKS, Layers, Models, RunSpec, _freeze
 
 PROJECT_FILE = "kohyawan.toml"
 VARIANTS_FILE = "variants.toml"

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from kohyawan.errors import WorkFailed
-from kohyawan.supervise import group_alive
+from kohyawan.run.supervise import group_alive
 
 
 class RunLock:

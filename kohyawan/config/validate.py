@@ -7,7 +7,7 @@ files. Every failure is a ConfigError/ModelFileError with one line; warnings are
 from __future__ import annotations
 
 from kohyawan.errors import ConfigError, ModelFileError
-from kohyawan.spec import RunSpec
+from kohyawan.config.spec import RunSpec
 from kohyawan.trainer import musubi
 
 

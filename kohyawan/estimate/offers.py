@@ -1,4 +1,4 @@
-"""The GPU and cloud-offer table the estimator prices runs against (``kohyawan/data/gpus.toml``).
+"""The GPU and cloud-offer table the estimator prices runs against (``kohyawan/estimate/gpus.toml``).
 
 Users edit a copy at ``$XDG_CONFIG_HOME/kohyawan/gpus.toml``: a GPU there replaces the built-in entry with
 the same key. Names match NVML device names, table keys or any unique substring ("4090", "a100-40gb").
@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # pragma: no cover - python < 3.11
 
 from kohyawan.errors import BadInput, ConfigError
 
-BUILTIN = Path(__file__).resolve().parent / "data" / "gpus.toml"
+BUILTIN = Path(__file__).resolve().parent / "gpus.toml"
 
 
 @dataclass(frozen=True)

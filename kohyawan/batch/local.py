@@ -29,7 +29,7 @@ from typing import Any, Callable
 import psutil
 
 from kohyawan.batch import jobs as jobs_mod, results
-from kohyawan.batch.gpus import Allocator
+from kohyawan.batch.allocate import Allocator
 from kohyawan.batch.manifest import Job
 from kohyawan.batch.queue import Queue
 

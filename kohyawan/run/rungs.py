@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from kohyawan.errors import ConfigError
-from kohyawan.spec import RunSpec
+from kohyawan.config.spec import RunSpec
 from kohyawan.trainer import musubi
 
 

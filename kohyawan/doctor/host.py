@@ -312,7 +312,7 @@ def summarise(checks: Sequence[Check]) -> dict[str, Any]:
 def run_checks(*, nvml: Nvml | None, trainer_dir: Path | None = None, python: str | None = None,
                comfyui: Path | None = None, runs_dir: Path | None = None, dataset_dir: Path | None = None,
                models: Mapping[str, Path | None] | None = None, task: str = "t2v-A14B") -> list[Check]:
-    from kohyawan import doctor_trainer
+    from kohyawan.doctor import trainer as doctor_trainer
 
     checks = [check_gpus(probe_gpus(nvml)), check_ram(), check_cpu()]
     places = {"runs": runs_dir or Path("runs")}

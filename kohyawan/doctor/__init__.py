@@ -1,0 +1,3 @@
+"""Is this machine ready: host checks (GPU, RAM, disk, CPU, ffmpeg) and trainer checks (checkout,
+its python, model files).
+"""
