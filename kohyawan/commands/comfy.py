@@ -32,8 +32,8 @@ def _sampling_options(f):
         click.option("--clip", default=None, help="umT5 text encoder file name."),
         click.option("--vae", default=None, help="VAE file name (the Wan 2.1 VAE for 14B models)."),
         click.option("--weight-dtype", type=click.Choice(WEIGHT_DTYPES), default="default", show_default=True),
-        click.option("--output", "output_kind", type=click.Choice(OUTPUTS), default=DEFAULTS["output"], show_default=True,
-                     help="SaveVideo (mp4) or SaveAnimatedWEBP."),
+        click.option("--output", "output_kind", type=click.Choice(OUTPUTS), default=DEFAULTS["output"],
+                     show_default=True, help="SaveVideo (mp4) or SaveAnimatedWEBP."),
         click.option("--server", default=None, help="ComfyUI URL, e.g. http://127.0.0.1:8188."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]
