@@ -9,8 +9,7 @@ import click
 
 from kohyawan.console import err, out, print_json, warn
 from kohyawan.errors import BadInput, WorkFailed
-
-KINDS = ("character", "style", "motion", "domain")
+from kohyawan.registry.naming import KINDS
 
 
 def _registry_option(f):
