@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kohyawan.dataset import ffmpeg, normalise, settings_from  # noqa: E402
+from kohyawan.dataset import ffmpeg, normalise  # noqa: E402
 from kohyawan.dataset.plan import Piece  # noqa: E402
 from kohyawan.dataset.prepare import prepare  # noqa: E402
+from kohyawan.dataset.settings import settings_from  # noqa: E402
 from tests import media  # noqa: E402
 
 

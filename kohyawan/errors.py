@@ -1,6 +1,7 @@
 """Errors that reach the user as one line and an exit code.
 
-Exit codes (design §7): 0 success, 1 the work failed, 2 bad usage or bad input, 130 interrupted.
+Exit codes (see docs/architecture.md, "Errors and exit codes"): 0 success, 1 the work failed, 2 bad usage or
+bad input, 130 interrupted.
 Only ``cli`` turns these into output; library code raises them with a message a user can act on.
 """
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kohyawan.dataset import check_dataset, load_report, settings_from
+from kohyawan.dataset.check import check_dataset
+from kohyawan.dataset.report import load_report
+from kohyawan.dataset.settings import settings_from
 from kohyawan.dataset.prepare import prepare
 from kohyawan.dataset.probe import count_frames
 from kohyawan.errors import DatasetError

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kohyawan.rehearse import trainer_dir
+from kohyawan.rehearse.standin import trainer_dir
 from kohyawan.rehearse.args import build_parser, parse
 from runtime_helpers import env, make_dataset
 

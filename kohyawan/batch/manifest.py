@@ -22,11 +22,7 @@ from typing import Any, Mapping
 
 from kohyawan.errors import ConfigError, KohyawanError
 from kohyawan.config.tomlfmt import toml_value
-
-# Model names and client folders become registry paths: the registry's slug rule, so that nothing in a
-# manifest can name a path outside the registry ("../x", "a/b", absolute paths, dots, spaces).
-SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
-KINDS = ("character", "style", "motion", "domain")
+from kohyawan.registry.naming import KINDS, SLUG
 
 # key -> accepted types. Shared keys may appear in [defaults] and in each job (the job wins).
 _SHARED: dict[str, tuple[type, ...]] = {
@@ -143,14 +139,7 @@ def _sets(overrides: Mapping[str, Any]) -> tuple[str, ...]:
 def load(path: Path, *, check_plans: bool = True) -> Manifest:
     """Read and validate a manifest; raises ``ManifestErrors`` listing every problem found."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"manifest not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    doc = _read(path)
     base = path.resolve().parent
     problems: list[str] = []
     for key in doc:
@@ -158,23 +147,8 @@ def load(path: Path, *, check_plans: bool = True) -> Manifest:
             problems.append(f"unknown table '{key}'{_hint(key, TOP_KEYS)}")
     defaults = _check_table(doc.get("defaults", {}), DEFAULT_KEYS, "[defaults]", problems)
     slurm = _check_table(doc.get("slurm", {}), SLURM_KEYS, "[slurm]", problems)
-    raw_jobs = doc.get("jobs", [])
-    if not isinstance(raw_jobs, list) or not raw_jobs:
-        problems.append("no [[jobs]]: add one [[jobs]] table per LoRA to train")
-        raw_jobs = []
     rehearse = bool(defaults.get("rehearse", False))
-    jobs, seen = [], {}
-    for i, raw in enumerate(raw_jobs):
-        where = f"job {i + 1}" + (f" ({raw.get('name')})" if isinstance(raw, dict) and raw.get("name") else "")
-        table = _check_table(raw, JOB_KEYS, where, problems)
-        key = (table.get("client", defaults.get("client", "default")), table.get("name"))
-        if key[1] is not None and key in seen:
-            problems.append(f"{where}: duplicate name '{key[1]}' for client '{key[0]}' (also job {seen[key] + 1})")
-            continue
-        seen.setdefault(key, i)
-        job = _job(i, table, defaults, base, where, rehearse, problems, check_plans)
-        if job is not None:
-            jobs.append(job)
+    jobs = _jobs(doc.get("jobs", []), defaults, base, rehearse, problems, check_plans)
     notify = defaults.get("notify", ())
     notify = (notify,) if isinstance(notify, str) else tuple(notify)
     if any(not isinstance(u, str) or not u.startswith(("http://", "https://")) for u in notify):
@@ -192,8 +166,41 @@ def load(path: Path, *, check_plans: bool = True) -> Manifest:
                     slurm=slurm)
 
 
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"manifest not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _jobs(raw_jobs: Any, defaults: dict, base: Path, rehearse: bool, problems: list[str],
+          check_plans: bool) -> list[Job]:
+    """Every ``[[jobs]]`` entry that checks out; a client/name used twice is a problem, not a second job."""
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        problems.append("no [[jobs]]: add one [[jobs]] table per LoRA to train")
+        return []
+    jobs, seen = [], {}
+    for i, raw in enumerate(raw_jobs):
+        where = f"job {i + 1}" + (f" ({raw.get('name')})" if isinstance(raw, dict) and raw.get("name") else "")
+        table = _check_table(raw, JOB_KEYS, where, problems)
+        key = (table.get("client", defaults.get("client", "default")), table.get("name"))
+        if key[1] is not None and key in seen:
+            problems.append(f"{where}: duplicate name '{key[1]}' for client '{key[0]}' (also job {seen[key] + 1})")
+            continue
+        seen.setdefault(key, i)
+        job = _job(i, table, defaults, base, where, rehearse, problems, check_plans)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
 def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: bool, problems: list[str],
          check_plans: bool) -> Job | None:
+    """One job from its table over ``[defaults]``; None (with the reasons in ``problems``) if it does not check."""
     merged = {**defaults, **table}
     merged["overrides"] = {**defaults.get("overrides", {}), **table.get("overrides", {})}
     merged["env"] = {**defaults.get("env", {}), **table.get("env", {})}
@@ -201,36 +208,12 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
     for key in ("name", "dataset"):
         if key not in table:
             problems.append(f"{where}: '{key}' is required")
-    name, client = merged.get("name", ""), merged.get("client", "default")
-    for what, value in (("name", name), ("client", client)):
-        if value and not SLUG.fullmatch(value):
-            problems.append(f"{where}: {what} {value!r} must be letters, digits and hyphens (it becomes a "
-                            f"registry path; '/', '..', '_', spaces and dots are refused)")
-    kind = merged.get("kind", merged.get("profile", "character"))
-    if merged.get("export", True) and kind not in KINDS:
-        problems.append(f"{where}: kind {kind!r} must be one of {', '.join(KINDS)}{_hint(kind, KINDS)}")
-    for key, value in merged["env"].items():
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not re.fullmatch(r"[A-Za-z_]\w*", key):
-            problems.append(f"{where}: env {key!r} must be NAME = \"value\"")
-    if "gpu_memory" in merged and not (rehearse and 1 <= merged["gpu_memory"] <= 4096):
-        problems.append(f"{where}: gpu_memory is the rehearsal's virtual GPU size, 1-4096 GB, with rehearse = true")
-    checkpoint = str(merged.get("checkpoint", "auto"))
-    if checkpoint not in ("auto", "final") and not checkpoint.isdigit():
-        problems.append(f"{where}: checkpoint must be 'auto', 'final' or a step number, got {checkpoint!r}")
-    if merged.get("dtype") not in (None, "bf16", "fp16", "fp32"):
-        problems.append(f"{where}: dtype must be bf16, fp16 or fp32, got {merged['dtype']!r}")
-    if "max_attempts" in merged and not 1 <= merged["max_attempts"] <= 100:
-        problems.append(f"{where}: max_attempts must be between 1 and 100")
+    problems += [f"{where}: {p}" for p in _identity_problems(merged) + _setting_problems(merged, rehearse)]
     dataset = _path(base, table["dataset"]) if "dataset" in table else None
     if dataset is not None and not dataset.is_dir():
         problems.append(f"{where}: dataset folder not found: {dataset}")
-        dataset = None
-    models = {}
-    for role in ("dit", "dit_high_noise", "vae", "t5"):
-        if role in merged:
-            models[role] = str(_path(base, merged[role]).absolute())
-            if not Path(models[role]).is_file():
-                problems.append(f"{where}: {role} file not found: {models[role]}")
+    models = {role: str(_path(base, merged[role]).absolute()) for role in _MODEL_ROLES if role in merged}
+    problems += [f"{where}: {role} file not found: {p}" for role, p in models.items() if not Path(p).is_file()]
     try:
         sets = _sets(merged["overrides"])
     except ConfigError as exc:
@@ -238,13 +221,7 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
         sets = ()
     if len(problems) > before:
         return None
-    job = Job(index=i, key=f"{client}/{name}", client=client, name=name, kind=kind, dataset=dataset.absolute(),
-              profile=merged.get("profile", "character"), variant=merged.get("variant"),
-              task=merged.get("task", "t2v-A14B"), expert=merged.get("expert", "both"), sets=sets, models=models,
-              export=bool(merged.get("export", True)), checkpoint=str(merged.get("checkpoint", "auto")),
-              dtype=merged.get("dtype"), notes=merged.get("notes"),
-              env={k: str(v) for k, v in merged["env"].items()}, max_attempts=merged.get("max_attempts"),
-              gpu_memory=float(merged["gpu_memory"]) if "gpu_memory" in merged else None)
+    job = _build(i, merged, dataset, models, sets)
     if check_plans:
         try:
             check_plan(job, rehearse)
@@ -252,6 +229,58 @@ def _job(i: int, table: dict, defaults: dict, base: Path, where: str, rehearse: 
             problems.append(f"{where}: {exc}")
             return None
     return with_fingerprint(job)
+
+
+_MODEL_ROLES = ("dit", "dit_high_noise", "vae", "t5")
+
+
+def _identity_problems(merged: dict) -> list[str]:
+    """Name, client and kind: what the LoRA will be called in the registry."""
+    problems = []
+    # Model names and client folders become registry paths: the registry's slug rule, so that nothing in a
+    # manifest can name a path outside the registry ("../x", "a/b", absolute paths, dots, spaces).
+    for what in ("name", "client"):
+        value = merged.get(what, "" if what == "name" else "default")
+        if value and not SLUG.fullmatch(value):
+            problems.append(f"{what} {value!r} must be letters, digits and hyphens (it becomes a "
+                            f"registry path; '/', '..', '_', spaces and dots are refused)")
+    kind = _kind(merged)
+    if merged.get("export", True) and kind not in KINDS:
+        problems.append(f"kind {kind!r} must be one of {', '.join(KINDS)}{_hint(kind, KINDS)}")
+    return problems
+
+
+def _setting_problems(merged: dict, rehearse: bool) -> list[str]:
+    """Values of the right type that are still unusable: env names, ranges, choices."""
+    problems = []
+    for key, value in merged["env"].items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            problems.append(f"env {key!r} must be NAME = \"value\"")
+    if "gpu_memory" in merged and not (rehearse and 1 <= merged["gpu_memory"] <= 4096):
+        problems.append("gpu_memory is the rehearsal's virtual GPU size, 1-4096 GB, with rehearse = true")
+    checkpoint = str(merged.get("checkpoint", "auto"))
+    if checkpoint not in ("auto", "final") and not checkpoint.isdigit():
+        problems.append(f"checkpoint must be 'auto', 'final' or a step number, got {checkpoint!r}")
+    if merged.get("dtype") not in (None, "bf16", "fp16", "fp32"):
+        problems.append(f"dtype must be bf16, fp16 or fp32, got {merged['dtype']!r}")
+    if "max_attempts" in merged and not 1 <= merged["max_attempts"] <= 100:
+        problems.append("max_attempts must be between 1 and 100")
+    return problems
+
+
+def _kind(merged: dict) -> str:
+    return merged.get("kind", merged.get("profile", "character"))
+
+
+def _build(i: int, merged: dict, dataset: Path, models: dict[str, str], sets: tuple[str, ...]) -> Job:
+    client, name = merged.get("client", "default"), merged.get("name", "")
+    return Job(index=i, key=f"{client}/{name}", client=client, name=name, kind=_kind(merged),
+               dataset=dataset.absolute(), profile=merged.get("profile", "character"), variant=merged.get("variant"),
+               task=merged.get("task", "t2v-A14B"), expert=merged.get("expert", "both"), sets=sets, models=models,
+               export=bool(merged.get("export", True)), checkpoint=str(merged.get("checkpoint", "auto")),
+               dtype=merged.get("dtype"), notes=merged.get("notes"),
+               env={k: str(v) for k, v in merged["env"].items()}, max_attempts=merged.get("max_attempts"),
+               gpu_memory=float(merged["gpu_memory"]) if "gpu_memory" in merged else None)
 
 
 def check_plan(job: Job, rehearse: bool) -> None:

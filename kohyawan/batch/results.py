@@ -69,25 +69,37 @@ def summarize(run_dir: Path | None) -> dict[str, Any]:
         row["items"] = (plan.get("steps") or {}).get("items")
     if data is None:
         return row
-    attempts = data.get("attempts") or []
-    total = data.get("total_steps")
+    final = data.get("final")
+    row.update({"run_id": data.get("id"), "status": data.get("status"), "total_steps": data.get("total_steps"),
+                **_loss_fields(losses(Path(run_dir))), "seconds": _seconds(data),
+                **_attempt_fields(data.get("attempts") or []), **_checkpoint_fields(data),
+                "final": final.get("path") if isinstance(final, dict) else final,
+                "rehearsal": data.get("rehearsal"), "reason": data.get("reason")})
+    return row
+
+
+def _loss_fields(series: list[tuple[int, float]]) -> dict[str, Any]:
+    """The last loss logged, and the lowest with its step."""
+    if not series:
+        return {"final_loss": None, "best_loss": None, "best_step": None}
+    best_step, best_loss = min(series, key=lambda p: p[1])
+    return {"final_loss": series[-1][1], "best_loss": best_loss, "best_step": best_step}
+
+
+def _attempt_fields(attempts: list[dict]) -> dict[str, Any]:
+    """The highest VRAM peak over all attempts, how many there were, and the ladder rungs they ran."""
     peaks = [a.get("peak_vram_gb") for a in attempts if isinstance(a.get("peak_vram_gb"), (int, float))]
-    series = losses(Path(run_dir))
+    return {"peak_vram_gb": max(peaks) if peaks else None, "attempts": len(attempts),
+            "rungs": [a["rung"] for a in attempts if a.get("rung")]}
+
+
+def _checkpoint_fields(data: dict) -> dict[str, Any]:
+    """Steps of the checkpoints still on disk, and those in the export candidate range."""
+    total = data.get("total_steps")
     cks = [c for c in data.get("checkpoints") or [] if not c.get("removed")]
     steps = sorted({c["step"] for c in cks if isinstance(c.get("step"), int)})
     lo, hi = CANDIDATE_RANGE
-    row.update({
-        "run_id": data.get("id"), "status": data.get("status"), "total_steps": total,
-        "final_loss": series[-1][1] if series else None,
-        "best_loss": min(l for _, l in series) if series else None,
-        "best_step": min(series, key=lambda p: p[1])[0] if series else None,
-        "seconds": _seconds(data), "peak_vram_gb": max(peaks) if peaks else None, "attempts": len(attempts),
-        "rungs": [a["rung"] for a in attempts if a.get("rung")], "checkpoints": steps,
-        "candidates": [s for s in steps if total and lo * total <= s <= hi * total],
-        "final": (data.get("final") or {}).get("path") if isinstance(data.get("final"), dict) else data.get("final"),
-        "rehearsal": data.get("rehearsal"), "reason": data.get("reason"),
-    })
-    return row
+    return {"checkpoints": steps, "candidates": [s for s in steps if total and lo * total <= s <= hi * total]}
 
 
 def dataset_word(dataset: Path) -> str:

@@ -1,6 +1,6 @@
 """WAN 2.2 A14B workflows in ComfyUI's API format (pure).
 
-The graph (design notes §3, node and input names as in ComfyUI 0.8):
+The graph (see docs/architecture.md, "ComfyUI contract"; node and input names as in ComfyUI 0.8):
 
     CLIPLoader(type="wan") -> CLIPTextEncode x2            VAELoader
     t2v: EmptyHunyuanLatentVideo      i2v: LoadImage -> WanImageToVideo(positive, negative, vae, start_image)
@@ -71,11 +71,22 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 def _check(task, width, height, frames, steps, split_step, cfg, shift, seed, fps, image, output, weight_dtype):
     if task not in TASKS:
         raise BadInput(f"unknown task '{task}' (ComfyUI workflows exist for {', '.join(TASKS)})")
+    _check_shape(width, height, frames)
+    _check_sampling(steps, split_step, cfg, shift, seed, fps)
+    _check_inputs(task, image, output, weight_dtype)
+
+
+def _check_shape(width, height, frames) -> None:
+    """Latent sizes: 16-pixel multiples, and 4n+1 frames (the VAE packs 4 frames into one latent frame)."""
     for label, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or value < 16 or value % 16:
             raise BadInput(f"{label} {value} must be a multiple of 16 (at least 16)")
     if not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
         raise BadInput(f"frames {frames} must be of the form 4n+1 (1, 5, 9, ... 81)")
+
+
+def _check_sampling(steps, split_step, cfg, shift, seed, fps) -> None:
+    """Both experts get at least one step; the numbers stay in the ranges ComfyUI's nodes accept."""
     if not isinstance(steps, int) or steps < 2:
         raise BadInput(f"steps {steps} must be at least 2 (one per expert)")
     if not 0 < split_step < steps:
@@ -88,6 +99,10 @@ def _check(task, width, height, frames, steps, split_step, cfg, shift, seed, fps
         raise BadInput(f"seed {seed} must be an integer between 0 and 2^64-1")
     if not 1.0 <= fps <= 120.0:
         raise BadInput(f"fps {fps} is outside 1..120")
+
+
+def _check_inputs(task, image, output, weight_dtype) -> None:
+    """A start image exactly for i2v; known output and weight-dtype choices."""
     if task == "i2v-A14B" and not image:
         raise BadInput("i2v-A14B needs a start image (--image)")
     if task == "t2v-A14B" and image:
@@ -140,48 +155,76 @@ def build_workflow(
     _check(task, width, height, frames, steps, split, cfg, shift, seed, fps, image, output, weight_dtype)
     names = DEFAULT_MODELS[task]
     g = _Graph()
+    cond = _conditioning(g, task, prompt, negative, clip or names.clip, vae or names.vae, image,
+                         (width, height, frames))
+    model_high = _expert(g, "high", unet_high or names.unet_high, loras_high, weight_dtype, shift)
+    model_low = _expert(g, "low", unet_low or names.unet_low, loras_low, weight_dtype, shift)
+    sampling = dict(noise_seed=seed, steps=steps, cfg=float(cfg), sampler_name=sampler, scheduler=scheduler)
+    latent = _sample(g, cond, model_high, model_low, split, sampling)
+    images = [g.add("VAEDecode", "decode", samples=latent, vae=cond.vae), 0]
+    _save(g, output, images, fps, output_prefix)
+    return g.nodes
 
-    clip_id = g.add("CLIPLoader", "text encoder", clip_name=clip or names.clip, type="wan")
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """Links into the graph: the two prompts as the samplers take them, the starting latent, the VAE."""
+    positive: list
+    negative: list
+    latent: list
+    vae: list
+
+
+def _conditioning(g: _Graph, task: str, prompt: str, negative: str, clip: str, vae: str, image: str | None,
+                  shape: tuple[int, int, int]) -> _Conditioning:
+    """Text encoder and prompts, VAE, and the starting latent: empty for t2v, from the start image for i2v."""
+    width, height, frames = shape
+    clip_id = g.add("CLIPLoader", "text encoder", clip_name=clip, type="wan")
     pos_id = g.add("CLIPTextEncode", "positive prompt", text=prompt, clip=[clip_id, 0])
     neg_id = g.add("CLIPTextEncode", "negative prompt", text=negative, clip=[clip_id, 0])
-    vae_id = g.add("VAELoader", "VAE", vae_name=vae or names.vae)
+    vae_id = g.add("VAELoader", "VAE", vae_name=vae)
     if task == "i2v-A14B":
         img_id = g.add("LoadImage", "start image", image=image)
         cond_id = g.add(
             "WanImageToVideo", "image to video", positive=[pos_id, 0], negative=[neg_id, 0], vae=[vae_id, 0],
             width=width, height=height, length=frames, batch_size=1, start_image=[img_id, 0],
         )
-        positive, negative_ref, latent = [cond_id, 0], [cond_id, 1], [cond_id, 2]
-    else:
-        lat_id = g.add("EmptyHunyuanLatentVideo", "empty latent", width=width, height=height, length=frames, batch_size=1)
-        positive, negative_ref, latent = [pos_id, 0], [neg_id, 0], [lat_id, 0]
+        return _Conditioning([cond_id, 0], [cond_id, 1], [cond_id, 2], [vae_id, 0])
+    lat_id = g.add("EmptyHunyuanLatentVideo", "empty latent", width=width, height=height, length=frames, batch_size=1)
+    return _Conditioning([pos_id, 0], [neg_id, 0], [lat_id, 0], [vae_id, 0])
 
-    def expert(label: str, unet_name: str, loras: Sequence[tuple[str, float]]) -> list:
-        model = [g.add("UNETLoader", f"{label}-noise expert", unet_name=unet_name, weight_dtype=weight_dtype), 0]
-        for i, (lora_name, strength) in enumerate(loras, 1):
-            model = [g.add("LoraLoaderModelOnly", f"LoRA {label} {i}", model=model, lora_name=lora_name,
-                           strength_model=float(strength)), 0]
-        return [g.add("ModelSamplingSD3", f"shift {label}", model=model, shift=float(shift)), 0]
 
-    model_high = expert("high", unet_high or names.unet_high, loras_high)
-    model_low = expert("low", unet_low or names.unet_low, loras_low)
-    common = dict(noise_seed=seed, steps=steps, cfg=float(cfg), sampler_name=sampler, scheduler=scheduler,
-                  positive=positive, negative=negative_ref)
+def _expert(g: _Graph, label: str, unet_name: str, loras: Sequence[tuple[str, float]], weight_dtype: str,
+            shift: float) -> list:
+    """One expert's model: the diffusion model, its LoRA chain, the sampling shift."""
+    model = [g.add("UNETLoader", f"{label}-noise expert", unet_name=unet_name, weight_dtype=weight_dtype), 0]
+    for i, (lora_name, strength) in enumerate(loras, 1):
+        model = [g.add("LoraLoaderModelOnly", f"LoRA {label} {i}", model=model, lora_name=lora_name,
+                       strength_model=float(strength)), 0]
+    return [g.add("ModelSamplingSD3", f"shift {label}", model=model, shift=float(shift)), 0]
+
+
+def _sample(g: _Graph, cond: _Conditioning, model_high: list, model_low: list, split: int,
+            sampling: dict[str, Any]) -> list:
+    """The high-noise expert denoises steps 0..split and hands its noisy latent to the low-noise expert."""
+    common = dict(sampling, positive=cond.positive, negative=cond.negative)
     high_id = g.add("KSamplerAdvanced", f"sampler high (steps 0-{split})", model=model_high, add_noise="enable",
-                    latent_image=latent, start_at_step=0, end_at_step=split, return_with_leftover_noise="enable",
+                    latent_image=cond.latent, start_at_step=0, end_at_step=split, return_with_leftover_noise="enable",
                     **common)
     # end_at_step=10000 is KSamplerAdvanced's own "until the end" value.
-    low_id = g.add("KSamplerAdvanced", f"sampler low (steps {split}-{steps})", model=model_low, add_noise="disable",
-                   latent_image=[high_id, 0], start_at_step=split, end_at_step=10000,
+    low_id = g.add("KSamplerAdvanced", f"sampler low (steps {split}-{sampling['steps']})", model=model_low,
+                   add_noise="disable", latent_image=[high_id, 0], start_at_step=split, end_at_step=10000,
                    return_with_leftover_noise="disable", **common)
-    decode_id = g.add("VAEDecode", "decode", samples=[low_id, 0], vae=[vae_id, 0])
+    return [low_id, 0]
+
+
+def _save(g: _Graph, output: str, images: list, fps: float, prefix: str) -> None:
     if output == "video":
-        video_id = g.add("CreateVideo", "video", images=[decode_id, 0], fps=float(fps))
-        g.add("SaveVideo", "save", video=[video_id, 0], filename_prefix=output_prefix, format="auto", codec="auto")
+        video_id = g.add("CreateVideo", "video", images=images, fps=float(fps))
+        g.add("SaveVideo", "save", video=[video_id, 0], filename_prefix=prefix, format="auto", codec="auto")
     else:
-        g.add("SaveAnimatedWEBP", "save", images=[decode_id, 0], filename_prefix=output_prefix, fps=float(fps),
+        g.add("SaveAnimatedWEBP", "save", images=images, filename_prefix=prefix, fps=float(fps),
               lossless=False, quality=90, method="default")
-    return g.nodes
 
 
 def dumps(workflow: dict) -> str:

@@ -9,15 +9,12 @@ import click
 from kohyawan.console import err, out, print_json
 from kohyawan.errors import BadInput, WorkFailed
 
-TASK_CHOICES = ("t2v-A14B", "i2v-A14B")
-
-
 def _sampling_options(f):
     """Options shared by ``workflow`` and ``grid`` (defaults from ComfyUI's WAN 2.2 14B templates)."""
-    from kohyawan.comfy.workflow import DEFAULTS  # light: no heavy imports in the comfy package
+    from kohyawan.comfy.workflow import DEFAULTS, OUTPUTS, TASKS, WEIGHT_DTYPES  # light: no heavy imports
 
     options = [
-        click.option("--task", type=click.Choice(TASK_CHOICES), default="t2v-A14B", show_default=True),
+        click.option("--task", type=click.Choice(TASKS), default="t2v-A14B", show_default=True),
         click.option("--negative", default=None, help="Negative prompt (default: a short generic one)."),
         click.option("--image", default=None, help="i2v start image: a local file (uploaded with --server) or a "
                                                    "name in ComfyUI's input folder."),
@@ -34,10 +31,9 @@ def _sampling_options(f):
         click.option("--unet-low", default=None, help="Low-noise model file name as ComfyUI lists it."),
         click.option("--clip", default=None, help="umT5 text encoder file name."),
         click.option("--vae", default=None, help="VAE file name (the Wan 2.1 VAE for 14B models)."),
-        click.option("--weight-dtype", type=click.Choice(["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
-                     default="default", show_default=True),
-        click.option("--output", "output_kind", type=click.Choice(["video", "webp"]), default="video", show_default=True,
-                     help="SaveVideo (mp4) or SaveAnimatedWEBP."),
+        click.option("--weight-dtype", type=click.Choice(WEIGHT_DTYPES), default="default", show_default=True),
+        click.option("--output", "output_kind", type=click.Choice(OUTPUTS), default=DEFAULTS["output"],
+                     show_default=True, help="SaveVideo (mp4) or SaveAnimatedWEBP."),
         click.option("--server", default=None, help="ComfyUI URL, e.g. http://127.0.0.1:8188."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]
@@ -180,7 +176,7 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
       kohyawan comfy grid --lora sarah_v2.safetensors --strengths 0.6,0.8,1.0 --prompts prompts.txt \\
           --include-base --compare sarah_v1.safetensors --frames 33 --out grid/ --server http://127.0.0.1:8188
     """
-    from kohyawan.comfy.grid import parse_strengths, plan_grid, read_prompts, run_grid, write_grid
+    from kohyawan.comfy.grid import parse_strengths, plan_grid, read_prompts, write_grid
 
     prompts = read_prompts(prompts_file)
     values = parse_strengths(strengths)
@@ -196,17 +192,7 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
         _validate_or_fail(client, {c["id"]: c["workflow_graph"] for c in manifest["cells"]})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_grid(out_dir, manifest)
-    failed = []
-    if client is not None:
-        from kohyawan.comfy.grid import save_manifest
-        from kohyawan.comfy.sheet import contact_sheet, index_html
-
-        stderr = err()
-        run_grid(client, out_dir, manifest, timeout=timeout, report=lambda line: stderr.print(line, markup=False))
-        manifest["contact_sheet"] = contact_sheet(out_dir, manifest).name
-        manifest["index"] = index_html(out_dir, manifest).name
-        save_manifest(out_dir, manifest)
-        failed = [c for c in manifest["cells"] if c["status"] != "done"]
+    failed = _run_grid(client, out_dir, manifest, timeout) if client is not None else []
     cells = manifest["cells"]
     if as_json:
         print_json({"out": str(out_dir), "manifest": str(out_dir / "grid.json"), "cells": len(cells),
@@ -214,18 +200,36 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
                     "server": server, "done": sum(c["status"] == "done" for c in cells), "failed": len(failed),
                     "contact_sheet": manifest["contact_sheet"], "index": manifest["index"]})
     else:
-        console = out()
-        console.print(f"wrote {len(cells)} workflows to {out_dir / 'workflows'} "
-                      f"({len(prompts)} prompts x {len(manifest['columns'])} columns)", markup=False)
-        console.print("  columns: " + "; ".join(c["label"] for c in manifest["columns"]), markup=False)
-        if server:
-            done = len(cells) - len(failed)
-            console.print(f"  ran {done}/{len(cells)} on {server}", markup=False)
-            console.print(f"  contact sheet: {out_dir / manifest['contact_sheet']}", markup=False)
-            console.print(f"  index:         {out_dir / manifest['index']}", markup=False)
-        else:
-            console.print("  (pass --server URL to run them and build the contact sheet)", markup=False)
+        _print_grid(out_dir, manifest, len(prompts), server, failed)
     if failed:
         first = failed[0]
         raise WorkFailed(f"{len(failed)} of {len(cells)} grid cells failed (see {out_dir / 'grid.json'}); "
                          f"first: {first['id']}: {first['error'] or first['status']}")
+
+
+def _run_grid(client, out_dir: Path, manifest: dict, timeout: float) -> list[dict]:
+    """Run every cell on the server, then write the contact sheet and index.html; the cells that failed."""
+    from kohyawan.comfy.grid import run_grid, save_manifest
+    from kohyawan.comfy.sheet import contact_sheet, index_html
+
+    stderr = err()
+    run_grid(client, out_dir, manifest, timeout=timeout, report=lambda line: stderr.print(line, markup=False))
+    manifest["contact_sheet"] = contact_sheet(out_dir, manifest).name
+    manifest["index"] = index_html(out_dir, manifest).name
+    save_manifest(out_dir, manifest)
+    return [c for c in manifest["cells"] if c["status"] != "done"]
+
+
+def _print_grid(out_dir: Path, manifest: dict, prompts: int, server: str | None, failed: list[dict]) -> None:
+    cells = manifest["cells"]
+    console = out()
+    console.print(f"wrote {len(cells)} workflows to {out_dir / 'workflows'} "
+                  f"({prompts} prompts x {len(manifest['columns'])} columns)", markup=False)
+    console.print("  columns: " + "; ".join(c["label"] for c in manifest["columns"]), markup=False)
+    if server:
+        done = len(cells) - len(failed)
+        console.print(f"  ran {done}/{len(cells)} on {server}", markup=False)
+        console.print(f"  contact sheet: {out_dir / manifest['contact_sheet']}", markup=False)
+        console.print(f"  index:         {out_dir / manifest['index']}", markup=False)
+    else:
+        console.print("  (pass --server URL to run them and build the contact sheet)", markup=False)

@@ -81,7 +81,7 @@ def prepare(src, dest, profile, resolution, keep_aspect, fps, frames, trigger, s
       kohyawan dataset prepare ./raw --out ./data --json | jq .summary
     """
     from kohyawan.console import err, out, print_json
-    from kohyawan.dataset import settings_from
+    from kohyawan.dataset.settings import settings_from
     from kohyawan.dataset.prepare import prepare as run_prepare
     from kohyawan.dataset.progress import Progress
     from kohyawan.dataset.report import render
@@ -126,7 +126,7 @@ def check(dest, as_json):
       kohyawan dataset check ./data --json
     """
     from kohyawan.console import out, print_json
-    from kohyawan.dataset import check_dataset
+    from kohyawan.dataset.check import check_dataset
 
     result = check_dataset(dest)
     if as_json:

@@ -119,13 +119,29 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
 
 
 def _print(ladder, doc, gpu) -> None:
-    from rich.table import Table
-
     c = console.out()
     limit = doc["vram_gib"]
-    title = f"{doc['profile']}" + (f" + {doc['variant']}" if doc["variant"] else "") + f" ({doc['task']}, " \
-            f"expert {doc['expert']})" + (f" on {gpu.key}" if gpu else "") + \
-            (f", {limit:.1f} GiB VRAM" if limit else "")
+    c.print(_ladder_table(ladder, _title(doc, gpu, limit)))
+    c.print(_start_line(ladder, limit))
+    shown = ladder.estimates[max(ladder.first_fit, 0)]
+    d = shown.disk_gib
+    per = "" if doc["items"] else " per item"
+    c.print(f"Disk{per}: latent caches {d['latent_cache']:.2f}, text caches {d['text_cache']:.2f} (at most), "
+            f"checkpoints {d['checkpoints']:.2f}, states {d['states']:.2f}, total {d['total']:.2f} GiB")
+    for line in _cost_lines(shown) + _learnt_lines(ladder):
+        c.print(line)
+
+
+def _title(doc, gpu, limit) -> str:
+    return f"{doc['profile']}" + (f" + {doc['variant']}" if doc["variant"] else "") + f" ({doc['task']}, " \
+        f"expert {doc['expert']})" + (f" on {gpu.key}" if gpu else "") + \
+        (f", {limit:.1f} GiB VRAM" if limit else "")
+
+
+def _ladder_table(ladder, title: str):
+    """One row per rung: memory, speed, time and whether it fits; '>' marks the rung a run starts at."""
+    from rich.table import Table
+
     table = Table(title=title, show_edge=False)
     for col in ("", "rung", "VRAM GiB", "RAM GiB", "s/step", "time", "fits"):
         table.add_column(col)
@@ -135,41 +151,48 @@ def _print(ladder, doc, gpu) -> None:
         name = e.label if i == 0 else f"+ {e.label}"
         table.add_row(mark, name, f"{e.vram_gib:.1f}", f"{e.ram_gib:.1f}",
                       "-" if e.s_per_step is None else f"{e.s_per_step:.1f}", _fmt_hours(e.hours), fits)
-    c.print(table)
-    if ladder.first_fit >= 0 and limit:
+    return table
+
+
+def _start_line(ladder, limit) -> str:
+    """Where a run would start, or why nothing fits, or that no GPU size is known."""
+    if not limit:
+        return "No GPU given or found: pass --gpu NAME or --vram GB to mark the rung that fits."
+    if ladder.first_fit >= 0:
         chosen = ladder.estimates[ladder.first_fit]
-        c.print(f"Start at: {chosen.label} (peak {chosen.vram_gib:.1f} GiB + {chosen.margin_gib:.1f} GiB margin "
+        return (f"Start at: {chosen.label} (peak {chosen.vram_gib:.1f} GiB + {chosen.margin_gib:.1f} GiB margin "
                 f"<= {limit:.1f} GiB)" + (f"; changes: {_changes(chosen.changes)}" if chosen.changes else ""))
-    elif limit:
-        vram_ok = [e for e in ladder.estimates if e.fits_vram]
-        if vram_ok:
-            e = vram_ok[0]
-            c.print(f"'{e.label}' fits the GPU but needs {e.ram_gib:.1f} GiB host RAM (limit {e.ram_limit_gib:.1f}): "
-                    "add RAM, or lower blocks_to_swap with a larger GPU.")
-        else:
-            c.print("Nothing on the ladder fits this GPU: expect out-of-memory; use a larger GPU (see costs below).")
-    else:
-        c.print("No GPU given or found: pass --gpu NAME or --vram GB to mark the rung that fits.")
-    shown = ladder.estimates[max(ladder.first_fit, 0)]
-    d = shown.disk_gib
-    per = "" if doc["items"] else " per item"
-    c.print(f"Disk{per}: latent caches {d['latent_cache']:.2f}, text caches {d['text_cache']:.2f} (at most), "
-            f"checkpoints {d['checkpoints']:.2f}, states {d['states']:.2f}, total {d['total']:.2f} GiB")
+    vram_ok = [e for e in ladder.estimates if e.fits_vram]
+    if vram_ok:
+        e = vram_ok[0]
+        return (f"'{e.label}' fits the GPU but needs {e.ram_gib:.1f} GiB host RAM (limit {e.ram_limit_gib:.1f}): "
+                "add RAM, or lower blocks_to_swap with a larger GPU.")
+    return "Nothing on the ladder fits this GPU: expect out-of-memory; use a larger GPU (see costs below)."
+
+
+def _cost_lines(shown) -> list[str]:
+    """Time and cost of the shown rung on the GPUs it fits, cheapest first."""
     if shown.total_steps is None:
-        c.print("Time and cost need a step count: give --dataset or --steps.")
-    elif shown.costs:
-        c.print(f"Cost of {shown.total_steps} steps at '{shown.label}' on GPUs it fits (cheapest first):")
-        for cost in shown.costs[:8]:
-            price = f"${cost.usd:.2f}" + (f"-{cost.usd_max:.2f}" if cost.usd_max else "")
-            src = " (guide price)" if cost.source == "guide" else " (example price: check)"
-            c.print(f"  {cost.gpu:<11} {cost.provider:<8} {_fmt_hours(cost.hours):>8}  {price}{src}")
+        return ["Time and cost need a step count: give --dataset or --steps."]
+    if not shown.costs:
+        return []
+    lines = [f"Cost of {shown.total_steps} steps at '{shown.label}' on GPUs it fits (cheapest first):"]
+    for cost in shown.costs[:8]:
+        price = f"${cost.usd:.2f}" + (f"-{cost.usd_max:.2f}" if cost.usd_max else "")
+        src = " (guide price)" if cost.source == "guide" else " (example price: check)"
+        lines.append(f"  {cost.gpu:<11} {cost.provider:<8} {_fmt_hours(cost.hours):>8}  {price}{src}")
+    return lines
+
+
+def _learnt_lines(ladder) -> list[str]:
+    """Corrections learnt from the user's own runs, each with the rungs it applied to."""
     corrected: dict[str, list[str]] = {}
     for e in ladder.estimates:
         for note in e.corrections.notes:
             corrected.setdefault(note, []).append(e.label)
-    for note, labels in corrected.items():
-        c.print(f"Learnt from your runs: {note} (applied to {', '.join(labels)}; other rungs are too far from "
-                "what was observed)" if len(labels) < len(ladder.estimates) else f"Learnt from your runs: {note}")
+    return [f"Learnt from your runs: {note} (applied to {', '.join(labels)}; other rungs are too far from "
+            "what was observed)" if len(labels) < len(ladder.estimates) else f"Learnt from your runs: {note}"
+            for note, labels in corrected.items()]
 
 
 def _changes(changes) -> str:

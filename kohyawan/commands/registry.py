@@ -9,8 +9,7 @@ import click
 
 from kohyawan.console import err, out, print_json, warn
 from kohyawan.errors import BadInput, WorkFailed
-
-KINDS = ("character", "style", "motion", "domain")
+from kohyawan.registry.naming import KINDS
 
 
 def _registry_option(f):
@@ -39,6 +38,11 @@ def _io_errors(f):
             raise WorkFailed(f"{where}{exc.strerror or exc}") from None
 
     return wrapper
+
+
+def _model_options(f):
+    """--client/--kind to narrow NAME, --registry, --json, and file-system errors as one line."""
+    return _which_options(_registry_option(_json_option(_io_errors(f))))
 
 
 def _open(registry_dir):
@@ -157,10 +161,7 @@ def list_cmd(kind, client, registry_dir, as_json):
 
 @registry.command("show")
 @click.argument("name")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
+@_model_options
 def show(name, client, kind, registry_dir, as_json):
     """Show every version of one model: status, date, files, source, scores.
 
@@ -192,6 +193,12 @@ def show(name, client, kind, registry_dir, as_json):
         con.print(f"deployed v{d['version']}: {d['file']}")
 
 
+def _status_change_options(f):
+    """What ``promote`` and ``deprecate`` take: NAME VERSION --reason, then the model options."""
+    f = click.option("--reason", default=None, help="Why (recorded in the notes).")(_model_options(f))
+    return click.argument("name")(click.argument("version")(f))
+
+
 def _change_status(action, name, version, reason, client, kind, registry_dir, as_json):
     """promote / deprecate: the same shape, one pure function from ``versions`` each."""
     from kohyawan.registry import naming, roles, store, versions
@@ -216,49 +223,35 @@ def _change_status(action, name, version, reason, client, kind, registry_dir, as
         warn(f"{key} has no current version now")
 
 
-@registry.command("promote")
-@click.argument("name")
-@click.argument("version")
-@click.option("--reason", default=None, help="Why (recorded in the notes).")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
-def promote(name, version, reason, client, kind, registry_dir, as_json):
-    """Make VERSION the current (production) version; the previous current one becomes deprecated.
+def _status_command(action: str, doc: str):
+    """``registry ACTION NAME VERSION``: promote and deprecate differ only in the action and the help."""
+
+    def command(name, version, reason, client, kind, registry_dir, as_json):
+        _change_status(action, name, version, reason, client, kind, registry_dir, as_json)
+
+    command.__name__, command.__doc__ = action, doc
+    return registry.command(action)(_status_change_options(command))
+
+
+promote = _status_command("promote", """Make VERSION the current (production) version; the previous current one becomes deprecated.
 
     \b
     Example:
       kohyawan registry promote sarah v3 --reason "passed the phase 3 tests"
-    """
-    _change_status("promote", name, version, reason, client, kind, registry_dir, as_json)
+    """)
 
-
-@registry.command("deprecate")
-@click.argument("name")
-@click.argument("version")
-@click.option("--reason", default=None, help="Why (recorded in the notes).")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
-def deprecate(name, version, reason, client, kind, registry_dir, as_json):
-    """Mark VERSION deprecated (its files stay in the registry and in the index).
+deprecate = _status_command("deprecate", """Mark VERSION deprecated (its files stay in the registry and in the index).
 
     \b
     Example:
       kohyawan registry deprecate sarah v1 --reason "identity drift at strength 1.0"
-    """
-    _change_status("deprecate", name, version, reason, client, kind, registry_dir, as_json)
+    """)
 
 
 @registry.command("rollback")
 @click.argument("name")
 @click.option("--reason", required=True, help="What is wrong with the current version (recorded).")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
+@_model_options
 def rollback(name, reason, client, kind, registry_dir, as_json):
     """Make the previous good version current again; the current one is deprecated and marked rolled back.
 
@@ -285,10 +278,7 @@ def rollback(name, reason, client, kind, registry_dir, as_json):
 @registry.command("verify")
 @click.argument("name", required=False)
 @click.option("--quick", is_flag=True, help="Check presence and size only, without hashing.")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
+@_model_options
 def verify_cmd(name, quick, client, kind, registry_dir, as_json):
     """Check that every recorded file exists with its sha256; exit 1 when one is missing or corrupted.
 
@@ -318,10 +308,7 @@ def verify_cmd(name, quick, client, kind, registry_dir, as_json):
 @click.option("--add", "text", default=None, help="Append a note (to the model, or to --version).")
 @click.option("--version", "version", default=None, help="The version a note or score belongs to.")
 @click.option("--score", "scores", multiple=True, metavar="KEY=VALUE", help="Record a test result for --version.")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
+@_model_options
 def notes_cmd(name, text, version, scores, client, kind, registry_dir, as_json):
     """Print a model's training_notes.md, or add a note or test results to it.
 
@@ -363,10 +350,7 @@ def notes_cmd(name, text, version, scores, client, kind, registry_dir, as_json):
 @click.argument("version", required=False)
 @click.option("--comfyui", "comfy_dir", required=True, type=click.Path(), help="The ComfyUI folder (has models/loras).")
 @click.option("--undeploy", is_flag=True, help="Remove what kohyawan deployed (all versions unless VERSION).")
-@_which_options
-@_registry_option
-@_json_option
-@_io_errors
+@_model_options
 def deploy_cmd(name, version, comfy_dir, undeploy, client, kind, registry_dir, as_json):
     """Copy a version (default: current) into ComfyUI's models/loras/kohyawan/<kind>/, or take it out.
 

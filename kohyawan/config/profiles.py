@@ -211,40 +211,20 @@ def _size_warning(extra: Mapping[str, Any], inv: inventory.Inventory) -> str | N
 def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B", expert: str = "both",
             dataset_dir: Path | None = None, models: Models | None = None, sets: Sequence[str] = (),
             project_file: Path | None = None) -> RunSpec:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
-    if expert not in EXPERT_MODES:
-        raise ConfigError(f"unknown expert mode '{expert}'; choose one of {', '.join(EXPERT_MODES)}")
+    """Layer everything (see the module docstring) into one frozen RunSpec; ``notes`` say what was adjusted."""
+    _check_choices(task, expert)
     # the project's own profiles/ folder sits next to its kohyawan.toml
     project_dir = project_file.parent if project_file else None
     layers, notes = Layers(), []
-    for name, table in _chain(profile, available(project_dir)):
-        source = "base" if name == "base" else f"profile:{name}"
-        layers.merge_table(table, source, where=f"profile '{name}'")
-        task_table = table.get("task", {}).get(task)
-        if task_table:
-            layers.merge_table(task_table, f"{source} [task.{task}]", where=f"profile '{name}' [task.{task}]")
+    _merge_profile(layers, profile, task, project_dir)
     if variant:
-        known = variants(project_dir)
-        if variant not in known:
-            raise ConfigError(f"unknown variant '{variant}'; available: {', '.join(sorted(known))}")
-        body = {k: v for k, v in known[variant].items() if k != "description"}
-        layers.merge_table(body, f"variant:{variant}", where=f"variant '{variant}'")
+        _merge_variant(layers, variant, project_dir)
     inv = None
     if dataset_dir is not None:
-        if not Path(dataset_dir).is_dir():
-            raise DatasetError(f"dataset folder not found: {dataset_dir}")
-        inv = inventory.scan(Path(dataset_dir), layers.dataset.get("caption_extension", ".txt"))
-        if not inv.folders:
-            raise DatasetError(f"no images or videos found in {dataset_dir} (looked in images/, videos/ and the folder itself)")
+        inv = _inventory(dataset_dir, layers)
         _apply_size_rules(layers, inv, notes)
     _apply_model_rules(layers, models, expert, notes)
-    if project_file is not None:
-        table = {k: v for k, v in _read_toml(project_file).items() if k != "kohyawan"}
-        layers.merge_table(table, f"project:{project_file.name}", where=str(project_file))
-    for item in sets:
-        key, value = parse_set(item)
-        layers.set(key, value, "set")
+    _merge_user_settings(layers, project_file, sets)
     _imply_head_extraction(layers, notes)
     for kind in ("vram", "ram"):
         rungs.validate_names(layers.extra.get("ladder", {}).get(kind, []), f"[ladder] {kind}")
@@ -256,3 +236,48 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
                    dataset_dir=Path(dataset_dir) if dataset_dir is not None else None,
                    models=models or Models(), train=_freeze(layers.train), dataset=_freeze(layers.dataset),
                    extra=_freeze(layers.extra), origin=_freeze(layers.origin), notes=tuple(notes))
+
+
+def _check_choices(task: str, expert: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if expert not in EXPERT_MODES:
+        raise ConfigError(f"unknown expert mode '{expert}'; choose one of {', '.join(EXPERT_MODES)}")
+
+
+def _merge_profile(layers: Layers, profile: str, task: str, project_dir: Path | None) -> None:
+    """The profile's chain, base first; each profile's ``[task.<task>]`` table right after the profile."""
+    for name, table in _chain(profile, available(project_dir)):
+        source = "base" if name == "base" else f"profile:{name}"
+        layers.merge_table(table, source, where=f"profile '{name}'")
+        task_table = table.get("task", {}).get(task)
+        if task_table:
+            layers.merge_table(task_table, f"{source} [task.{task}]", where=f"profile '{name}' [task.{task}]")
+
+
+def _merge_variant(layers: Layers, variant: str, project_dir: Path | None) -> None:
+    known = variants(project_dir)
+    if variant not in known:
+        raise ConfigError(f"unknown variant '{variant}'; available: {', '.join(sorted(known))}")
+    body = {k: v for k, v in known[variant].items() if k != "description"}
+    layers.merge_table(body, f"variant:{variant}", where=f"variant '{variant}'")
+
+
+def _inventory(dataset_dir: Path | str, layers: Layers) -> inventory.Inventory:
+    """What the dataset folder holds; a missing or empty folder is an error here, before any rule uses it."""
+    if not Path(dataset_dir).is_dir():
+        raise DatasetError(f"dataset folder not found: {dataset_dir}")
+    inv = inventory.scan(Path(dataset_dir), layers.dataset.get("caption_extension", ".txt"))
+    if not inv.folders:
+        raise DatasetError(f"no images or videos found in {dataset_dir} (looked in images/, videos/ and the folder itself)")
+    return inv
+
+
+def _merge_user_settings(layers: Layers, project_file: Path | None, sets: Sequence[str]) -> None:
+    """The project file, then ``--set`` items: the user's word is last."""
+    if project_file is not None:
+        table = {k: v for k, v in _read_toml(project_file).items() if k != "kohyawan"}
+        layers.merge_table(table, f"project:{project_file.name}", where=str(project_file))
+    for item in sets:
+        key, value = parse_set(item)
+        layers.set(key, value, "set")

@@ -1,27 +1,13 @@
-"""Dataset preparation: raw images and videos in, a validated WAN training set out.
+"""Dataset preparation: raw images and videos in, a validated WAN training set out (see docs/architecture.md,
+"Dataset").
 
-Public API (other modules call these):
-  prepare(src, dest, settings, *, jobs=None, profile=None, progress=None) -> report dict
-  settings_from(overrides: Mapping | None) -> Settings       (a profile's [prepare] section)
-  write_dataset_toml(dest, *, resolution, target_frames, batch_size=1, num_repeats=1,
-                     enable_bucket=False, frame_extraction="head") -> Path
-  load_report(dest) -> dict
-  check_dataset(dest) -> CheckResult(ok, problems, images, clips)
-
-Submodules import numpy and run ffmpeg; nothing here is imported by ``kohyawan.cli`` at start-up.
+Entry points (import them from their modules; this package imports nothing, so planning code that needs
+only ``inventory`` does not load numpy or the ffmpeg runner):
+  prepare.prepare(src, dest, settings, *, jobs=None, profile=None, progress=None) -> report dict
+  settings.settings_from(overrides: Mapping | None) -> Settings   (a profile's [prepare] section)
+  layout.write_dataset_toml(dest, *, resolution, target_frames, batch_size=1, num_repeats=1,
+                            enable_bucket=False, frame_extraction="head", images=None, videos=None) -> Path
+  report.load_report(dest) -> dict
+  check.check_dataset(dest) -> CheckResult(ok, problems, images, clips)
+  inventory.scan(root, caption_extension=".txt") -> Inventory   (what planning needs to know, no decoding)
 """
-
-from __future__ import annotations
-
-from kohyawan.dataset.check import CheckResult, check_dataset
-from kohyawan.dataset.layout import write_dataset_toml
-from kohyawan.dataset.report import load_report
-from kohyawan.dataset.settings import PROFILE_SIZES, Settings, settings_from
-
-__all__ = ["CheckResult", "check_dataset", "write_dataset_toml", "load_report", "Settings", "settings_from",
-           "PROFILE_SIZES", "prepare"]
-
-
-def prepare(*args, **kwargs):
-    from kohyawan.dataset.prepare import prepare as _prepare
-    return _prepare(*args, **kwargs)

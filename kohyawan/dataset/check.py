@@ -51,46 +51,58 @@ def _typed(value, kinds) -> bool:
 
 
 def _check_toml(doc: dict, problems: list[str]) -> list[dict]:
+    """Check dataset.toml against the trainer's schema rules; return its ``[[datasets]]``."""
     extra = set(doc) - {"general", "datasets"}
     if extra:
         problems.append(f"{TOML}: unknown section(s) {sorted(extra)}")
     general = doc.get("general", {})
-    for key, value in general.items():
-        if key not in GENERAL_KEYS:
-            problems.append(f"{TOML}: [general] has unknown key {key!r}")
-        elif not _typed(value, GENERAL_KEYS[key]):
-            problems.append(f"{TOML}: [general] {key} has the wrong type ({type(value).__name__})")
+    problems += _key_problems(general, GENERAL_KEYS, "[general] has unknown key {key!r}",
+                              "[general] {key} has the wrong type ({kind})")
     datasets = doc.get("datasets", [])
     if not datasets:
         problems.append(f"{TOML}: no [[datasets]]")
-    caches = []
     for i, ds in enumerate(datasets):
-        video = "video_directory" in ds or "video_jsonl_file" in ds
-        known = VIDEO_KEYS if video else IMAGE_KEYS
-        for key, value in ds.items():
-            if key not in known:
-                problems.append(f"{TOML}: datasets[{i}] has unknown key {key!r}")
-            elif not _typed(value, known[key]):
-                problems.append(f"{TOML}: datasets[{i}].{key} has the wrong type ({type(value).__name__})")
-        merged = {**general, **ds}
-        reso = merged.get("resolution")
-        values = reso if isinstance(reso, list) else [reso] if reso is not None else []
-        if any(not _typed(v, (int,)) or v % 16 for v in values):
-            problems.append(f"{TOML}: datasets[{i}] resolution {reso} is not made of multiples of 16")
-        if video:
-            frames = ds.get("target_frames", [1])
-            if not all(_typed(n, (int,)) and n >= 1 and (n - 1) % 4 == 0 for n in frames):
-                problems.append(f"{TOML}: datasets[{i}] target_frames {frames} are not all 4n+1")
-            if ds.get("frame_extraction", "head") not in EXTRACTIONS:
-                problems.append(f"{TOML}: datasets[{i}] frame_extraction {ds.get('frame_extraction')!r} is unknown")
-        if "cache_directory" in ds:
-            caches.append(ds["cache_directory"])
-        directory = ds.get("video_directory") or ds.get("image_directory")
-        if directory and not Path(directory).is_dir():
-            problems.append(f"{TOML}: datasets[{i}] folder {directory} does not exist")
+        problems += _dataset_problems(i, ds, general)
+    caches = [ds["cache_directory"] for ds in datasets if "cache_directory" in ds]
     if len(caches) != len(set(caches)):
         problems.append(f"{TOML}: two datasets share a cache_directory (the trainer needs one per dataset)")
     return datasets
+
+
+def _is_video(ds: dict) -> bool:
+    return "video_directory" in ds or "video_jsonl_file" in ds
+
+
+def _key_problems(table: dict, known: dict, unknown: str, wrong: str) -> list[str]:
+    """Unknown keys and wrong types; ``unknown``/``wrong`` are message templates ({key}, {kind})."""
+    problems = []
+    for key, value in table.items():
+        if key not in known:
+            problems.append(f"{TOML}: " + unknown.format(key=key))
+        elif not _typed(value, known[key]):
+            problems.append(f"{TOML}: " + wrong.format(key=key, kind=type(value).__name__))
+    return problems
+
+
+def _dataset_problems(i: int, ds: dict, general: dict) -> list[str]:
+    """One ``[[datasets]]`` entry: keys and types, resolution, frame settings, its folder."""
+    video = _is_video(ds)
+    problems = _key_problems(ds, VIDEO_KEYS if video else IMAGE_KEYS, f"datasets[{i}] has unknown key {{key!r}}",
+                             f"datasets[{i}].{{key}} has the wrong type ({{kind}})")
+    reso = {**general, **ds}.get("resolution")
+    values = reso if isinstance(reso, list) else [reso] if reso is not None else []
+    if any(not _typed(v, (int,)) or v % 16 for v in values):
+        problems.append(f"{TOML}: datasets[{i}] resolution {reso} is not made of multiples of 16")
+    if video:
+        frames = ds.get("target_frames", [1])
+        if not all(_typed(n, (int,)) and n >= 1 and (n - 1) % 4 == 0 for n in frames):
+            problems.append(f"{TOML}: datasets[{i}] target_frames {frames} are not all 4n+1")
+        if ds.get("frame_extraction", "head") not in EXTRACTIONS:
+            problems.append(f"{TOML}: datasets[{i}] frame_extraction {ds.get('frame_extraction')!r} is unknown")
+    directory = ds.get("video_directory") or ds.get("image_directory")
+    if directory and not Path(directory).is_dir():
+        problems.append(f"{TOML}: datasets[{i}] folder {directory} does not exist")
+    return problems
 
 
 def _caption_problem(media: Path, extension: str) -> str | None:
@@ -109,48 +121,65 @@ def _caption_problem(media: Path, extension: str) -> str | None:
 def check_dataset(dest: Path) -> CheckResult:
     dest = Path(dest)
     result = CheckResult(ok=False)
-    problems = result.problems
-    if not dest.is_dir():
-        problems.append(f"{dest} is not a folder")
+    doc = _read_toml(dest, result.problems)
+    if doc is None:
         return result
-    try:
-        doc = tomllib.loads((dest / TOML).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"{TOML} is missing")
-        return result
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{TOML} does not parse: {exc}")
-        return result
-    datasets = _check_toml(doc, problems)
+    datasets = _check_toml(doc, result.problems)
     general = doc.get("general", {})
     for ds in datasets:
-        merged = {**general, **ds}
-        extension = merged.get("caption_extension", ".txt")
-        video = "video_directory" in ds
-        folder = Path(ds.get("video_directory") or ds.get("image_directory") or "")
-        if not folder.is_dir() or not str(folder):
-            continue
-        exts = VIDEO_EXTS if video else IMAGE_EXTS
-        reso = merged.get("resolution")
-        want = tuple(reso) if isinstance(reso, list) else (reso, reso)
-        shortest = min(ds.get("target_frames", [1]) or [1])
-        for media in sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith(".")):
-            problem = _caption_problem(media, extension)
-            if problem:
-                problems.append(problem)
-            frames, width, height, error = count_frames(media, "video" if video else "image")
-            if error:
-                problems.append(f"{media.name}: unreadable ({error[:160]})")
-                continue
-            if not merged.get("enable_bucket") and (width, height) != want:
-                problems.append(f"{media.name}: {width}x{height}, the dataset says {want[0]}x{want[1]}")
-            if video:
-                result.clips += 1
-                if (frames - 1) % 4:
-                    problems.append(f"{media.name}: {frames} frames is not 4n+1 (the trainer would cut it)")
-                elif frames < shortest and ds.get("frame_extraction", "head") != "full":
-                    problems.append(f"{media.name}: {frames} frames, shorter than target_frames {shortest}")
-            else:
-                result.images += 1
-    result.ok = not problems
+        _check_media(ds, {**general, **ds}, result)
+    result.ok = not result.problems
     return result
+
+
+def _read_toml(dest: Path, problems: list[str]) -> dict | None:
+    """The folder's dataset.toml, or None with the reason in ``problems``."""
+    if not dest.is_dir():
+        problems.append(f"{dest} is not a folder")
+        return None
+    try:
+        return tomllib.loads((dest / TOML).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{TOML} is missing")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{TOML} does not parse: {exc}")
+    return None
+
+
+def _check_media(ds: dict, merged: dict, result: CheckResult) -> None:
+    """Every image or clip of one dataset entry: caption, decodability, size, frame count; counted."""
+    video = "video_directory" in ds
+    folder = Path(ds.get("video_directory") or ds.get("image_directory") or "")
+    if not folder.is_dir() or not str(folder):
+        return
+    exts = VIDEO_EXTS if video else IMAGE_EXTS
+    extension = merged.get("caption_extension", ".txt")
+    for media in sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith(".")):
+        problem = _caption_problem(media, extension)
+        if problem:
+            result.problems.append(problem)
+        frames, width, height, error = count_frames(media, "video" if video else "image")
+        if error:
+            result.problems.append(f"{media.name}: unreadable ({error[:160]})")
+            continue
+        result.problems += _media_problems(media, ds, merged, frames, (width, height))
+        if video:
+            result.clips += 1
+        else:
+            result.images += 1
+
+
+def _media_problems(media: Path, ds: dict, merged: dict, frames: int, size: tuple[int, int]) -> list[str]:
+    """A decoded file against its dataset entry: the configured size, and for clips a usable length."""
+    problems = []
+    reso = merged.get("resolution")
+    want = tuple(reso) if isinstance(reso, list) else (reso, reso)
+    if not merged.get("enable_bucket") and size != want:
+        problems.append(f"{media.name}: {size[0]}x{size[1]}, the dataset says {want[0]}x{want[1]}")
+    if "video_directory" in ds:
+        shortest = min(ds.get("target_frames", [1]) or [1])
+        if (frames - 1) % 4:
+            problems.append(f"{media.name}: {frames} frames is not 4n+1 (the trainer would cut it)")
+        elif frames < shortest and ds.get("frame_extraction", "head") != "full":
+            problems.append(f"{media.name}: {frames} frames, shorter than target_frames {shortest}")
+    return problems

@@ -148,64 +148,84 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
 
 
 def _decide(dest: Path, settings: Settings, sources, entries, old):
+    """Judge every source (pure but for creating output folders): the report items, and the encode work
+    (rel, path, kind, [(output, start, frames)], size) for outputs that cannot be reused."""
     captions_by_rel = {s.rel: captions.load(s.caption, settings.trigger, settings.caption_max_tokens)
                        for s in sources}
-    items: list[dict] = []
-    decisions: dict[str, plan.Decision] = {}
+    decisions = {s.rel: _judge(s, entries[s.rel]["probe"], captions_by_rel[s.rel], settings) for s in sources}
+    _drop_duplicates(sources, entries, decisions, settings)
+    items, work = [], []
     for source in sources:
-        probe = entries[source.rel]["probe"]
-        decision = plan.Decision()
-        caption = captions_by_rel[source.rel]
-        if not probe.get("ok"):
-            decision.drop("unreadable", probe.get("error") or "cannot decode")
+        entry = entries[source.rel]
+        outs = _outputs(source, decisions[source.rel])
+        entry["outputs"] = [o[0] for o in outs]
+        entry["caption"] = captions_by_rel[source.rel].text
+        size = plan.output_size(entry["probe"].get("width", 0), entry["probe"].get("height", 0), settings)
+        if outs and not _reusable(dest, entry, old.get(source.rel, {})):
+            (dest / layout.IMAGES if source.kind == "image" else dest / layout.VIDEOS).mkdir(parents=True, exist_ok=True)
+            work.append((source.rel, str(source.path), source.kind,
+                         [(str(dest / o), start, n) for o, start, n in outs], size))
+        items.append(_item(source, decisions[source.rel], entry, outs, size))
+    return items, work
+
+
+def _judge(source, probe: dict, caption, settings: Settings) -> plan.Decision:
+    """Keep or drop one source: decodable, large enough, captioned, then the quality checks."""
+    decision = plan.Decision()
+    if not probe.get("ok"):
+        decision.drop("unreadable", probe.get("error") or "cannot decode")
+    else:
+        short = min(probe["width"], probe["height"])
+        if short < settings.resolution:
+            decision.drop("too_small", f"shorter side {short} px < {settings.resolution} px")
+        if caption.reason:
+            decision.drop(caption.reason)
+        quality = plan.decide_image(probe, settings) if source.kind == "image" else plan.decide_video(probe, settings)
+        if decision.status == "dropped":
+            # keep the quality verdicts as notes only; the source is dropped already
+            decision.notes += [n for n in quality.notes if not n.startswith("scene_cut")]
+            decision.pieces = []
         else:
-            short = min(probe["width"], probe["height"])
-            if short < settings.resolution:
-                decision.drop("too_small", f"shorter side {short} px < {settings.resolution} px")
-            if caption.reason:
-                decision.drop(caption.reason)
-            quality = plan.decide_image(probe, settings) if source.kind == "image" else plan.decide_video(probe, settings)
-            if decision.status == "dropped":
-                # keep the quality verdicts as notes only; the source is dropped already
-                decision.notes += [n for n in quality.notes if not n.startswith("scene_cut")]
-                decision.pieces = []
-            else:
-                decision = quality
-            decision.notes += [n for n in probe.get("notes", [])]
-        decision.notes += list(caption.notes)
-        decisions[source.rel] = decision
+            decision = quality
+        decision.notes += [n for n in probe.get("notes", [])]
+    decision.notes += list(caption.notes)
+    return decision
+
+
+def _drop_duplicates(sources, entries, decisions: dict[str, plan.Decision], settings: Settings) -> None:
+    """Of near-identical kept images, keep one."""
     kept_images = [{"rel": s.rel, "probe": entries[s.rel]["probe"]} for s in sources
                    if s.kind == "image" and decisions[s.rel].status == "kept"]
     for loser, winner in plan.find_duplicates(kept_images, settings.duplicate_hash_bits).items():
         decisions[loser].drop("duplicate", f"near-identical to {winner}")
-    work = []
-    for source in sources:
-        decision, probe, entry = decisions[source.rel], entries[source.rel]["probe"], entries[source.rel]
-        stem = layout.safe_stem(source.rel)
-        size = plan.output_size(probe.get("width", 0), probe.get("height", 0), settings)
-        outs: list[tuple[str, int, int]] = []
-        if decision.status == "kept":
-            if source.kind == "image":
-                outs = [(f"{layout.IMAGES}/{stem}.png", 0, 1)]
-            else:
-                outs = [(f"{layout.VIDEOS}/{stem}-f{p.start:05d}.mp4", p.start, p.frames) for p in decision.pieces]
-        entry["outputs"] = [o[0] for o in outs]
-        entry["caption"] = captions_by_rel[source.rel].text
-        prev = old.get(source.rel, {})
-        reusable = (prev.get("fingerprint") == entry["fingerprint"] and prev.get("outputs") == entry["outputs"]
-                    and manifest.outputs_intact(dest, prev))
-        if outs and not reusable:
-            (dest / layout.IMAGES if source.kind == "image" else dest / layout.VIDEOS).mkdir(parents=True, exist_ok=True)
-            work.append((source.rel, str(source.path), source.kind,
-                         [(str(dest / o), start, n) for o, start, n in outs], size))
-        items.append({"source": source.rel, "kind": source.kind, "status": decision.status,
-                      "reasons": decision.reasons, "notes": decision.notes, "outputs": entry["outputs"],
-                      "width": probe.get("width", 0), "height": probe.get("height", 0),
-                      "fps": probe.get("fps", 0.0), "frames": probe.get("frames", 0) if source.kind == "video" else 1,
-                      "duration": probe.get("duration", 0.0), "output_size": list(size) if outs else None,
-                      "clips": [{"output": o, "start": start, "frames": n} for o, start, n in outs
-                                if source.kind == "video"]})
-    return items, work
+
+
+def _outputs(source, decision: plan.Decision) -> list[tuple[str, int, int]]:
+    """(output path relative to DEST, first frame, frames) for each file a kept source becomes."""
+    if decision.status != "kept":
+        return []
+    stem = layout.safe_stem(source.rel)
+    if source.kind == "image":
+        return [(f"{layout.IMAGES}/{stem}.png", 0, 1)]
+    return [(f"{layout.VIDEOS}/{stem}-f{p.start:05d}.mp4", p.start, p.frames) for p in decision.pieces]
+
+
+def _reusable(dest: Path, entry: dict, prev: dict) -> bool:
+    """The outputs of the previous run are exactly these, from the same inputs and settings, and intact."""
+    return (prev.get("fingerprint") == entry["fingerprint"] and prev.get("outputs") == entry["outputs"]
+            and manifest.outputs_intact(dest, prev))
+
+
+def _item(source, decision: plan.Decision, entry: dict, outs, size) -> dict:
+    """The report's record of one source."""
+    probe = entry["probe"]
+    return {"source": source.rel, "kind": source.kind, "status": decision.status,
+            "reasons": decision.reasons, "notes": decision.notes, "outputs": entry["outputs"],
+            "width": probe.get("width", 0), "height": probe.get("height", 0),
+            "fps": probe.get("fps", 0.0), "frames": probe.get("frames", 0) if source.kind == "video" else 1,
+            "duration": probe.get("duration", 0.0), "output_size": list(size) if outs else None,
+            "clips": [{"output": o, "start": start, "frames": n} for o, start, n in outs
+                      if source.kind == "video"]}
 
 
 def _write_captions_and_prune(dest: Path, items, entries, old) -> None:

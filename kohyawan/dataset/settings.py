@@ -27,12 +27,17 @@ PROFILE_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+# Settings that only judge the dataset's size: they change no output byte, and default to None (no minimum).
+_SIZE_MINIMUMS = frozenset({"min_images", "min_clips"})
+
+
 @dataclass(frozen=True)
 class Settings:
     # Output shape. 512 square is the guide's default for 14B LoRAs and fits 24 GB cards with 25 frames.
     resolution: int = 512
     keep_aspect: bool = False
-    # 16 fps is what the WAN 2.2 14B experts generate at; 24 belongs to the 5B model (design §4).
+    # 16 fps is what the WAN 2.2 14B experts generate at; 24 belongs to the 5B model (docs/architecture.md,
+    # "Dataset").
     fps: float = 16.0
     # 4n+1 lengths, about one second at 16 fps (the guide's 16-24 frame range, rounded to what the
     # trainer accepts). Each clip takes the longest that fits.
@@ -77,7 +82,7 @@ class Settings:
     # ---- derived -------------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """Hash of everything that changes the bytes of an output (for incremental reruns)."""
-        keep = {k: v for k, v in dataclasses.asdict(self).items() if k not in {"min_images", "min_clips"}}
+        keep = {k: v for k, v in dataclasses.asdict(self).items() if k not in _SIZE_MINIMUMS}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,25 +95,49 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` checked (and normalised) against the type of the field's default."""
     if name == "frames":
-        items = [value] if isinstance(value, int) else value
-        if not isinstance(items, (list, tuple)) or not items or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1 and (n - 1) % 4 == 0 for n in items
-        ):
-            raise ConfigError(f"prepare.frames must be frame counts of the form 4n+1 (17, 21, 25), got {value!r}")
-        return tuple(sorted(set(items)))
+        return _frame_counts(value)
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"prepare.{name} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int) or name in {"min_images", "min_clips"}:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"prepare.{name} must be an integer, got {value!r}")
-        return value
+        return _boolean(name, value)
+    if isinstance(default, int) or name in _SIZE_MINIMUMS:
+        return _integer(name, value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"prepare.{name} must be a number, got {value!r}")
-        return float(value)
+        return _number(name, value)
+    return _text(name, value)
+
+
+def _frame_counts(value: Any) -> tuple[int, ...]:
+    items = [value] if isinstance(value, int) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(_is_frame_count(n) for n in items):
+        raise ConfigError(f"prepare.frames must be frame counts of the form 4n+1 (17, 21, 25), got {value!r}")
+    return tuple(sorted(set(items)))
+
+
+def _is_frame_count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and (n - 1) % 4 == 0
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"prepare.{name} must be true or false, got {value!r}")
+    return value
+
+
+def _integer(name: str, value: Any) -> int:
+    # bool is an int in Python, but true/false is not a count
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"prepare.{name} must be an integer, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"prepare.{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _text(name: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"prepare.{name} must be a string, got {value!r}")
     return value

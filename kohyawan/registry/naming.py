@@ -17,7 +17,7 @@ from kohyawan.errors import BadInput
 KINDS = ("character", "style", "motion", "domain")
 EXPERTS = ("both", "high", "low")
 DEFAULT_CLIENT = "default"
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _VERSION = re.compile(r"v?([1-9][0-9]{0,5})")
 
 
@@ -26,7 +26,7 @@ def check_slug(value: str, what: str) -> str:
     if value is None or not str(value).strip():
         raise BadInput(f"{what} is empty; give letters, digits and hyphens (e.g. 'sarah-v' or 'brand-x')")
     value = str(value)
-    if not _SLUG.fullmatch(value):
+    if not SLUG.fullmatch(value):
         hint = re.sub(r"[^A-Za-z0-9-]+", "-", value).strip("-")[:64] or "name"
         raise BadInput(
             f"{what} {value!r} is not allowed: use 1-64 letters, digits and hyphens, starting with a letter "

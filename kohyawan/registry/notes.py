@@ -77,12 +77,36 @@ def _note_lines(notes: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def _version_section(model: Mapping[str, Any], v: Mapping[str, Any], prev: Mapping[str, Any] | None) -> list[str]:
-    src = v.get("source") or {}
     lines = [f"## v{v['version']} — {v['created'][:10]} — {v['status']}", ""]
+    lines += _file_lines(v) + [_source_line(v.get("source") or {}), _task_line(v), _dataset_line(v)]
+    lines += ["", "### Hyperparameters", ""]
+    lines += _table("key | value", v.get("hyperparameters") or {}) or ["Not recorded."]
+    title = "### Changes from " + (f"v{prev['version']}" if prev else "the previous version")
+    lines += ["", title, ""] + _lines_for_changes(prev, v)
+    lines += ["", "### Test results", ""]
+    lines += _table("test | result", v.get("scores") or {}) or [
+        f"None recorded yet (`kohyawan registry notes {model['name']} --version v{v['version']} --score likeness=8`)."]
+    if v.get("notes"):
+        lines += ["", "### Notes", ""] + _note_lines(v["notes"])
+    lines += ["", "### Status", ""] + _status_lines(model, v)
+    lines.append("")
+    return lines
+
+
+_EXPERT_WORDS = {"both": "both experts", "high": "high-noise expert", "low": "low-noise expert"}
+
+
+def _file_lines(v: Mapping[str, Any]) -> list[str]:
+    lines = []
     for f in v.get("files", []):
-        expert = {"both": "both experts", "high": "high-noise expert", "low": "low-noise expert"}.get(f.get("expert"), f.get("expert"))
+        expert = _EXPERT_WORDS.get(f.get("expert"), f.get("expert"))
         lines.append(f"- **File**: `{f['path'].rsplit('/', 1)[-1]}` ({expert}, {f.get('dtype') or '?'}, "
                      f"{_size(f.get('bytes'))}, sha256 `{f['sha256'][:16]}`)")
+    return lines
+
+
+def _source_line(src: Mapping[str, Any]) -> str:
+    """The run (or file) a version came from, the step and how far into training it is, and how it was chosen."""
     where = f"run `{src['run_id']}`" if src.get("run_id") else f"`{src.get('origin', '?')}`"
     step = ""
     if src.get("step") is not None:
@@ -90,38 +114,36 @@ def _version_section(model: Mapping[str, Any], v: Mapping[str, Any], prev: Mappi
         if src.get("total_steps"):
             step += f" of {src['total_steps']} ({100 * src['step'] / src['total_steps']:.0f} %)"
     choice = f", chosen by `{src['choice']}`" if src.get("choice") else ""
-    lines.append(f"- **Source**: {where}{step}{choice}")
+    return f"- **Source**: {where}{step}{choice}"
+
+
+def _task_line(v: Mapping[str, Any]) -> str:
     profile = (v.get("profile") or "?") + (f" ({v['variant']})" if v.get("variant") else "")
-    lines.append(f"- **Task**: {v.get('task') or '?'}; **profile**: {profile}; **exported by** {v.get('user')}")
+    return f"- **Task**: {v.get('task') or '?'}; **profile**: {profile}; **exported by** {v.get('user')}"
+
+
+def _dataset_line(v: Mapping[str, Any]) -> str:
     ds = _dataset_view(v)
     if ds:
-        lines.append("- **Dataset**: " + ", ".join(f"{k} `{_val(val)}`" for k, val in sorted(ds.items())))
-    else:
-        lines.append("- **Dataset**: not recorded (exported from a file without kohyawan run data)")
-    lines += ["", "### Hyperparameters", ""]
-    hp = v.get("hyperparameters") or {}
-    if hp:
-        lines += ["| key | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(hp[k])} |" for k in sorted(hp)]
-    else:
-        lines.append("Not recorded.")
-    title = "### Changes from " + (f"v{prev['version']}" if prev else "the previous version")
-    lines += ["", title, ""] + _lines_for_changes(prev, v)
-    lines += ["", "### Test results", ""]
-    scores = v.get("scores") or {}
-    if scores:
-        lines += ["| test | result |", "|---|---|"] + [f"| {_cell(k)} | {_cell(scores[k])} |" for k in sorted(scores)]
-    else:
-        lines.append(f"None recorded yet (`kohyawan registry notes {model['name']} --version v{v['version']} "
-                     "--score likeness=8`).")
-    if v.get("notes"):
-        lines += ["", "### Notes", ""] + _note_lines(v["notes"])
-    lines += ["", "### Status", ""]
+        return "- **Dataset**: " + ", ".join(f"{k} `{_val(val)}`" for k, val in sorted(ds.items()))
+    return "- **Dataset**: not recorded (exported from a file without kohyawan run data)"
+
+
+def _table(header: str, values: Mapping[str, Any]) -> list[str]:
+    """A two-column markdown table sorted by key; empty when there is nothing to show."""
+    if not values:
+        return []
+    return [f"| {header} |", "|---|---|"] + [f"| {_cell(k)} | {_cell(values[k])} |" for k in sorted(values)]
+
+
+def _status_lines(model: Mapping[str, Any], v: Mapping[str, Any]) -> list[str]:
+    """The version's status history (scores have their own section)."""
+    lines = []
     for ev in model.get("events", []):
         if ev["version"] != v["version"] or ev["action"] == "score":
             continue
         why = f" ({ev['reason']})" if ev.get("reason") else ""
         lines.append(f"- {ev['at']} {ev['user']}: {ev['action']}, {ev['from'] or 'new'} → {ev['to']}{why}")
-    lines.append("")
     return lines
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from kohyawan.errors import BadInput, ConfigError
+from kohyawan.files import toml
 
 ROLES = ("training", "production", "admin")
 FILE = "roles.toml"
@@ -44,12 +45,7 @@ def load(root: Path) -> dict[str, tuple[str, ...]] | None:
     path = Path(root) / FILE
     if not path.is_file():
         return None
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = toml.read(path)
     users = data.get("users")
     extra = sorted(set(data) - {"users"})
     if not isinstance(users, dict) or extra:

@@ -223,17 +223,27 @@ def choose(cks: Sequence[Checkpoint], how: str, total: int | None) -> tuple[Chec
             raise BadInput(f"no final checkpoint (the run did not finish?): choose --checkpoint STEP (steps: {listed})")
         return finals[0], "final"
     if how == "auto":
-        if total:
-            lo, hi, aim = 0.6 * total, 0.8 * total, 0.7 * total
-            cands = [c for c in cks if c.step is not None and lo <= c.step <= hi]
-            if cands:
-                best = min(cands, key=lambda c: (abs(c.step - aim), -c.step))
-                return best, f"auto: step {best.step} is nearest 70 % of {total} among {len(cands)} in 60-80 %"
-        if finals:
-            why = "no checkpoint between 60 and 80 %" if total else "total steps unknown"
-            return finals[0], f"auto: {why}, took the final file"
-        last = max(cks, key=lambda c: (c.step or -1))
-        return last, "auto: no candidate in 60-80 % and no final file, took the last checkpoint"
+        return _choose_auto(cks, finals, total)
+    return _choose_step(cks, how, listed)
+
+
+def _choose_auto(cks: Sequence[Checkpoint], finals: list[Checkpoint], total: int | None) -> tuple[Checkpoint, str]:
+    """The guide's pick (see the module docstring)."""
+    if total:
+        lo, hi, aim = 0.6 * total, 0.8 * total, 0.7 * total
+        cands = [c for c in cks if c.step is not None and lo <= c.step <= hi]
+        if cands:
+            best = min(cands, key=lambda c: (abs(c.step - aim), -c.step))
+            return best, f"auto: step {best.step} is nearest 70 % of {total} among {len(cands)} in 60-80 %"
+    if finals:
+        why = "no checkpoint between 60 and 80 %" if total else "total steps unknown"
+        return finals[0], f"auto: {why}, took the final file"
+    last = max(cks, key=lambda c: (c.step or -1))
+    return last, "auto: no candidate in 60-80 % and no final file, took the last checkpoint"
+
+
+def _choose_step(cks: Sequence[Checkpoint], how: str, listed: str) -> tuple[Checkpoint, str]:
+    """The checkpoint at the step asked for (a final file there wins)."""
     step = _int(how)
     if step is None or str(how).strip() != str(step):
         raise BadInput(f"--checkpoint {how!r}: give a step number, 'final' or 'auto'")
@@ -289,39 +299,50 @@ def _computed_hash(folder: Path, run: Mapping[str, Any]) -> tuple[str | None, st
 def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
     """task, profile, hyperparameters, dataset facts from run.json/plan.json, else the file's metadata."""
     plan, run = source.plan, source.run
-
-    def pick(*names):
-        for where in (run, plan):
-            for n in names:
-                if where.get(n) not in (None, ""):
-                    return where[n]
-        return None
-
     train, ds_cfg = _plan_sections(plan)
+    return {
+        "task": _pick(run, plan, "task") or meta.get(lora_check.META_TASK),
+        "profile": _pick(run, plan, "profile") or meta.get(lora_check.META_PROFILE),
+        "variant": _pick(run, plan, "variant"),
+        "hyperparameters": _hyperparameters(train, meta),
+        "dataset": _dataset_facts(run, plan, ds_cfg, meta),
+    }
+
+
+def _pick(run: Mapping[str, Any], plan: Mapping[str, Any], name: str) -> Any:
+    """A value set in run.json, else in plan.json (empty strings count as unset)."""
+    for where in (run, plan):
+        if where.get(name) not in (None, ""):
+            return where[name]
+    return None
+
+
+def _hyperparameters(train: Mapping[str, Any], meta: Mapping[str, str]) -> dict[str, Any]:
+    """The plan's train settings without machine paths, else musubi's own ``ss_*`` metadata."""
     hyper = {k: v for k, v in train.items() if k not in _PATHISH and not (isinstance(v, str) and "/" in v)}
     if not hyper:
         hyper = {k: _typed(meta[f"ss_{k}"]) for k in _SS_HYPER if meta.get(f"ss_{k}") not in (None, "", "None")}
+    return hyper
+
+
+def _dataset_facts(run: Mapping[str, Any], plan: Mapping[str, Any], ds_cfg: Mapping[str, Any],
+                   meta: Mapping[str, str]) -> dict[str, Any]:
+    """Dataset settings, folder, hash (recorded, else computed if provably unchanged), size, rehearsal."""
     dataset = {k: v for k, v in ds_cfg.items() if k not in _PATHISH}
     folder = plan.get("dataset") if isinstance(plan.get("dataset"), str) else None
     if folder:
         dataset["path"] = folder
     steps = plan.get("steps") if isinstance(plan.get("steps"), dict) else {}
-    dataset["hash"] = pick("dataset_hash") or meta.get(lora_check.META_DATASET_HASH)
+    dataset["hash"] = _pick(run, plan, "dataset_hash") or meta.get(lora_check.META_DATASET_HASH)
     if dataset["hash"] is None and folder:
         dataset["hash"], dataset["hash_source"] = _computed_hash(Path(folder), run)
-    dataset["size"] = _int(pick("dataset_size") or steps.get("items") or meta.get(lora_check.META_DATASET_SIZE)
-                           or meta.get("ss_num_train_items"))
-    rehearsal = pick("rehearsal")
+    dataset["size"] = _int(_pick(run, plan, "dataset_size") or steps.get("items")
+                           or meta.get(lora_check.META_DATASET_SIZE) or meta.get("ss_num_train_items"))
+    rehearsal = _pick(run, plan, "rehearsal")
     if rehearsal is None and meta.get(lora_check.META_REHEARSAL) is not None:
         rehearsal = meta[lora_check.META_REHEARSAL].lower() == "true"
     dataset["rehearsal"] = bool(rehearsal) if rehearsal is not None else None
-    return {
-        "task": pick("task") or meta.get(lora_check.META_TASK),
-        "profile": pick("profile") or meta.get(lora_check.META_PROFILE),
-        "variant": pick("variant"),
-        "hyperparameters": hyper,
-        "dataset": dataset,
-    }
+    return dataset
 
 
 def _typed(text: str):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kohyawan.errors import BadInput, ConfigError, WorkFailed
-from kohyawan.files import atomic
+from kohyawan.files import atomic, toml
 from kohyawan.files.digest import sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA = 1
@@ -102,13 +102,7 @@ def _project_registry(cwd: Path) -> Path | None:
     project = cwd / PROJECT_FILE
     if not project.is_file():
         return None
-    import tomllib
-
-    try:
-        data = tomllib.loads(project.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{project}: not valid TOML ({exc})") from None
-    table = data.get("kohyawan")
+    table = toml.read(project).get("kohyawan")
     value = table.get("registry") if isinstance(table, dict) else None
     if value is None:
         return None

@@ -3,14 +3,6 @@
 It is a set of real processes with musubi-tuner's script names, argument parser (built from the
 option tables in ``kohyawan/trainer/options``), console lines, failure text and output file names,
 driven by a memory model of a virtual GPU (``KOHYAWAN_REHEARSE_GPU_GB``). See ``env.py`` for every
-knob. ``musubi/`` is a stand-in trainer checkout: pass it where a musubi-tuner checkout is expected.
+knob. ``musubi/`` is a stand-in trainer checkout (``standin.trainer_dir()``): pass it where a
+musubi-tuner checkout is expected.
 """
-
-from pathlib import Path
-
-BANNER = "*** KOHYAWAN REHEARSAL: simulated trainer - NO TRAINING HAPPENS, no model is loaded ***"
-
-
-def trainer_dir() -> Path:
-    """A folder laid out like a musubi-tuner checkout whose scripts run the simulation."""
-    return Path(__file__).resolve().parent / "musubi"

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from kohyawan.rehearse import BANNER, env
+from kohyawan.rehearse import env
+from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import items, load
 from kohyawan.rehearse.model import save_safetensors

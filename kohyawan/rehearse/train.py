@@ -12,7 +12,8 @@ import signal
 import sys
 import time
 
-from kohyawan.rehearse import BANNER, env
+from kohyawan.rehearse import env
+from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import cached_items, load
 from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, cuda_oom_text, lora_tensors, ram_need, read_metadata,

@@ -17,7 +17,7 @@ from kohyawan.config.tomlfmt import toml_value
 
 
 def rehearse_trainer() -> Path:
-    from kohyawan.rehearse import trainer_dir
+    from kohyawan.rehearse.standin import trainer_dir
 
     return trainer_dir()
 
