@@ -111,16 +111,13 @@ def rehearsal_models(spec, runs_dir: Path):
     missing = [r for r in ("dit", "dit_high_noise", "vae", "t5") if getattr(given, r) is None]
     if not missing:
         return spec
-    import fcntl
-
-    from kohyawan.files import atomic
+    from kohyawan.files import atomic, locks
 
     folder = runs_dir / ".rehearsal-models" / spec.task
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / ".complete"
     # parallel rehearsals (a sweep, a batch) share this folder: one writes, the others wait for it
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locks.FileLock(folder / ".lock", mode=0o666):
         if not marker.exists():
             files = write_task_models(folder, spec.task)
             atomic.write_text(marker, json.dumps({k: str(v) for k, v in files.items()}))
