@@ -26,7 +26,8 @@ from kohyawan.run.runsetup import attempt_config, rehearsal_models, rehearse_tra
 from kohyawan.run.supervise import Supervisor, Timeouts
 from kohyawan.run.tracker import Tracker
 from kohyawan.trainer.musubi_log import classify_failure
-from kohyawan.run.watchdog import GpuSampler, Watchdog, host_sample
+from kohyawan.run.samplers import GpuSampler, host_sample
+from kohyawan.run.watchdog import Watchdog
 
 
 @dataclass
