@@ -1,4 +1,5 @@
-"""``kohyawan run`` and ``kohyawan runs list|show|resume|stop``: launch and babysit training."""
+"""``kohyawan run`` and ``kohyawan runs list|show|resume|stop``: launch and babysit training (the run itself is
+``kohyawan.run``; see docs/architecture.md, "A run")."""
 
 from __future__ import annotations
 

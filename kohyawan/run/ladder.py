@@ -3,6 +3,7 @@
 Rungs come from ``kohyawan.run.rungs`` (vram_rungs / ram_rungs for the spec); anything with ``name``,
 ``changes``, ``needs_recache`` and ``keeps_state`` will do. Rungs are cumulative: every attempt runs
 with all rungs taken so far, applied in order.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ A profile lists rung names under ``[ladder] vram`` (out of GPU memory) and ``[la
 memory), cheapest in quality and speed first. Rungs are cumulative: rung k keeps every change of the rungs
 before it. A rung that changes nothing for the spec at hand (block swap already deeper, checkpointing
 already on) is left out, so every rung in the list is a real change.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

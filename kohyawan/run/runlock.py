@@ -2,6 +2,7 @@
 
 The lock is an ``flock`` on ``.lock``: the kernel drops it when the holder dies, however it dies, so a
 free lock with a live trainer group recorded in ``trainer.pid`` means an orphan.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ The trainer runs under ``kohyawan.run.guard`` (the group leader), which kills th
 Output (stdout and stderr merged, so their order is kept) is appended raw to ``console.log`` and split
 on ``\\r`` and ``\\n`` into events. One thread, one ``select`` loop: at 20 progress updates a second
 this costs well under 1 % of a core (benchmarks/supervisor_bench.py).
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

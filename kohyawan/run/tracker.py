@@ -6,6 +6,7 @@ writing the file, so a crash mid-save must not leave a half-written file on the 
 folder counts only after accelerate's last line about it (``Random states saved``). Every checkpoint
 is hard-linked into ``checkpoints/`` under its absolute step, so nothing a later attempt writes can
 overwrite it.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

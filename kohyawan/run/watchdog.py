@@ -8,6 +8,7 @@ and F = ``loss_spike_factor``: the baseline is the median of the W values observ
 and a spike is reported when each of the last P values exceeds F x baseline, i.e. the average jumped
 well above its recent level and did not come back for P steps. Nothing is judged before W + P
 observations of the current attempt (the average restarts with every attempt).
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
