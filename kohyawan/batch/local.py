@@ -11,7 +11,7 @@ reaches only the driver): every running job gets SIGTERM, which ``kohyawan run``
 clean stop with its state saved; the jobs go back to pending with their run folders remembered, and the
 next ``kohyawan batch`` resumes them. If the driver itself is killed outright, its jobs keep running
 without it; the next driver adopts them (same pid and start time) and waits for them.
-See docs/architecture.md ("Batches").
+See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ append-only log (start, end, export, ...) with wall-clock times: the scheduling-
 Only the batch driver writes the database (SLURM tasks write run folders; the driver merges them), and a
 lock file keeps a second driver out, so SQLite's WAL mode is safe even with the batch folder on shared
 storage mounted on one submit host.
-See docs/architecture.md ("Batches").
+See docs/architecture.md.
 """
 
 from __future__ import annotations

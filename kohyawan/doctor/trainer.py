@@ -2,7 +2,7 @@
 
 The trainer's environment is probed by running its own python on a short script (a real subprocess, no
 shell), so what is reported is what ``accelerate launch`` will find, not what kohyawan's environment has.
-See docs/architecture.md ("Doctor").
+See docs/architecture.md.
 """
 
 from __future__ import annotations
