@@ -66,6 +66,7 @@ class Watchdog:
         self.low_util_since: float | None = None
         self.low_util_warned = False
         self.margin_warned = False
+        self._margin: tuple[float | None, float | None] = (None, None)  # the last (used, total) VRAM, GB
 
     # --- observations -------------------------------------------------------------------------------
     def output(self, now: float) -> None:
@@ -144,7 +145,7 @@ class Watchdog:
             self.low_util_warned = True
             alerts.append(Alert("low_util", False, f"GPU utilisation below {self.cfg['low_util_percent']:g}% for "
                                 f"{self.cfg['low_util_minutes']:g} min: data loading, CPU or disk is the bottleneck"))
-        used, total = getattr(self, "_margin", (None, None))
+        used, total = self._margin
         if used is not None and total and not self.margin_warned and total - used < self.cfg["vram_margin_gb"]:
             self.margin_warned = True
             alerts.append(Alert("vram_margin", False, f"VRAM nearly full: {used:.1f} of {total:.1f} GB in use"))
