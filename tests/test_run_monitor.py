@@ -112,3 +112,36 @@ def test_the_monitor_samples_the_trainer_and_stops_it_when_the_loss_becomes_nan(
     assert monitor.peak_vram == 2.0 and monitor.peak_ram and monitor.peak_ram > 0.001
     assert (status.vram_used, status.vram_total) == (20.0, 24.0) and status.ram_gb > 0
     assert monitor.watchdog.bad_loss[0] == 14
+
+
+CUDA_TRAINER = r"""
+import ctypes, sys, time
+cuda = ctypes.CDLL("libcuda.so.1")
+dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+assert cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), 0) == 0
+assert cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev) == 0
+assert cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(2 << 30)) == 0
+for step in range(1, 16):
+    sys.stdout.write(f"\rsteps:  {step}%|#  | {step}/100 [00:01<00:09,  1.00s/it, avr_loss=0.2{step % 10}]")
+    sys.stdout.flush()
+    time.sleep(0.2)
+"""
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+def test_on_a_gpu_the_monitor_measures_the_trainers_own_vram(tmp_path):
+    """A process holding 2 GiB through the CUDA driver: the real NVML reports it as the trainer's peak."""
+    led = Ledger.create(tmp_path / "run", run_id="r", profile="character", task="t2v-1.3B", total_steps=100)
+    tracker = Tracker(led, attempt=1, stage="train", base_name="c", start_step=0, total_steps=100)
+    status = Status(run_id="r")
+    gpu = GpuSampler()
+    assert gpu.ok, gpu.message
+    monitor = AttemptMonitor({"sample_seconds": 0.5}, tracker=tracker, status=status,
+                             view=View(status, live=False, quiet=True), notifier=Notifier([]), gpu=gpu)
+    sup = Supervisor([sys.executable, "-c", CUDA_TRAINER], log_path=tmp_path / "console.log",
+                     on_event=monitor.on_event, on_tick=monitor.on_tick, on_line=monitor.on_line, tick_s=monitor.tick_s)
+    monitor.supervisor = sup
+    result = sup.run()
+    assert result.exit_code == 0 and tracker.absolute == 15
+    assert 2.0 <= monitor.peak_vram < 4.0 and status.vram_total > 10
+    assert [g["total_gib"] for g in nvml.probe_gpus(nvml.real_nvml())][0] == pytest.approx(status.vram_total, rel=0.01)
