@@ -1,20 +1,13 @@
 """The attempt loop's decisions, without processes: stage records, rung inheritance, the start rung, cache
 checks, an attempt's outcome, the resume point after an outcome, and what is said between attempts."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from kohyawan.run import startrung, steps
 from kohyawan.run.ladder import HALF_LR, Next, Saved, decide
-
-
-@dataclass(frozen=True)
-class R:
-    name: str
-    changes: dict = field(default_factory=dict)
-    needs_recache: bool = False
-    keeps_state: bool = True
+from test_ladder import R   # a rung: name, changes, needs_recache, keeps_state
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def first_move(saves: Sequence[Saved], rungs: Sequence[str], lr_scale: float) ->
     return Next(action, how if newest else "first attempt", tuple(rungs), None, start, state, weights, lr_scale)
 
 
-def bad_from(outcome: str, bad_loss: tuple[int, float] | None, absolute: int, watchdog: Mapping[str, Any]) -> int | None:
+def bad_from(outcome: str, bad_loss: tuple[int, float] | None, absolute: int,
+             watchdog: Mapping[str, Any]) -> int | None:
     """The first step whose save is not trusted after a NaN or a loss spike (None after anything else):
     the NaN's step, or the start of the spike (patience steps back, and half the window before that)."""
     if outcome == "nan":
