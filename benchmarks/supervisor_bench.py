@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kohyawan.run.ledger import Ledger  # noqa: E402
 from kohyawan.run.supervise import Supervisor  # noqa: E402
 from kohyawan.run.tracker import Tracker  # noqa: E402
-from kohyawan.run.watchdog import Watchdog, host_sample  # noqa: E402
+from kohyawan.run.samplers import host_sample  # noqa: E402
+from kohyawan.run.watchdog import Watchdog  # noqa: E402
 
 TRAINER = r"""
 import sys, time

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kohyawan.batch import queue
-from kohyawan.batch import allocate as gpus
+from kohyawan.batch import allocate
 from kohyawan.batch.manifest import Job, with_fingerprint
 from kohyawan.errors import BadInput
 
@@ -91,16 +91,16 @@ def test_only_one_driver_per_batch_folder(tmp_path):
 
 
 def test_gpu_slots_parse_group_and_allocate_one_job_per_gpu():
-    assert gpus.parse_gpus(None) == [""] and gpus.parse_gpus(" ") == [""]
-    assert gpus.parse_gpus("0, 1,2") == ["0", "1", "2"]
-    assert gpus.parse_gpus("0,1,2,3", per_job=2) == ["0,1", "2,3"]
-    assert gpus.parse_gpus("GPU-8f2a-11,MIG-3c1d/1/0") == ["GPU-8f2a-11", "MIG-3c1d/1/0"]
+    assert allocate.parse_gpus(None) == [""] and allocate.parse_gpus(" ") == [""]
+    assert allocate.parse_gpus("0, 1,2") == ["0", "1", "2"]
+    assert allocate.parse_gpus("0,1,2,3", per_job=2) == ["0,1", "2,3"]
+    assert allocate.parse_gpus("GPU-8f2a-11,MIG-3c1d/1/0") == ["GPU-8f2a-11", "MIG-3c1d/1/0"]
     for bad, match in (("0,0", "twice"), ("0,,1", "not a GPU id"), ("0;rm", "not a GPU id")):
         with pytest.raises(BadInput, match=match):
-            gpus.parse_gpus(bad)
+            allocate.parse_gpus(bad)
     with pytest.raises(BadInput, match="groups of 2"):
-        gpus.parse_gpus("0,1,2", per_job=2)
-    alloc = gpus.Allocator(["0", "1"])
+        allocate.parse_gpus("0,1,2", per_job=2)
+    alloc = allocate.Allocator(["0", "1"])
     assert alloc.take("a") == "0" and alloc.take("b") == "1" and alloc.take("c") is None
     alloc.give_back("0")
     assert alloc.free() == ["0"] and alloc.take("c") == "0"

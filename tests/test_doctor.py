@@ -10,7 +10,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from kohyawan.doctor import host as doctor, trainer as doctor_trainer
+from kohyawan.doctor import checklist, host, nvml, result
+from kohyawan.doctor import trainer as doctor_trainer
 
 GIB = 2**30
 HAS_GPU = Path("/dev/nvidia0").exists()
@@ -66,16 +67,16 @@ class FakeNvml:
 
 
 def gpu_check(*devices):
-    return doctor.check_gpus(doctor.probe_gpus(FakeNvml(devices)))
+    return host.check_gpus(nvml.probe_gpus(FakeNvml(devices)))
 
 
 def test_fake_nvml_24gb_card_is_a_warning_below_the_recommended_40():
     nv = FakeNvml([("NVIDIA GeForce RTX 4090", int(23.99 * GIB), int(23.5 * GIB), [])])
-    gpus = doctor.probe_gpus(nv)
+    gpus = nvml.probe_gpus(nv)
     assert nv.shut
     assert gpus == [{"index": 0, "name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99, "free_gib": 23.5,
                      "used_gib": 0.49, "driver": "550.54.15", "cuda": "12.4", "processes": []}]
-    check = doctor.check_gpus(gpus)
+    check = host.check_gpus(gpus)
     assert check.status == "warn" and "recommended 40" in check.summary and "driver 550.54.15, CUDA 12.4" in \
         check.summary
 
@@ -101,18 +102,18 @@ def test_fake_nvml_other_processes_holding_vram_are_named():
 
 def test_fake_nvml_without_driver_means_no_gpu():
     nv = FakeNvml(no_driver=True)
-    assert doctor.probe_gpus(nv) == []
-    check = doctor.check_gpus([])
+    assert nvml.probe_gpus(nv) == []
+    check = host.check_gpus([])
     assert check.status == "fail" and check.summary.startswith("no NVIDIA GPU")
 
 
 @pytest.mark.skipif(HAS_GPU, reason="this machine has an NVIDIA GPU")
 def test_real_nvml_on_this_machine_reports_no_gpu():
-    assert doctor.probe_gpus(doctor.real_nvml()) == []
+    assert nvml.probe_gpus(nvml.real_nvml()) == []
 
 
 def test_disk_check_reads_free_space_and_the_backing_device(tmp_path):
-    check = doctor.check_disk("runs", tmp_path / "not yet" / "created")
+    check = host.check_disk("runs", tmp_path / "not yet" / "created")
     assert check.details["measured_at"] == str(tmp_path)
     free = shutil.disk_usage(tmp_path).free / GIB
     assert check.details["free_gib"] == pytest.approx(free, abs=0.5)
@@ -120,32 +121,32 @@ def test_disk_check_reads_free_space_and_the_backing_device(tmp_path):
     if device is not None:
         rot = Path("/sys/block", device, "queue", "rotational").read_text().strip()
         assert check.details["rotational"] == (rot == "1")
-    expected = "fail" if free + 1 < doctor.DISK_MIN else ("warn" if check.details["rotational"]
-                                                          or free + 1 < doctor.DISK_REC else "ok")
+    expected = "fail" if free + 1 < host.DISK_MIN else ("warn" if check.details["rotational"]
+                                                          or free + 1 < host.DISK_REC else "ok")
     assert check.status == expected
 
 
 def test_tokenizer_in_the_hf_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert doctor.check_tokenizer().status == "warn"
+    assert host.check_tokenizer().status == "warn"
     snap = tmp_path / "hf" / "hub" / "models--google--umt5-xxl" / "snapshots" / "abc123"
     snap.mkdir(parents=True)
     (snap / "spiece.model").write_bytes(b"x")
-    assert doctor.check_tokenizer().status == "ok"
+    assert host.check_tokenizer().status == "ok"
 
 
 def test_comfyui_folder(tmp_path):
-    assert doctor.check_comfyui(None).status == "skip"
-    assert doctor.check_comfyui(tmp_path).status == "fail"
+    assert host.check_comfyui(None).status == "skip"
+    assert host.check_comfyui(tmp_path).status == "fail"
     (tmp_path / "main.py").write_text("")
-    assert doctor.check_comfyui(tmp_path).status == "warn"
+    assert host.check_comfyui(tmp_path).status == "warn"
     (tmp_path / "models" / "loras").mkdir(parents=True)
-    assert doctor.check_comfyui(tmp_path).status == "ok"
+    assert host.check_comfyui(tmp_path).status == "ok"
 
 
 def test_ffmpeg_is_found():
-    check = doctor.check_ffmpeg()
+    check = host.check_ffmpeg()
     assert check.status == "ok" and "ffmpeg version" in check.summary
 
 
@@ -216,13 +217,13 @@ def test_model_checks_without_files_are_skipped_and_missing_files_fail(tmp_path)
 
 def test_run_checks_with_a_fake_gpu_and_the_json_schema(tmp_path):
     nv = FakeNvml([("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, [])])
-    report = doctor.summarise(doctor.run_checks(nvml=nv, runs_dir=tmp_path, comfyui=None))
-    assert report["version"] == 1 and set(report["counts"]) == set(doctor.STATUSES)
+    report = result.summarise(checklist.run_checks(nvml=nv, runs_dir=tmp_path, comfyui=None))
+    assert report["version"] == 1 and set(report["counts"]) == set(result.STATUSES)
     ids = [c["id"] for c in report["checks"]]
     assert ids[:3] == ["gpu", "ram", "cpu"] and "disk_runs" in ids and "ffmpeg" in ids and "tokenizer" in ids
     assert report["checks"][0]["status"] == "ok"
     for c in report["checks"]:
-        assert set(c) == {"id", "title", "status", "summary", "fix", "details"} and c["status"] in doctor.STATUSES
+        assert set(c) == {"id", "title", "status", "summary", "fix", "details"} and c["status"] in result.STATUSES
         if c["status"] in ("warn", "fail"):
             assert c["fix"]
     assert report["ok"] == (report["counts"]["fail"] == 0)

@@ -15,7 +15,7 @@ from kohyawan.errors import BadInput, ToolMissing, WorkFailed
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.notify import Notifier
 from kohyawan.run.runlock import RunLock
-from kohyawan.run.runsetup import attempt_config
+from kohyawan.run.attemptconfig import attempt_config
 from kohyawan.run.supervise import Supervisor, Timeouts, group_alive
 
 
@@ -194,22 +194,22 @@ def test_a_failing_callback_never_leaves_the_trainer_running(tmp_path):
 
 
 def test_the_run_names_its_gpu_from_nvml(monkeypatch):
-    from kohyawan.doctor import host as doctor
-    from kohyawan.run import runner
+    from kohyawan.doctor import nvml
+    from kohyawan.run import startrung
 
     cards = [{"name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99}, {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}]
-    monkeypatch.setattr(doctor, "real_nvml", lambda: object())
-    monkeypatch.setattr(doctor, "probe_gpus", lambda nvml: cards)
-    assert runner._gpu("1") == {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}
-    assert runner._gpu(None)["name"] == "NVIDIA GeForce RTX 4090"
-    monkeypatch.setattr(doctor, "probe_gpus", lambda nvml: [])
-    assert runner._gpu("0") is None
+    monkeypatch.setattr(nvml, "real_nvml", lambda: object())
+    monkeypatch.setattr(nvml, "probe_gpus", lambda nvml: cards)
+    assert startrung.gpu_in_use("1") == {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}
+    assert startrung.gpu_in_use(None)["name"] == "NVIDIA GeForce RTX 4090"
+    monkeypatch.setattr(nvml, "probe_gpus", lambda nvml: [])
+    assert startrung.gpu_in_use("0") is None
 
 
 def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
     import tomllib
 
-    from kohyawan.run.runsetup import attempt_config
+    from kohyawan.run.attemptconfig import attempt_config
 
     text = '[save_load]\noutput_name = "character"\nsave_state = true\n\n[training]\nmax_train_epochs = 15\n'
     out = attempt_config(text, {"output_name": "character-a02", "max_train_steps": 40})
@@ -218,11 +218,11 @@ def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
 
 
 def test_resume_points_whose_state_folder_is_gone_fall_back_to_the_weights(tmp_path):
-    from kohyawan.run import ladder, runner
+    from kohyawan.run import ladder, training
 
     whole = tmp_path / "a-step4-state"
     whole.mkdir()
-    for name in runner.STATE_FILES:
+    for name in training.STATE_FILES:
         (whole / name).write_bytes(b"x")
     partial = tmp_path / "a-step8-state"
     partial.mkdir()
@@ -231,7 +231,7 @@ def test_resume_points_whose_state_folder_is_gone_fall_back_to_the_weights(tmp_p
     lora8.write_bytes(b"x")
     saves = [ladder.Saved(4, str(whole), None), ladder.Saved(8, str(partial), str(lora8)),
              ladder.Saved(12, str(tmp_path / "gone-state"), str(tmp_path / "gone.safetensors"))]
-    assert runner._present(saves) == [ladder.Saved(4, str(whole), None), ladder.Saved(8, None, str(lora8))]
+    assert training.present(saves) == [ladder.Saved(4, str(whole), None), ladder.Saved(8, None, str(lora8))]
 
 
 def test_parallel_rehearsals_share_one_set_of_stand_in_models(tmp_path):
@@ -240,9 +240,9 @@ def test_parallel_rehearsals_share_one_set_of_stand_in_models(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from kohyawan.config import profiles; from kohyawan.run import runsetup; "
+    code = ("import sys; from pathlib import Path; from kohyawan.config import profiles; from kohyawan.run import rehearsal; "
             "spec = profiles.resolve('character', task='t2v-1.3B'); "
-            "out = runsetup.rehearsal_models(spec, Path(sys.argv[1])); print(out.models.dit)")
+            "out = rehearsal.rehearsal_models(spec, Path(sys.argv[1])); print(out.models.dit)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [p.communicate(timeout=120) for p in procs]

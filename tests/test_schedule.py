@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from kohyawan.run import lrschedule as schedule
+from kohyawan.run import lrschedule
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(schedule.pyshim_dir()))
+sys.path.insert(0, str(lrschedule.pyshim_dir()))
 import kohyawan_lr  # noqa: E402
 
 TRAIN = {"learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 10}
@@ -27,7 +27,7 @@ def _build(lr, args):
 
     opt, p = _optimizer(lr)
     kwargs = {a.split("=")[0]: ast.literal_eval(a.split("=")[1]) for a in args}
-    cls = getattr(__import__("kohyawan_lr"), schedule.SCHEDULER_CLASS.split(".")[1])
+    cls = getattr(__import__("kohyawan_lr"), lrschedule.SCHEDULER_CLASS.split(".")[1])
     return opt, p, cls(opt, **kwargs)
 
 
@@ -44,7 +44,7 @@ def _train(opt, p, sched, n):
 @pytest.mark.parametrize("kind", ["cosine", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"])
 def test_lr_at_every_absolute_step_matches_an_uninterrupted_run(kind):
     train = {**TRAIN, "lr_scheduler": kind, "lr_scheduler_num_cycles": 3}
-    args = schedule.continuation(train, total_steps=T, start_step=0)["lr_scheduler_args"]
+    args = lrschedule.continuation(train, total_steps=T, start_step=0)["lr_scheduler_args"]
     opt, p, sched = _build(1e-3, args)
     straight = _train(opt, p, sched, T)
     # interrupted after S steps: the trainer saved optimizer and scheduler state
@@ -52,14 +52,14 @@ def test_lr_at_every_absolute_step_matches_an_uninterrupted_run(kind):
     first = _train(opt, p, sched, S)
     saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
     # resumed: a new process, max_train_steps = T - S, state loaded (optimizer before scheduler)
-    args2 = schedule.continuation(train, total_steps=T, start_step=S)["lr_scheduler_args"]
+    args2 = lrschedule.continuation(train, total_steps=T, start_step=S)["lr_scheduler_args"]
     opt, p, sched = _build(1e-3, args2)
     opt.load_state_dict(saved_opt)
     sched.load_state_dict(saved_sched)
     second = _train(opt, p, sched, T - S)
     assert first + second == pytest.approx(straight, rel=1e-12, abs=0)
     for step, lr in enumerate(straight):
-        assert lr == pytest.approx(schedule.lr_at(train, step, total_steps=T), rel=1e-12)
+        assert lr == pytest.approx(lrschedule.lr_at(train, step, total_steps=T), rel=1e-12)
 
 
 def test_the_trainers_own_resume_would_bend_the_schedule():
@@ -88,13 +88,13 @@ def test_the_trainers_own_resume_would_bend_the_schedule():
 
 
 def test_half_lr_applies_from_the_first_resumed_step():
-    args = schedule.continuation(TRAIN, total_steps=T, start_step=0)["lr_scheduler_args"]
+    args = lrschedule.continuation(TRAIN, total_steps=T, start_step=0)["lr_scheduler_args"]
     opt, p, sched = _build(1e-3, args)
     straight = _train(opt, p, sched, T)
     opt, p, sched = _build(1e-3, args)
     _train(opt, p, sched, S)
     so, ss = opt.state_dict(), sched.state_dict()
-    args2 = schedule.continuation(TRAIN, total_steps=T, start_step=S, lr_scale=0.5)["lr_scheduler_args"]
+    args2 = lrschedule.continuation(TRAIN, total_steps=T, start_step=S, lr_scale=0.5)["lr_scheduler_args"]
     opt, p, sched = _build(1e-3, args2)
     opt.load_state_dict(so)
     sched.load_state_dict(ss)
@@ -103,7 +103,7 @@ def test_half_lr_applies_from_the_first_resumed_step():
 
 
 def test_unsupported_schedules_are_reported():
-    ok, why = schedule.supported({"lr_scheduler": "rex"})
+    ok, why = lrschedule.supported({"lr_scheduler": "rex"})
     assert not ok and "rex" in why
-    assert schedule.continuation({"lr_scheduler_type": "x.Y"}, total_steps=10, start_step=0) is None
+    assert lrschedule.continuation({"lr_scheduler_type": "x.Y"}, total_steps=10, start_step=0) is None
     assert kohyawan_lr.lr_factor(5, kind="constant") == 1.0

@@ -11,6 +11,7 @@ reaches only the driver): every running job gets SIGTERM, which ``kohyawan run``
 clean stop with its state saved; the jobs go back to pending with their run folders remembered, and the
 next ``kohyawan batch`` resumes them. If the driver itself is killed outright, its jobs keep running
 without it; the next driver adopts them (same pid and start time) and waits for them.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any, Callable
 
 import psutil
 
-from kohyawan.batch import jobs as jobs_mod, results
+from kohyawan.batch import results
+from kohyawan.batch.jobs import Launch, child_env, export_argv, fresh_try, resume_argv, run_argv, run_name
 from kohyawan.batch.allocate import Allocator
 from kohyawan.batch.manifest import Job
 from kohyawan.batch.queue import Queue
@@ -48,7 +50,7 @@ class Child:
 
 
 class Scheduler:
-    def __init__(self, queue: Queue, jobs: list[Job], launch: jobs_mod.Launch, slots: list[str], *,
+    def __init__(self, queue: Queue, jobs: list[Job], launch: Launch, slots: list[str], *,
                  registry: Path | None = None, export: bool = True, say: Callable[[str], None] = lambda m: None,
                  base_env: dict[str, str] | None = None, exporter: Callable[..., dict] | None = None):
         self.q, self.jobs, self.launch = queue, {j.key: j for j in jobs}, launch
@@ -120,14 +122,14 @@ class Scheduler:
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
         resuming = run_dir is not None and (run_dir / "run.json").is_file() and \
             (results.read_json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
-        tries = row["tries"] if resuming else jobs_mod.fresh_try(job, self.launch.runs_dir, row["tries"])
+        tries = row["tries"] if resuming else fresh_try(job, self.launch.runs_dir, row["tries"])
         if resuming:
-            argv = jobs_mod.resume_argv(run_dir, self.launch)
+            argv = resume_argv(run_dir, self.launch)
         else:
-            argv = jobs_mod.run_argv(job, self.launch, tries)
-            run_dir = self.launch.runs_dir / jobs_mod.run_name(job, tries)
-        name = jobs_mod.run_name(job, tries)
-        env = jobs_mod.child_env(self.base_env, job, slot or None)
+            argv = run_argv(job, self.launch, tries)
+            run_dir = self.launch.runs_dir / run_name(job, tries)
+        name = run_name(job, tries)
+        env = child_env(self.base_env, job, slot or None)
         with open(self.logs / f"{name}.out", "ab") as out, open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=log, env=env,
                                     start_new_session=True, close_fds=True)
@@ -259,7 +261,7 @@ class Scheduler:
         self._collect_exports()
 
 
-def run_export(job: Job, run_dir: Path, launch: jobs_mod.Launch, registry: Path | None, env: dict,
+def run_export(job: Job, run_dir: Path, launch: Launch, registry: Path | None, env: dict,
                logs: Path) -> dict:
     """Publish a finished run as the next version: ``kohyawan registry show`` for the previous version's
     dataset size (for the note), then ``kohyawan export``. Both are the CLI, as a user would run them."""
@@ -267,7 +269,7 @@ def run_export(job: Job, run_dir: Path, launch: jobs_mod.Launch, registry: Path 
     info = results.summarize(run_dir)
     note = results.change_note(info["items"], previous, results.dataset_word(job.dataset))
     notes = f"{note}. {job.notes}" if job.notes else note
-    argv = jobs_mod.export_argv(job, run_dir, launch, registry, f"batch: {notes}")
+    argv = export_argv(job, run_dir, launch, registry, f"batch: {notes}")
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
     with open(logs / f"{run_dir.name}.export.log", "a", encoding="utf-8") as fh:
         fh.write(proc.stderr)
@@ -282,7 +284,7 @@ def run_export(job: Job, run_dir: Path, launch: jobs_mod.Launch, registry: Path 
             "files": [f.get("abs_path") or f.get("path") for f in doc.get("files", [])]}
 
 
-def _previous_version(job: Job, launch: jobs_mod.Launch, registry: Path | None, env: dict) -> dict | None:
+def _previous_version(job: Job, launch: Launch, registry: Path | None, env: dict) -> dict | None:
     argv = launch.base() + ["registry", "show", job.name, "--client", job.client, "--kind", job.kind, "--json"]
     if registry is not None:
         argv += ["--registry", str(registry)]

@@ -8,13 +8,12 @@ append-only log (start, end, export, ...) with wall-clock times: the scheduling-
 Only the batch driver writes the database (SLURM tasks write run folders; the driver merges them), and a
 lock file keeps a second driver out, so SQLite's WAL mode is safe even with the batch folder on shared
 storage mounted on one submit host.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from dataclasses import asdict
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kohyawan.errors import BadInput
+from kohyawan.files import locks
 
 DB_NAME = "queue.sqlite"
+LOCK = "batch.lock"
 STATES = ("pending", "running", "succeeded", "failed")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -159,41 +160,21 @@ class BatchLock:
     """One driver per batch folder: a second ``kohyawan batch`` on the same folder is refused, not raced."""
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / "batch.lock"
-        self.fd: int | None = None
+        self.path = Path(folder) / LOCK
+        self._lock = locks.FileLock(self.path)
 
     def __enter__(self) -> "BatchLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
+        if not self._lock.try_acquire():
+            holder = self._lock.recorded()
+            self._lock.release()
             raise BadInput(f"another kohyawan batch (pid {holder or '?'}) is driving {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
+        self._lock.record_pid()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
 
 
 def is_driven(folder: Path) -> int | None:
-    """The pid of the driver holding the folder's lock, or None."""
-    path = Path(folder) / "batch.lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
+    """The pid of the driver holding the folder's lock (-1 when it wrote none), or None."""
+    return locks.holder(Path(folder) / LOCK)

@@ -37,15 +37,15 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
       kohyawan doctor --trainer-dir ~/musubi-tuner --comfyui ~/ComfyUI
       kohyawan doctor --json --dit wan2.2_t2v_low_noise_14B_fp16.safetensors
     """
-    from kohyawan.doctor import host as doc
     from kohyawan.commands.estimate import _default_runs_dir
+    from kohyawan.doctor import checklist, nvml, result
 
     runs_dir = runs_dir or _default_runs_dir()
 
-    checks = doc.run_checks(nvml=doc.real_nvml(), trainer_dir=trainer_dir, python=python, comfyui=comfyui,
-                            runs_dir=runs_dir, dataset_dir=dataset_dir, task=task,
-                            models={"dit": dit, "dit_high_noise": dit_high_noise, "vae": vae, "t5": t5})
-    report = doc.summarise(checks)
+    checks = checklist.run_checks(nvml=nvml.real_nvml(), trainer_dir=trainer_dir, python=python, comfyui=comfyui,
+                                  runs_dir=runs_dir, dataset_dir=dataset_dir, task=task,
+                                  models={"dit": dit, "dit_high_noise": dit_high_noise, "vae": vae, "t5": t5})
+    report = result.summarise(checks)
     if as_json:
         console.print_json(report)
     else:

@@ -45,9 +45,9 @@ def _default_runs_dir() -> Path:
 
 def _local_gpu():
     """The first NVIDIA GPU on this machine as (name, total GiB), or None."""
-    from kohyawan.doctor import host as doctor
+    from kohyawan.doctor import nvml
 
-    gpus = doctor.probe_gpus(doctor.real_nvml())
+    gpus = nvml.probe_gpus(nvml.real_nvml())
     return (gpus[0]["name"], gpus[0]["total_gib"]) if gpus else None
 
 

@@ -1,4 +1,5 @@
-"""``kohyawan run`` and ``kohyawan runs list|show|resume|stop``: launch and babysit training."""
+"""``kohyawan run`` and ``kohyawan runs list|show|resume|stop``: launch and babysit training (the run itself is
+``kohyawan.run``; see docs/architecture.md, "A run")."""
 
 from __future__ import annotations
 
@@ -50,26 +51,18 @@ def _launch_options(func):
     return func
 
 
-def _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
-             plain, interval, rehearse=False, gpu_memory=None, name=None, stored: dict | None = None,
-             start_rung=None, data_parallel=False):
-    from kohyawan.run.runner import RunOptions
+def _options(given: dict, *, runs_dir: Path | None, stored: dict | None = None, recache: bool = False,
+             plain: bool = False, interval: float = 30.0):
+    """RunOptions from the options given (None: not given), over what run.json stored (``runs resume``)."""
+    from kohyawan.run.options import RunOptions
 
-    stored = stored or {}
-    return RunOptions(
-        runs_dir=Path(os.path.abspath(_runs_dir(runs_dir))), name=name,
-        trainer_dir=trainer_dir.resolve() if trainer_dir else (Path(stored["trainer_dir"]) if stored.get("trainer_dir") else None),
-        python=python or stored.get("python") or "python",
-        launcher=launcher or stored.get("launcher") or "accelerate",
-        accelerate_args=tuple(accelerate_args) or tuple(stored.get("accelerate_args", ())),
-        gpus=gpus if gpus is not None else stored.get("gpus"),
-        max_attempts=max_attempts or stored.get("max_attempts"),
-        notify=tuple(notify) or tuple(stored.get("notify", ())),
-        rehearse=rehearse or bool(stored.get("rehearse")),
-        gpu_memory_gb=gpu_memory or stored.get("gpu_memory_gb"),
-        start_rung=start_rung or stored.get("start_rung") or "auto",
-        data_parallel=data_parallel or bool(stored.get("data_parallel")),
-        recache=recache, live=False if plain else None, plain_interval_s=interval)
+    given = dict(given)
+    if given.get("trainer_dir") is not None:
+        given["trainer_dir"] = given["trainer_dir"].resolve()
+    for key in ("accelerate_args", "notify"):  # a repeatable option given no times was not given
+        given[key] = tuple(given.get(key) or ()) or None
+    return RunOptions.resolve(Path(os.path.abspath(_runs_dir(runs_dir))), given, stored, recache=recache,
+                              live=False if plain else None, plain_interval_s=interval)
 
 
 def _finish(data: dict, as_json: bool) -> None:
@@ -103,14 +96,14 @@ def _summary(data: dict) -> None:
 @plan_options(dataset_required=True)
 @_launch_options
 @click.option("--name", default=None, help="Run id (default PROFILE-YYYYmmdd-HHMMSS).")
-@click.option("--rehearse", is_flag=True,
+@click.option("--rehearse", is_flag=True, default=None,
               help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING.")
 @click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
               help="Rehearsal: the virtual GPU's memory (default 24).")
 @click.option("--start-rung", type=click.Choice(["auto", "base"]), default="auto", show_default=True,
               help="auto: start at the first ladder rung that 'kohyawan estimate' says fits the GPU; "
                    "base: start at the profile's settings and climb only on an OOM.")
-@click.option("--data-parallel", is_flag=True,
+@click.option("--data-parallel", is_flag=True, default=None,
               help="Train this one run on every GPU in --gpus (accelerate --multi_gpu, DDP); steps per epoch "
                    "are divided as the trainer divides them.")
 def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
@@ -137,8 +130,11 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
                for k, v in plan_kwargs.items()}
     spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
                                                    "dit_high_noise", "vae", "t5", "sets")))
-    opts = _options(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache,
-                    plain, interval, rehearse, gpu_memory, name, start_rung=start_rung, data_parallel=data_parallel)
+    given = {"name": name, "trainer_dir": trainer_dir, "python": python, "launcher": launcher,
+             "accelerate_args": accelerate_args, "gpus": gpus, "max_attempts": max_attempts, "notify": notify,
+             "rehearse": rehearse, "gpu_memory_gb": gpu_memory, "start_rung": start_rung,
+             "data_parallel": data_parallel}
+    opts = _options(given, runs_dir=runs_dir, recache=recache, plain=plain, interval=interval)
     job = runsetup.new_run(spec, request, opts)
     if not as_json:
         console.err().print(f"run {job.ledger.data['id']} in {job.dir}", markup=False)
@@ -274,9 +270,8 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
                         req.get("expert"), req.get("variant"),
                         *(Path(req[k]) if req.get(k) else None for k in ("dit", "dit_high_noise", "vae", "t5")),
                         tuple(req.get("sets") or ()))
-    stored = data.get("options", {})
-    opts = _options(run_dir.parent, trainer_dir, python, None, (), None, None, (), False, plain, interval,
-                    stored=stored)
+    opts = _options({"trainer_dir": trainer_dir, "python": python}, runs_dir=run_dir.parent,
+                    stored=data.get("options", {}), plain=plain, interval=interval)
     if not opts.rehearse:
         from kohyawan.run import preflight
 

@@ -8,7 +8,6 @@ still match is neither probed nor re-encoded.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from typing import Iterator
 
 from kohyawan.dataset.layout import STATE, atomic_write
 from kohyawan.errors import DatasetError
+from kohyawan.files import locks
 
 MANIFEST = "manifest.json"
 LOCK = "lock"
@@ -80,12 +80,10 @@ def outputs_intact(dest: Path, entry: dict) -> bool:
 @contextmanager
 def locked(dest: Path) -> Iterator[None]:
     (dest / STATE).mkdir(parents=True, exist_ok=True)
-    with open(dest / STATE / LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatasetError(f"another `kohyawan dataset prepare` is writing to {dest}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = locks.FileLock(dest / STATE / LOCK, mode=0o666)
+    try:
+        if not lock.try_acquire():
+            raise DatasetError(f"another `kohyawan dataset prepare` is writing to {dest}")
+        yield
+    finally:
+        lock.release()

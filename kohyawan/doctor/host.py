@@ -1,9 +1,10 @@
-"""``kohyawan doctor``: is this machine ready to train WAN LoRAs? Each check is ok / warn / fail with one fix.
+"""``kohyawan doctor``'s host checks: is this machine ready to train WAN LoRAs? Each check is ok / warn /
+fail with one fix.
 
 Thresholds follow the training guide: VRAM 24 GB minimum and 40 GB recommended, RAM 32/64 GB, free disk
-200/500 GB on an SSD. GPUs are read through NVML behind a small interface (``Nvml``) so tests can inject a
-fake; without an NVIDIA driver the real one reports "no NVIDIA GPU". A check that was not asked for (no
-ComfyUI folder given) is "skip". Probes touch the world; ``summarise`` is pure.
+200/500 GB on an SSD. GPUs are surveyed by ``kohyawan.doctor.nvml`` (``check_gpus`` judges what it found);
+without an NVIDIA driver that is "no NVIDIA GPU". A check that was not asked for (no ComfyUI folder given)
+is "skip". See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -11,138 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
-GIB = float(2**30)
+from kohyawan.doctor.nvml import GIB
+from kohyawan.doctor.result import Check
+
 VRAM_MIN, VRAM_REC = 24, 40          # "GB" in the guide; cards of that class report 23.99 and 39.5 GiB
 VRAM_SLACK = 0.6                     # so a 24 GB card (23.99 GiB) meets "24"
 RAM_MIN, RAM_REC = 32, 64
 DISK_MIN, DISK_REC = 200, 500
 CPU_MIN = 4
-STATUSES = ("ok", "warn", "fail", "skip")
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    title: str
-    status: str                      # ok | warn | fail | skip
-    summary: str
-    fix: str = ""
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "status": self.status, "summary": self.summary,
-                "fix": self.fix, "details": dict(self.details)}
-
-
-class Nvml(Protocol):
-    """The few NVML calls doctor and estimate need (pynvml semantics: bytes, handles, NVMLError)."""
-
-    def init(self) -> None: ...
-    def shutdown(self) -> None: ...
-    def driver_version(self) -> str: ...
-    def cuda_version(self) -> int: ...                 # e.g. 12040 for CUDA 12.4
-    def device_count(self) -> int: ...
-    def handle(self, index: int) -> Any: ...
-    def name(self, handle: Any) -> str: ...
-    def memory(self, handle: Any) -> tuple[int, int, int]:   # total, free, used bytes
-        ...
-    def processes(self, handle: Any) -> list[tuple[int, int | None]]:  # (pid, used bytes or None)
-        ...
-
-
-class PynvmlAdapter:
-    """``Nvml`` over nvidia-ml-py (imported lazily: it loads libnvidia-ml only when asked)."""
-
-    def __init__(self):
-        import pynvml
-
-        self.nv = pynvml
-
-    def init(self):
-        self.nv.nvmlInit()
-
-    def shutdown(self):
-        self.nv.nvmlShutdown()
-
-    def driver_version(self):
-        v = self.nv.nvmlSystemGetDriverVersion()
-        return v.decode() if isinstance(v, bytes) else v
-
-    def cuda_version(self):
-        return int(self.nv.nvmlSystemGetCudaDriverVersion())
-
-    def device_count(self):
-        return int(self.nv.nvmlDeviceGetCount())
-
-    def handle(self, index):
-        return self.nv.nvmlDeviceGetHandleByIndex(index)
-
-    def name(self, handle):
-        v = self.nv.nvmlDeviceGetName(handle)
-        return v.decode() if isinstance(v, bytes) else v
-
-    def memory(self, handle):
-        m = self.nv.nvmlDeviceGetMemoryInfo(handle)
-        return int(m.total), int(m.free), int(m.used)
-
-    def processes(self, handle):
-        procs = []
-        for getter in (self.nv.nvmlDeviceGetComputeRunningProcesses, self.nv.nvmlDeviceGetGraphicsRunningProcesses):
-            try:
-                procs += [(int(p.pid), p.usedGpuMemory) for p in getter(handle)]
-            except self.nv.NVMLError:
-                continue
-        return procs
-
-
-def real_nvml() -> Nvml | None:
-    try:
-        return PynvmlAdapter()
-    except ImportError:
-        return None
-
-
-def probe_gpus(nvml: Nvml | None) -> list[dict[str, Any]]:
-    """Every NVIDIA GPU as a dict (empty when there is no driver, no device or no NVML)."""
-    if nvml is None:
-        return []
-    try:
-        nvml.init()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA GPU here
-        return []
-    try:
-        driver = nvml.driver_version()
-        cuda = nvml.cuda_version()
-        found = []
-        for i in range(nvml.device_count()):
-            h = nvml.handle(i)
-            total, free, used = nvml.memory(h)
-            procs = []
-            for pid, mem in nvml.processes(h):
-                procs.append({"pid": pid, "name": _process_name(pid),
-                              "used_gib": None if mem is None else round(mem / GIB, 2)})
-            found.append({"index": i, "name": nvml.name(h), "total_gib": round(total / GIB, 2),
-                          "free_gib": round(free / GIB, 2), "used_gib": round(used / GIB, 2), "driver": driver,
-                          "cuda": f"{cuda // 1000}.{(cuda % 1000) // 10}", "processes": procs})
-        return found
-    finally:
-        try:
-            nvml.shutdown()
-        except Exception:
-            pass
-
-
-def _process_name(pid: int) -> str | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).name()
-    except Exception:
-        return None
 
 
 def check_gpus(gpus: Sequence[Mapping[str, Any]]) -> Check:
@@ -302,28 +182,3 @@ def check_tokenizer(env: Mapping[str, str] | None = None) -> Check:
                  "text caching downloads it; offline, fill the cache first: huggingface-cli download "
                  "google/umt5-xxl spiece.model tokenizer.json special_tokens_map.json tokenizer_config.json",
                  {"hub": hub})
-
-
-def summarise(checks: Sequence[Check]) -> dict[str, Any]:
-    counts = {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
-    return {"version": 1, "ok": counts["fail"] == 0, "counts": counts, "checks": [c.to_dict() for c in checks]}
-
-
-def run_checks(*, nvml: Nvml | None, trainer_dir: Path | None = None, python: str | None = None,
-               comfyui: Path | None = None, runs_dir: Path | None = None, dataset_dir: Path | None = None,
-               models: Mapping[str, Path | None] | None = None, task: str = "t2v-A14B") -> list[Check]:
-    from kohyawan.doctor import trainer as doctor_trainer
-
-    checks = [check_gpus(probe_gpus(nvml)), check_ram(), check_cpu()]
-    places = {"runs": runs_dir or Path("runs")}
-    if dataset_dir is not None:
-        places["dataset"] = dataset_dir
-    for label, path in places.items():
-        checks.append(check_disk(label, path))
-    checks.append(check_ffmpeg())
-    checks += doctor_trainer.check_trainer(trainer_dir, python)
-    checks += doctor_trainer.check_models(models or {}, task)
-    checks.append(check_tokenizer())
-    checks.append(check_comfyui(comfyui))
-    return checks
-

@@ -2,6 +2,7 @@
 
 The trainer's environment is probed by running its own python on a short script (a real subprocess, no
 shell), so what is reported is what ``accelerate launch`` will find, not what kohyawan's environment has.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - python < 3.11
     import tomli as tomllib
 
-from kohyawan.doctor.host import Check
+from kohyawan.doctor.result import Check
 
 TRAIN_SCRIPT = Path("src") / "musubi_tuner" / "wan_train_network.py"
 PROBE_TIMEOUT = 180
@@ -116,6 +117,10 @@ def check_trainer(trainer_dir: Path | None, python: str | None) -> list[Check]:
     if not (trainer / TRAIN_SCRIPT).is_file():
         return [Check("trainer", "musubi-tuner", "fail", f"{trainer} has no {TRAIN_SCRIPT}",
                       "point --trainer-dir at a musubi-tuner checkout", {"path": str(trainer)})]
+    return [_checkout_check(trainer), _environment_check(trainer_python(trainer, python))]
+
+
+def _checkout_check(trainer: Path) -> Check:
     version = None
     try:
         version = tomllib.loads((trainer / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
@@ -123,48 +128,46 @@ def check_trainer(trainer_dir: Path | None, python: str | None) -> list[Check]:
         pass
     commit = git_commit(trainer)
     details = {"path": str(trainer), "version": version, "commit": commit}
-    checks = [Check("trainer", "musubi-tuner", "ok",
-                    f"{trainer} (version {version or '?'}, commit {commit[:10] if commit else '?'})", "", details)]
-    exe = trainer_python(trainer, python)
+    return Check("trainer", "musubi-tuner", "ok",
+                 f"{trainer} (version {version or '?'}, commit {commit[:10] if commit else '?'})", "", details)
+
+
+def _environment_check(exe: str | None) -> Check:
     if exe is None:
-        checks.append(Check("trainer_env", "Trainer Python", "warn", "no virtual environment found in the checkout",
-                            "pass --python PATH of the environment musubi-tuner is installed in"))
-        return checks
+        return Check("trainer_env", "Trainer Python", "warn", "no virtual environment found in the checkout",
+                     "pass --python PATH of the environment musubi-tuner is installed in")
     info = probe_python(exe)
     if info is None:
-        checks.append(Check("trainer_env", "Trainer Python", "fail", f"{exe} did not run the probe",
-                            "pass --python PATH of a working Python", {"python": exe}))
-        return checks
+        return Check("trainer_env", "Trainer Python", "fail", f"{exe} did not run the probe",
+                     "pass --python PATH of a working Python", {"python": exe})
     info["python"] = exe
     cfg = accelerate_config()
     info["accelerate_config"] = str(cfg) if cfg and cfg.is_file() else None
-    problems, fixes, status = [], [], "ok"
-    if not info.get("torch"):
-        problems.append("torch missing")
-        fixes.append("install musubi-tuner's requirements with a CUDA torch")
-        status = "fail"
-    elif not info.get("cuda_available"):
-        problems.append(f"torch {info['torch']} without CUDA")
-        fixes.append("install a CUDA build of torch (pip index https://download.pytorch.org/whl/cu12x)")
-        status = "fail"
-    if not info.get("accelerate"):
-        problems.append("accelerate missing")
-        fixes.append("pip install accelerate")
-        status = "fail"
-    if not info.get("bitsandbytes"):
-        problems.append("bitsandbytes missing (AdamW8bit, the profiles' optimizer)")
-        fixes.append("pip install bitsandbytes")
-        status = "fail"
-    if not info["accelerate_config"]:
-        problems.append("no accelerate config (kohyawan passes the flags it needs)")
-        fixes.append("optional: run `accelerate config`")
-        status = "warn" if status == "ok" else status
+    found = environment_problems(info)
+    status = "fail" if any(s == "fail" for _, _, s in found) else "warn" if found else "ok"
     summary = (f"torch {info.get('torch') or '-'} (CUDA {'yes' if info.get('cuda_available') else 'no'}), "
                f"accelerate {info.get('accelerate') or '-'}, bitsandbytes {info.get('bitsandbytes') or '-'}")
-    if problems:
-        summary += ": " + "; ".join(problems)
-    checks.append(Check("trainer_env", "Trainer Python", status, summary, "; ".join(fixes), info))
-    return checks
+    if found:
+        summary += ": " + "; ".join(problem for problem, _, _ in found)
+    return Check("trainer_env", "Trainer Python", status, summary, "; ".join(fix for _, fix, _ in found), info)
+
+
+def environment_problems(info: Mapping) -> list[tuple[str, str, str]]:
+    """(problem, fix, "fail" | "warn") for what the trainer's python lacks, in the order they are reported."""
+    found = []
+    if not info.get("torch"):
+        found.append(("torch missing", "install musubi-tuner's requirements with a CUDA torch", "fail"))
+    elif not info.get("cuda_available"):
+        found.append((f"torch {info['torch']} without CUDA",
+                      "install a CUDA build of torch (pip index https://download.pytorch.org/whl/cu12x)", "fail"))
+    if not info.get("accelerate"):
+        found.append(("accelerate missing", "pip install accelerate", "fail"))
+    if not info.get("bitsandbytes"):
+        found.append(("bitsandbytes missing (AdamW8bit, the profiles' optimizer)", "pip install bitsandbytes", "fail"))
+    if not info["accelerate_config"]:
+        found.append(("no accelerate config (kohyawan passes the flags it needs)", "optional: run `accelerate config`",
+                      "warn"))
+    return found
 
 
 EXPECTED_KIND = {"dit": "dit", "dit_high_noise": "dit", "vae": "vae", "t5": "t5"}

@@ -14,19 +14,16 @@ Drive); there concurrent exports may lose a version. ``registry verify`` finds t
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from kohyawan.errors import BadInput, ConfigError, WorkFailed
-from kohyawan.files import atomic, toml
+from kohyawan.files import atomic, locks, toml
 from kohyawan.files.digest import sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA = 1
@@ -181,30 +178,22 @@ class Registry:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = locks.FileLock(self.root / LOCK, mode=0o666).open()
         try:
             timeout = lock_timeout()
-            deadline = time.monotonic() + timeout
-            told = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise WorkFailed(f"cannot lock {self.root / LOCK}: {exc.strerror}") from None
-                if time.monotonic() > deadline:
-                    raise WorkFailed(
-                        f"registry {self.root} stayed locked for {timeout:.0f} s by another process; "
-                        "try again, or check for a hung kohyawan"
-                    )
-                if not told:
-                    print(f"waiting for the registry lock at {self.root} ...", file=sys.stderr)
-                    told = True
-                time.sleep(0.05)
+            try:
+                acquired = lock.acquire(timeout, on_wait=lambda: print(
+                    f"waiting for the registry lock at {self.root} ...", file=sys.stderr))
+            except OSError as exc:
+                raise WorkFailed(f"cannot lock {self.root / LOCK}: {exc.strerror}") from None
+            if not acquired:
+                raise WorkFailed(
+                    f"registry {self.root} stayed locked for {timeout:.0f} s by another process; "
+                    "try again, or check for a hung kohyawan"
+                )
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            lock.release()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:

@@ -4,6 +4,7 @@ Text-encoder caching loads an 11 GB encoder for minutes, so it runs only when ne
 complete when every item of the dataset config has its cache file, each newer than its media and
 caption, and the fingerprint recorded after the last successful run (dataset config and model file)
 still matches: a new resolution or frame count changes the fingerprint of the latent caches only.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

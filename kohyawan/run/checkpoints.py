@@ -5,6 +5,7 @@ Works on a kohyawan run folder (``run.json`` lists checkpoints with absolute ste
 (``{name}-step{step:08d}.safetensors``, ``{name}-{epoch:06d}.safetensors``, ``{name}.safetensors``; the
 step and epoch come from the name or from the ``ss_steps``/``ss_epoch`` metadata). The guide tests the
 checkpoints between 60 % and 80 % of training first: those are marked as candidates.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ the whole group: SIGTERM, then SIGKILL after a grace period. Without it an ``acc
 would keep a GPU busy for hours with nobody watching. Signals sent to the group (SIGINT on a clean
 stop) reach the trainer directly; the guard only waits, then exits the way its child did.
 Standard library only: it must start fast and never import anything heavy.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

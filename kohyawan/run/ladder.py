@@ -3,6 +3,7 @@
 Rungs come from ``kohyawan.run.rungs`` (vram_rungs / ram_rungs for the spec); anything with ``name``,
 ``changes``, ``needs_recache`` and ``keeps_state`` will do. Rungs are cumulative: every attempt runs
 with all rungs taken so far, applied in order.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ def start_from(saved: Saved | None, rung: RungLike | None) -> tuple[str, int, st
     return "restart", 0, None, None, "no usable checkpoint: restarting from step 0"
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What ``decide`` knows about the attempt that ended and the ones before it."""
+    outcome: str
+    failure_line: str | None
+    vram: tuple[RungLike, ...]
+    ram: tuple[RungLike, ...]
+    applied: tuple[str, ...]
+    lr_scale: float
+    attempts_made: int
+    max_attempts: int
+    saved: Saved | None
+    good_saved: Saved | None
+    previous: tuple[str, ...]
+
+    def stop(self, reason: str) -> Next:
+        return Next("stop", reason, self.applied, lr_scale=self.lr_scale)
+
+
 def decide(outcome: str, *, failure_line: str = "", vram: Sequence[RungLike] = (), ram: Sequence[RungLike] = (),
            applied: Sequence[str] = (), lr_scale: float = 1.0, attempts_made: int = 1, max_attempts: int = 6,
            saved: Saved | None = None, good_saved: Saved | None = None, previous: Sequence[str] = ()) -> Next:
@@ -70,43 +90,65 @@ def decide(outcome: str, *, failure_line: str = "", vram: Sequence[RungLike] = (
     ``saved``: the latest usable save; ``good_saved``: the latest one from before a loss spike / NaN
     began; ``previous``: outcomes of the earlier attempts (oldest first).
     """
-    applied = tuple(applied)
-    if outcome == "succeeded":
-        return Next("stop", "training finished", applied, lr_scale=lr_scale)
-    if outcome == "interrupted":
-        if saved is None or saved.step <= 0:
-            return Next("stop", "stopped by the user; nothing was saved yet, so 'runs resume' starts again from step 0",
-                        applied, lr_scale=lr_scale)
-        return Next("stop", f"stopped by the user; 'runs resume' continues from the save at step {saved.step}",
-                    applied, lr_scale=lr_scale)
-    if outcome == "crashed":
-        return Next("stop", f"the trainer failed with an error that a setting change will not fix: {failure_line}"
-                    if failure_line else "the trainer failed; not retried", applied, lr_scale=lr_scale)
+    e = Ended(outcome, failure_line, tuple(vram), tuple(ram), tuple(applied), lr_scale, attempts_made, max_attempts,
+              saved, good_saved, tuple(previous))
+    if outcome in _FINAL:  # never retried, whatever the budget
+        return _FINAL[outcome](e)
     if attempts_made >= max_attempts:
-        return Next("stop", f"retry budget exhausted after {attempts_made} attempts (last: {outcome}); "
-                    f"rungs tried: {', '.join(applied) or 'none'}", applied, lr_scale=lr_scale)
-    if outcome in ("oom_vram", "oom_ram"):
-        pool = vram if outcome == "oom_vram" else ram
-        rung = next((r for r in pool if r.name not in applied), None)
-        if rung is None:
-            kind = "VRAM" if outcome == "oom_vram" else "host RAM"
-            tried = [r.name for r in pool]
-            return Next("stop", f"out of {kind} and the ladder is exhausted; tried: {', '.join(tried) or 'nothing'} "
-                        f"(in effect: {', '.join(applied) or 'none'})", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = start_from(saved, rung)
-        return Next(action, f"{'CUDA' if outcome == 'oom_vram' else 'host'} out of memory: next rung {rung.name}; {how}",
-                    applied + (rung.name,), rung.name, start, state, weights, lr_scale, bool(rung.needs_recache))
-    if outcome in ("loss_spike", "nan"):
-        what = "the loss spiked" if outcome == "loss_spike" else "the loss became NaN/inf"
-        if previous.count("loss_spike") + previous.count("nan") >= 2:
-            return Next("stop", f"{what} again after halving the learning rate twice", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = start_from(good_saved, None)
-        return Next(action, f"{what}: halving the learning rate; {how} (the last save before it began)",
-                    applied + (HALF_LR,), HALF_LR, start, state, weights, lr_scale * 0.5, False)
-    if outcome == "stall":
-        if previous and previous[-1] == "stall":
-            return Next("stop", "the trainer stalled twice in a row; not retried again", applied, lr_scale=lr_scale)
-        action, start, state, weights, how = start_from(saved, None)
-        return Next(action, f"the trainer stalled: one more try with the same settings; {how}", applied, None,
-                    start, state, weights, lr_scale, False)
-    return Next("stop", f"unhandled outcome {outcome}", applied, lr_scale=lr_scale)
+        return e.stop(f"retry budget exhausted after {attempts_made} attempts (last: {outcome}); "
+                      f"rungs tried: {', '.join(e.applied) or 'none'}")
+    if outcome in _RETRIED:
+        return _RETRIED[outcome](e)
+    return e.stop(f"unhandled outcome {outcome}")
+
+
+def _succeeded(e: Ended) -> Next:
+    return e.stop("training finished")
+
+
+def _interrupted(e: Ended) -> Next:
+    if e.saved is None or e.saved.step <= 0:
+        return e.stop("stopped by the user; nothing was saved yet, so 'runs resume' starts again from step 0")
+    return e.stop(f"stopped by the user; 'runs resume' continues from the save at step {e.saved.step}")
+
+
+def _crashed(e: Ended) -> Next:
+    return e.stop(f"the trainer failed with an error that a setting change will not fix: {e.failure_line}"
+                  if e.failure_line else "the trainer failed; not retried")
+
+
+def _out_of_memory(e: Ended) -> Next:
+    """The next rung of the VRAM or the host-RAM ladder, resumed from where its changes allow."""
+    vram = e.outcome == "oom_vram"
+    pool = e.vram if vram else e.ram
+    rung = next((r for r in pool if r.name not in e.applied), None)
+    if rung is None:
+        tried = [r.name for r in pool]
+        return e.stop(f"out of {'VRAM' if vram else 'host RAM'} and the ladder is exhausted; tried: "
+                      f"{', '.join(tried) or 'nothing'} (in effect: {', '.join(e.applied) or 'none'})")
+    action, start, state, weights, how = start_from(e.saved, rung)
+    return Next(action, f"{'CUDA' if vram else 'host'} out of memory: next rung {rung.name}; {how}",
+                e.applied + (rung.name,), rung.name, start, state, weights, e.lr_scale, bool(rung.needs_recache))
+
+
+def _bad_loss(e: Ended) -> Next:
+    """A loss spike or NaN: half the learning rate from the last save before it began, twice at most."""
+    what = "the loss spiked" if e.outcome == "loss_spike" else "the loss became NaN/inf"
+    if e.previous.count("loss_spike") + e.previous.count("nan") >= 2:
+        return e.stop(f"{what} again after halving the learning rate twice")
+    action, start, state, weights, how = start_from(e.good_saved, None)
+    return Next(action, f"{what}: halving the learning rate; {how} (the last save before it began)",
+                e.applied + (HALF_LR,), HALF_LR, start, state, weights, e.lr_scale * 0.5, False)
+
+
+def _stalled(e: Ended) -> Next:
+    if e.previous and e.previous[-1] == "stall":
+        return e.stop("the trainer stalled twice in a row; not retried again")
+    action, start, state, weights, how = start_from(e.saved, None)
+    return Next(action, f"the trainer stalled: one more try with the same settings; {how}", e.applied, None,
+                start, state, weights, e.lr_scale, False)
+
+
+_FINAL = {"succeeded": _succeeded, "interrupted": _interrupted, "crashed": _crashed}
+_RETRIED = {"oom_vram": _out_of_memory, "oom_ram": _out_of_memory, "loss_spike": _bad_loss, "nan": _bad_loss,
+            "stall": _stalled}

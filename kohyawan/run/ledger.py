@@ -4,7 +4,7 @@ folder per attempt with its ``console.log`` and rendered configs.
 run.json, version 1 (stable: add fields, never rename): ``version, id, status ("running" | "succeeded" |
 "failed" | "stopped"), profile, task, total_steps, attempts[{n, rung, changes, outcome, reason,
 resumed_from, steps: [first, last], exit_code, peak_vram_gb, peak_ram_gb}], checkpoints[{path, step,
-epoch, attempt, bytes, sha256}], final`` plus extra fields documented in notes/runtime.md.
+epoch, attempt, bytes, sha256}], final`` plus the extra fields described in docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ the wrong length. kohyawan instead always trains with ``kohyawan_lr.ContinuedLR`
 ``kohyawan/trainer/pyshim`` and put on the trainer's PYTHONPATH), told the original total, the warm-up
 and the absolute step each attempt starts at; the trainer's ``--lr_scheduler_type`` accepts a
 ``module.Class`` and ``--lr_scheduler_args`` takes ``key=value`` literals.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

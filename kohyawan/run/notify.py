@@ -2,6 +2,7 @@
 
 A notification never breaks a run: every failure is swallowed and reported as a warning once per URL.
 Only the URLs the user gave are contacted.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Checks that must pass before any model is loaded: one clear line each (design: fail before minutes
-of model loading). Paths, model files and settings are checked by ``render.build_plan``; here: the
-runs folder, the trainer checkout and its python, and disk space for caches, checkpoints and states."""
+"""Checks that must pass before any model is loaded: one clear line each, so a run fails before minutes
+of model loading. Paths, model files and settings are checked by ``render.build_plan``; here: the
+runs folder, the trainer checkout and its python, and disk space for caches, checkpoints and states.
+See docs/architecture.md ("A run")."""
 
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ def trainer(trainer_dir: Path | None, python: str, launcher: str, timeout_s: flo
 
 
 def lora_bytes(task: str, rank: int, save_precision: str | None) -> int:
-    from kohyawan.rehearse.model import ARCHS, lora_modules
+    """A LoRA file's size: down [rank, in] and up [out, rank] for every module musubi-tuner trains."""
+    from kohyawan.lora.keys import TASK_MODELS, lora_modules
 
-    arch = ARCHS.get(task) or ARCHS["t2v-14B"]
     per = {"fp16": 2, "bf16": 2}.get(save_precision or "", 4)
-    return sum((fin + fout) * rank * per for _, fin, fout in lora_modules(arch))
+    modules = lora_modules(task if task in TASK_MODELS else "t2v-14B")
+    return sum((fin + fout) * rank * per for _, (fout, fin) in modules)
 
 
 def disk_needed(task: str, train: Mapping, total_steps: int, epochs: int, outputs: int, rank: int) -> int:

@@ -4,6 +4,7 @@ A profile lists rung names under ``[ladder] vram`` (out of GPU memory) and ``[la
 memory), cheapest in quality and speed first. Rungs are cumulative: rung k keeps every change of the rungs
 before it. A rung that changes nothing for the spec at hand (block swap already deeper, checkpointing
 already on) is left out, so every rung in the list is a real change.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -46,52 +47,88 @@ def _fp8_scaled_allowed(spec: RunSpec) -> bool:
         return True
 
 
-def _changes_for(name: str, spec: RunSpec) -> tuple[dict[str, Any], bool, bool]:
-    t, d = spec.train, spec.dataset
-    if name == "gradient_checkpointing":
-        return {"train.gradient_checkpointing": True}, False, True
-    if name == "fp8_base":
-        changes = {"train.fp8_base": True}
-        if _fp8_scaled_allowed(spec):
-            changes["train.fp8_scaled"] = True
-        return changes, False, True
+Changes = tuple[dict[str, Any], bool, bool]   # (changes, needs_recache, keeps_state)
+
+
+def _gradient_checkpointing(spec: RunSpec) -> Changes:
+    return {"train.gradient_checkpointing": True}, False, True
+
+
+def _fp8_base(spec: RunSpec) -> Changes:
+    changes = {"train.fp8_base": True}
+    if _fp8_scaled_allowed(spec):
+        changes["train.fp8_scaled"] = True
+    return changes, False, True
+
+
+def _blocks_to_swap(spec: RunSpec, raw: str) -> Changes:
+    top = musubi.max_blocks_to_swap(spec.task)
+    n = top if raw == "max" else int(raw)
+    if (spec.train.get("blocks_to_swap") or 0) >= min(n, top):
+        return {}, False, True  # already swapping at least this deep: a rung never lowers the swap
+    changes = {"train.blocks_to_swap": min(n, top)}
+    if spec.train.get("offload_inactive_dit"):
+        changes["train.offload_inactive_dit"] = False  # the trainer refuses both together
+    return changes, False, True
+
+
+def _gradient_checkpointing_cpu_offload(spec: RunSpec) -> Changes:
+    return {"train.gradient_checkpointing": True, "train.gradient_checkpointing_cpu_offload": True}, False, True
+
+
+def _split_attn(spec: RunSpec) -> Changes:
+    return {"train.split_attn": True}, False, True
+
+
+def _fewer_frames(spec: RunSpec) -> Changes:
+    d = spec.dataset
+    if d.get("frame_extraction") == "full":
+        return {"dataset.max_frames": _frames_down([d.get("max_frames", 129)])[0]}, True, True
+    return {"dataset.target_frames": _frames_down(list(d.get("target_frames", [17])))}, True, True
+
+
+def _lower_resolution(spec: RunSpec) -> Changes:
+    return {"dataset.resolution": _res_down(list(spec.dataset.get("resolution", [512, 512])))}, True, True
+
+
+def _lower_rank(spec: RunSpec) -> Changes:
+    t = spec.train
+    dim = t.get("network_dim", 32)
+    new = max(8, dim // 2)
+    changes = {"train.network_dim": new}
+    if "network_alpha" in t:
+        changes["train.network_alpha"] = float(t["network_alpha"]) * new / dim
+    return changes, False, False
+
+
+def _no_pinned_memory(spec: RunSpec) -> Changes:
+    return {"train.use_pinned_memory_for_block_swap": False}, False, True
+
+
+def _fewer_workers(spec: RunSpec) -> Changes:
+    n = spec.train.get("max_data_loader_n_workers", 8) // 2
+    changes = {"train.max_data_loader_n_workers": n}
+    if n == 0:
+        changes["train.persistent_data_loader_workers"] = False
+    return changes, False, True
+
+
+def _fewer_blocks_to_swap(spec: RunSpec) -> Changes:
+    return {"train.blocks_to_swap": max(0, (spec.train.get("blocks_to_swap") or 0) - 10)}, False, True
+
+
+_RUNGS = {"gradient_checkpointing": _gradient_checkpointing, "fp8_base": _fp8_base,
+          "gradient_checkpointing_cpu_offload": _gradient_checkpointing_cpu_offload, "split_attn": _split_attn,
+          "fewer_frames": _fewer_frames, "lower_resolution": _lower_resolution, "lower_rank": _lower_rank,
+          "no_pinned_memory": _no_pinned_memory, "fewer_workers": _fewer_workers,
+          "fewer_blocks_to_swap": _fewer_blocks_to_swap}
+
+
+def _changes_for(name: str, spec: RunSpec) -> Changes:
     if name.startswith("blocks_to_swap="):
-        raw = name.split("=", 1)[1]
-        top = musubi.max_blocks_to_swap(spec.task)
-        n = top if raw == "max" else int(raw)
-        if (t.get("blocks_to_swap") or 0) >= min(n, top):
-            return {}, False, True  # already swapping at least this deep: a rung never lowers the swap
-        changes = {"train.blocks_to_swap": min(n, top)}
-        if t.get("offload_inactive_dit"):
-            changes["train.offload_inactive_dit"] = False  # the trainer refuses both together
-        return changes, False, True
-    if name == "gradient_checkpointing_cpu_offload":
-        return {"train.gradient_checkpointing": True, "train.gradient_checkpointing_cpu_offload": True}, False, True
-    if name == "split_attn":
-        return {"train.split_attn": True}, False, True
-    if name == "fewer_frames":
-        if d.get("frame_extraction") == "full":
-            return {"dataset.max_frames": _frames_down([d.get("max_frames", 129)])[0]}, True, True
-        return {"dataset.target_frames": _frames_down(list(d.get("target_frames", [17])))}, True, True
-    if name == "lower_resolution":
-        return {"dataset.resolution": _res_down(list(d.get("resolution", [512, 512])))}, True, True
-    if name == "lower_rank":
-        dim = t.get("network_dim", 32)
-        new = max(8, dim // 2)
-        changes = {"train.network_dim": new}
-        if "network_alpha" in t:
-            changes["train.network_alpha"] = float(t["network_alpha"]) * new / dim
-        return changes, False, False
-    if name == "no_pinned_memory":
-        return {"train.use_pinned_memory_for_block_swap": False}, False, True
-    if name == "fewer_workers":
-        n = t.get("max_data_loader_n_workers", 8) // 2
-        changes = {"train.max_data_loader_n_workers": n}
-        if n == 0:
-            changes["train.persistent_data_loader_workers"] = False
-        return changes, False, True
-    if name == "fewer_blocks_to_swap":
-        return {"train.blocks_to_swap": max(0, (t.get("blocks_to_swap") or 0) - 10)}, False, True
+        return _blocks_to_swap(spec, name.split("=", 1)[1])
+    if name in _RUNGS:
+        return _RUNGS[name](spec)
     raise ConfigError(f"unknown ladder rung '{name}'; known: {', '.join(KNOWN_RUNGS)}")
 
 

@@ -2,43 +2,37 @@
 
 The lock is an ``flock`` on ``.lock``: the kernel drops it when the holder dies, however it dies, so a
 free lock with a live trainer group recorded in ``trainer.pid`` means an orphan.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from kohyawan.errors import WorkFailed
+from kohyawan.files import locks
 from kohyawan.run.supervise import group_alive
+
+LOCK = ".lock"
 
 
 class RunLock:
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.fd: int | None = None
+        self.path = Path(run_dir) / LOCK
+        self._lock = locks.FileLock(self.path)
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not self._lock.try_acquire():
+            self._lock.release()
             holder = holder_pid(self.path.parent)
             raise WorkFailed(f"run {self.path.parent.name} is already being supervised"
                              + (f" by process {holder}" if holder else "") + "; never two trainers for one run")
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        self._lock.record_pid()
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
 
     def __enter__(self):
         self.acquire()
@@ -49,25 +43,11 @@ class RunLock:
 
 
 def is_locked(run_dir: Path) -> bool:
-    path = Path(run_dir) / ".lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return locks.is_held(Path(run_dir) / LOCK)
 
 
 def holder_pid(run_dir: Path) -> int | None:
-    try:
-        return int((Path(run_dir) / ".lock").read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
+    return locks.recorded_pid(Path(run_dir) / LOCK)
 
 
 def write_pid(run_dir: Path, **info) -> None:

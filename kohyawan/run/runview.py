@@ -1,4 +1,6 @@
-"""What a running job shows: a rich live panel on a terminal, a plain line at a steady interval otherwise."""
+"""What a running job shows: a rich live panel on a terminal, a plain line at a steady interval otherwise.
+See docs/architecture.md ("A run").
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ The trainer runs under ``kohyawan.run.guard`` (the group leader), which kills th
 Output (stdout and stderr merged, so their order is kept) is appended raw to ``console.log`` and split
 on ``\\r`` and ``\\n`` into events. One thread, one ``select`` loop: at 20 progress updates a second
 this costs well under 1 % of a core (benchmarks/supervisor_bench.py).
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -115,18 +116,11 @@ class Supervisor:
 
     def _run(self) -> AttemptResult:
         t0 = time.monotonic()
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        splitter = LineSplitter()
-        sel = selectors.DefaultSelector()
-        fd = self.proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-        nlines = 0
+        out = _Output(self.proc.stdout.fileno(), self._line)
         next_tick = t0
-        eof = False
         exited = 0.0
         with open(self.log_path, "ab") as log:
-            while not eof or self.proc.poll() is None:
+            while not out.eof or self.proc.poll() is None:
                 try:
                     now = time.monotonic()
                     if now >= next_tick:
@@ -134,43 +128,41 @@ class Supervisor:
                         self.on_tick(self, now)
                         next_tick = now + self.tick_s
                     self._advance_stop(now)
-                    if not eof and self.proc.poll() is not None:
-                        exited = exited or now
-                        if now - exited > 5.0:  # the guard is gone but something still holds the pipe
-                            self._signal(signal.SIGKILL)
-                    if eof:
-                        # output closed but the guard still runs: nothing left to read, just wait
-                        try:
-                            self.proc.wait(timeout=min(0.2, self.tick_s))
-                        except subprocess.TimeoutExpired:
-                            pass
+                    if out.eof:
+                        self._wait_for_exit()
                         continue
-                    for _key, _ in sel.select(timeout=max(0.0, min(next_tick - now, 0.5))):
-                        try:
-                            data = os.read(fd, 1 << 16)
-                        except BlockingIOError:
-                            continue
-                        if not data:
-                            eof = True
-                            break
-                        log.write(data)
-                        for line in splitter.feed(data):
-                            nlines += 1
-                            self._line(line, tail)
+                    exited = self._kill_pipe_holders(now, exited)
+                    out.read(log, timeout=max(0.0, min(next_tick - now, 0.5)))
                 except KeyboardInterrupt:
-                    if self._stop is not None and self._stop[0] == "interrupted" and self._stop_phase == 1:
-                        self._stop_at = 0.0  # a second Ctrl-C: escalate now
-                    self.request_stop("interrupted", "stopped by the user (Ctrl-C or kohyawan runs stop)")
-            for line in splitter.flush():
-                nlines += 1
-                self._line(line, tail)
-        sel.close()
+                    self._interrupted()
+            out.close()
         self.proc.stdout.close()
         # a grandchild that ignored everything must not outlive the attempt
         self._signal(signal.SIGKILL)
         why, reason = self._stop if self._stop else (None, None)
-        return AttemptResult(self.proc.returncode, why, reason, list(tail), time.monotonic() - t0, nlines,
+        return AttemptResult(self.proc.returncode, why, reason, list(out.tail), time.monotonic() - t0, out.lines,
                              list(self.escalated))
+
+    def _wait_for_exit(self) -> None:
+        """Output closed but the guard still runs: nothing left to read, just wait."""
+        try:
+            self.proc.wait(timeout=min(0.2, self.tick_s))
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _kill_pipe_holders(self, now: float, exited: float) -> float:
+        """The guard is gone but something still holds the pipe open: kill the group after 5 s."""
+        if self.proc.poll() is None:
+            return exited
+        exited = exited or now
+        if now - exited > 5.0:
+            self._signal(signal.SIGKILL)
+        return exited
+
+    def _interrupted(self) -> None:
+        if self._stop is not None and self._stop[0] == "interrupted" and self._stop_phase == 1:
+            self._stop_at = 0.0  # a second Ctrl-C: escalate now
+        self.request_stop("interrupted", "stopped by the user (Ctrl-C or kohyawan runs stop)")
 
     def _line(self, line: str, tail) -> None:
         tail.append(line)
@@ -178,6 +170,42 @@ class Supervisor:
             self.on_line(line)
         for ev in parse_line(line):
             self.on_event(ev)
+
+
+class _Output:
+    """The trainer's merged output: read without blocking, appended raw to the log, split into lines."""
+
+    def __init__(self, fd: int, on_line: Callable[[str, collections.deque], None]):
+        self.fd, self.on_line = fd, on_line
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.splitter = LineSplitter()
+        self.lines = 0
+        self.eof = False
+        os.set_blocking(fd, False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(fd, selectors.EVENT_READ)
+
+    def read(self, log, timeout: float) -> None:
+        for _key, _ in self.sel.select(timeout=timeout):
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                self.eof = True
+                return
+            log.write(data)
+            self._lines(self.splitter.feed(data))
+
+    def close(self) -> None:
+        """The last, unterminated line counts too."""
+        self._lines(self.splitter.flush())
+        self.sel.close()
+
+    def _lines(self, lines) -> None:
+        for line in lines:
+            self.lines += 1
+            self.on_line(line, self.tail)
 
 
 def group_alive(pgid: int) -> bool:

@@ -6,6 +6,7 @@ writing the file, so a crash mid-save must not leave a half-written file on the 
 folder counts only after accelerate's last line about it (``Random states saved``). Every checkpoint
 is hard-linked into ``checkpoints/`` under its absolute step, so nothing a later attempt writes can
 overwrite it.
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -65,40 +66,59 @@ class Tracker:
     def on_event(self, ev: Event) -> None:
         if self.pending_ckpt and ev.kind in _SAVE_DONE:
             self._finish_checkpoint()
-        kind = ev.kind
-        if kind == "progress":
-            if self.pending_metric and ev.step != self.pending_metric["local"]:
-                self._flush_metric()
-            if ev.step and ev.step > self.local and self.first_step_seen is None:
-                self.first_step_seen = ev.step
-            self.local = max(self.local, ev.step or 0)
-            self.loss = ev.loss if ev.loss is not None else self.loss
-            self.s_per_it = ev.s_per_it if ev.s_per_it is not None else self.s_per_it
-            self.eta_s = ev.eta_s
-            if ev.step:
-                self.pending_metric = {"step": self.start + ev.step, "local": ev.step, "loss": ev.loss,
-                                       "s_per_it": ev.s_per_it}
-        elif kind == "startup" and ev.key == "total_steps":
+        handler = self._HANDLERS.get(ev.kind)
+        if handler is not None:
+            handler(self, ev)
+
+    def _on_progress(self, ev: Event) -> None:
+        if self.pending_metric and ev.step != self.pending_metric["local"]:
+            self._flush_metric()
+        if ev.step and ev.step > self.local and self.first_step_seen is None:
+            self.first_step_seen = ev.step
+        self.local = max(self.local, ev.step or 0)
+        self.loss = ev.loss if ev.loss is not None else self.loss
+        self.s_per_it = ev.s_per_it if ev.s_per_it is not None else self.s_per_it
+        self.eta_s = ev.eta_s
+        if ev.step:
+            self.pending_metric = {"step": self.start + ev.step, "local": ev.step, "loss": ev.loss,
+                                   "s_per_it": ev.s_per_it}
+
+    def _on_startup(self, ev: Event) -> None:
+        if ev.key == "total_steps":
             self.printed_total = ev.value
-        elif kind == "epoch":
-            self.epoch, self.epochs = ev.epoch, ev.epochs
-        elif kind == "checkpoint":
-            self.pending_ckpt = ev.path
-        elif kind == "state" and ev.key == "step":
+
+    def _on_epoch(self, ev: Event) -> None:
+        self.epoch, self.epochs = ev.epoch, ev.epochs
+
+    def _on_checkpoint(self, ev: Event) -> None:
+        self.pending_ckpt = ev.path
+
+    def _on_state(self, ev: Event) -> None:
+        """Which step the state being saved belongs to: printed with it, or the current one (epoch end, last)."""
+        if ev.key == "step":
             self.state_step = ev.value
-        elif kind == "state" and ev.key in ("epoch", "last"):
+        elif ev.key in ("epoch", "last"):
             self.state_step = self.local
-        elif kind == "state_saved":
-            step = self.start + (self.state_step if self.state_step is not None else self.local)
-            saved = Saved(step, ev.path, self.weights_at.get(step))
-            self.saves.append(saved)
-            self.on_save(saved)
-        elif kind == "removed" and ev.key == "checkpoint":
+
+    def _on_state_saved(self, ev: Event) -> None:
+        step = self.start + (self.state_step if self.state_step is not None else self.local)
+        saved = Saved(step, ev.path, self.weights_at.get(step))
+        self.saves.append(saved)
+        self.on_save(saved)
+
+    def _on_removed(self, ev: Event) -> None:
+        if ev.key == "checkpoint":
             self._removed(ev.path)
-        elif kind == "model_saved":
-            self.model_saved = True
-        elif kind == "error":
-            self.last_error = ev.text
+
+    def _on_model_saved(self, ev: Event) -> None:
+        self.model_saved = True
+
+    def _on_error(self, ev: Event) -> None:
+        self.last_error = ev.text
+
+    _HANDLERS = {"progress": _on_progress, "startup": _on_startup, "epoch": _on_epoch, "checkpoint": _on_checkpoint,
+                 "state": _on_state, "state_saved": _on_state_saved, "removed": _on_removed,
+                 "model_saved": _on_model_saved, "error": _on_error}
 
     def _finish_checkpoint(self) -> None:
         path, self.pending_ckpt = self.pending_ckpt, None

@@ -1,4 +1,4 @@
-"""Watchdogs: samplers (NVML, psutil) and pure decisions over what they and the log reported.
+"""Watchdogs: pure decisions over what the samplers (``kohyawan.run.samplers``) and the log reported.
 
 Decisions take the time as an argument (an injectable clock), so tests replay histories exactly.
 
@@ -8,6 +8,7 @@ and F = ``loss_spike_factor``: the baseline is the median of the W values observ
 and a spike is reported when each of the last P values exceeds F x baseline, i.e. the average jumped
 well above its recent level and did not come back for P steps. Nothing is judged before W + P
 observations of the current attempt (the average restarts with every attempt).
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 DEFAULTS = {
     "stall_minutes": 10.0,        # no progress for max(this, stall_factor x median step time)
@@ -65,6 +66,7 @@ class Watchdog:
         self.low_util_since: float | None = None
         self.low_util_warned = False
         self.margin_warned = False
+        self._margin: tuple[float | None, float | None] = (None, None)  # the last (used, total) VRAM, GB
 
     # --- observations -------------------------------------------------------------------------------
     def output(self, now: float) -> None:
@@ -143,83 +145,8 @@ class Watchdog:
             self.low_util_warned = True
             alerts.append(Alert("low_util", False, f"GPU utilisation below {self.cfg['low_util_percent']:g}% for "
                                 f"{self.cfg['low_util_minutes']:g} min: data loading, CPU or disk is the bottleneck"))
-        used, total = getattr(self, "_margin", (None, None))
+        used, total = self._margin
         if used is not None and total and not self.margin_warned and total - used < self.cfg["vram_margin_gb"]:
             self.margin_warned = True
             alerts.append(Alert("vram_margin", False, f"VRAM nearly full: {used:.1f} of {total:.1f} GB in use"))
         return alerts
-
-
-# ---------------------------------------------------------------------------------------------------
-# samplers
-
-@dataclass(frozen=True)
-class Sample:
-    vram_used_gb: float | None = None    # device total in use
-    vram_total_gb: float | None = None
-    vram_proc_gb: float | None = None    # the trainer's own processes on the GPU
-    gpu_util: float | None = None
-    ram_gb: float | None = None          # resident memory of the trainer's whole process tree
-    swap_gb: float | None = None         # system swap in use
-
-
-class GpuSampler:
-    """NVML through nvidia-ml-py; without a GPU or NVML it says so once and returns nothing."""
-
-    def __init__(self, index: int = 0, warn=None):
-        self.ok = False
-        self.message = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nv = pynvml
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            self.ok = True
-        except Exception as exc:  # no driver, no library, no device: all the same to a user
-            self.message = f"no NVIDIA GPU/NVML here ({type(exc).__name__}): VRAM and GPU utilisation are not watched"
-            if warn:
-                warn(self.message)
-
-    def sample(self, pids: Sequence[int] = ()) -> tuple[float | None, float | None, float | None, float | None]:
-        if not self.ok:
-            return None, None, None, None
-        try:
-            mem = self.nv.nvmlDeviceGetMemoryInfo(self.handle)
-            util = self.nv.nvmlDeviceGetUtilizationRates(self.handle).gpu
-            proc = None
-            if pids:
-                wanted = set(pids)
-                procs = self.nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
-                proc = sum((p.usedGpuMemory or 0) for p in procs if p.pid in wanted) / 2**30
-            return mem.used / 2**30, mem.total / 2**30, proc, float(util)
-        except Exception:
-            return None, None, None, None
-
-
-def tree_pids(root: int) -> list[int]:
-    import psutil
-
-    try:
-        p = psutil.Process(root)
-        return [root] + [c.pid for c in p.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def host_sample(root: int) -> tuple[float | None, float | None, list[int]]:
-    """(resident GB of the whole tree, swap GB in use system-wide, the tree's pids)."""
-    import psutil
-
-    try:
-        p = psutil.Process(root)
-        procs = [p] + p.children(recursive=True)
-    except psutil.Error:
-        return None, None, []
-    rss = 0
-    for proc in procs:
-        try:
-            rss += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return rss / 2**30, psutil.swap_memory().used / 2**30, [q.pid for q in procs]
