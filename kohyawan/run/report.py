@@ -84,14 +84,16 @@ def last_metric(run_dir: Path) -> dict | None:
 
 
 def _stage(run_dir: Path, data: dict, state: str) -> str:
+    """The stage running now; for a run not running, the last stage it reached."""
+    stages = data.get("stages") or []
     if state != "running":
-        return data["status"]
+        return stages[-1]["name"] if stages else "-"
     from kohyawan.run import runlock
 
     info = runlock.read_pid(run_dir) or {}
     if info.get("stage"):
         return info["stage"]
-    running = [s["name"] for s in data.get("stages") or [] if s.get("status") == "running"]
+    running = [s["name"] for s in stages if s.get("status") == "running"]
     return running[-1] if running else "preparing"
 
 

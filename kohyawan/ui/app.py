@@ -87,6 +87,7 @@ def create_app(cfg: UiConfig) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={KohyawanError: on_error, HTTPException: on_error})
     app.state.cfg = cfg.with_token()
     app.state.metrics = MetricsCache()
+    app.state.metrics.warm(lambda: pages_runs.metrics_files(app.state.cfg))   # run pages open from the cache
     app.state.templates = templates()
     app.add_middleware(guard.Guard, cfg=app.state.cfg)
     return app

@@ -66,8 +66,15 @@ def _run_context(request: Request) -> dict:
             "console_path": log, "console": tail, "show_lines": report.show_lines(run_dir, data)}
 
 
+def metrics_files(cfg) -> list[Path]:
+    """Every run's metrics.jsonl, the most recently updated run first."""
+    return [Path(r["path"]) / "metrics.jsonl" for r in all_runs(cfg)]
+
+
 def runs_page(request: Request) -> Response:
-    return render(request, "runs.html", rows=all_runs(request.app.state.cfg), nav="runs")
+    rows = all_runs(request.app.state.cfg)
+    request.app.state.metrics.warm(lambda: [Path(r["path"]) / "metrics.jsonl" for r in rows])
+    return render(request, "runs.html", rows=rows, nav="runs")
 
 
 def runs_table(request: Request) -> Response:

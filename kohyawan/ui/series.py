@@ -17,13 +17,13 @@ import threading
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 BUCKETS = 600          # per chart: at most 2 points per bucket per series
 FIELDS = ("step", "loss", "attempt", "time", "vram_gb", "ram_gb")
-_CACHE_FILES = 32
+_CACHE_FILES = 16      # parsed files kept: 100,000 lines take 4.8 MB
 _NUMBER = (int, float)
 
 
@@ -61,49 +61,95 @@ def buckets(x: np.ndarray, lo: float, hi: float, n: int = BUCKETS) -> np.ndarray
 class _Entry:
     def __init__(self, ino: int):
         self.ino, self.offset = ino, 0
-        self.cols: dict[str, list] = {f: [] for f in FIELDS}
+        self.cols: dict[str, np.ndarray] = empty_columns()
         self.payloads: dict[Any, bytes] = {}
 
 
+def empty_columns() -> dict[str, np.ndarray]:
+    return {f: np.zeros(0) for f in FIELDS}
+
+
 class MetricsCache:
-    """Parsed ``metrics.jsonl`` files, grown by the bytes appended since the last read."""
+    """Parsed ``metrics.jsonl`` files (numpy columns, 48 bytes a line), grown by the bytes appended since the
+    last read; the least recently used file is dropped past ``_CACHE_FILES``. One lock per file, so a long
+    first parse does not hold up other runs' pages."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._files: OrderedDict[str, _Entry] = OrderedDict()
+        self._file_locks: dict[str, threading.Lock] = {}
 
     def read(self, path: Path) -> _Entry | None:
         key = str(path)
         with self._lock:
+            file_lock = self._file_locks.setdefault(key, threading.Lock())
+        with file_lock:
             try:
                 st = os.stat(path)
             except OSError:
-                self._files.pop(key, None)
+                with self._lock:
+                    self._files.pop(key, None)
                 return None
-            entry = self._files.get(key)
+            with self._lock:
+                entry = self._files.get(key)
             if entry is None or entry.ino != st.st_ino or st.st_size < entry.offset:
                 entry = _Entry(st.st_ino)
             if st.st_size > entry.offset:
                 _grow(path, entry)
-            self._files[key] = entry
-            self._files.move_to_end(key)
-            while len(self._files) > _CACHE_FILES:
-                self._files.popitem(last=False)
+            with self._lock:
+                self._files[key] = entry
+                self._files.move_to_end(key)
+                while len(self._files) > _CACHE_FILES:
+                    self._files.popitem(last=False)
             return entry
+
+    def warm(self, paths: Callable[[], list[Path]]) -> threading.Thread:
+        """Parse the files ``paths()`` names (newest first) in the background, so their pages open from the
+        cache; called at start and whenever the runs list is opened."""
+        def work():
+            for path in paths()[:_CACHE_FILES]:
+                try:
+                    self.read(path)
+                except OSError:
+                    continue
+        thread = threading.Thread(target=work, name="kohyawan-ui-warm", daemon=True)
+        thread.start()
+        return thread
 
     def payload(self, path: Path, attempts: list[dict]) -> bytes:
         """The chart document (JSON bytes) for one run; computed once per state of the file."""
         entry = self.read(path)
-        marks = json.dumps([[a.get("n"), a.get("outcome"), a.get("steps"), a.get("rung"), a.get("started")]
+        marks = json.dumps([[a.get("n"), a.get("outcome"), a.get("steps"), a.get("rung"), a.get("ended")]
                             for a in attempts])
         key = (entry.offset if entry else 0, marks)
         if entry is not None and key in entry.payloads:
             return entry.payloads[key]
-        doc = chart_doc(entry.cols if entry else {f: [] for f in FIELDS}, attempts)
+        doc = chart_doc(entry.cols if entry else empty_columns(), attempts)
         data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         if entry is not None:
             entry.payloads = {key: data}
         return data
+
+
+def _records(text: str) -> list:
+    try:  # one parse for the whole chunk: several times faster than a parse per line
+        return json.loads("[" + text.rstrip("\n").replace("\n", ",") + "]")
+    except ValueError:  # a damaged or blank line: parse one by one and skip it
+        records = []
+        for line in text.split("\n"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+
+def _column(recs: list[dict], field: str) -> np.ndarray:
+    try:
+        return np.array([r.get(field) for r in recs], dtype=np.float64)   # None -> NaN
+    except (TypeError, ValueError):  # a hand-edited value that is not a number
+        return np.array([v if type(v) in _NUMBER else math.nan for v in (r.get(field) for r in recs)],
+                        dtype=np.float64)
 
 
 def _grow(path: Path, entry: _Entry) -> None:
@@ -113,34 +159,21 @@ def _grow(path: Path, entry: _Entry) -> None:
     end = chunk.rfind(b"\n")
     if end < 0:
         return
-    text = chunk[: end + 1].decode("utf-8", errors="replace")
     entry.offset += end + 1
-    try:  # one parse for the whole chunk: several times faster than a parse per line
-        records = json.loads("[" + text.rstrip("\n").replace("\n", ",") + "]")
-    except ValueError:  # a damaged or blank line: parse one by one and skip it
-        records = []
-        for line in text.split("\n"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    recs = [r for r in records if isinstance(r, dict) and type(r.get("step")) is int]
+    recs = [r for r in _records(chunk[: end + 1].decode("utf-8", errors="replace"))
+            if isinstance(r, dict) and type(r.get("step")) is int]
     for f in FIELDS:
-        entry.cols[f].extend([v if type(v) in _NUMBER else None for v in (r.get(f) for r in recs)])
-
-
-def _floats(values: list) -> np.ndarray:
-    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+        entry.cols[f] = np.concatenate([entry.cols[f], _column(recs, f)])
 
 
 def _clean(values) -> list:
-    return [None if (v is None or not math.isfinite(v)) else round(float(v), 6) for v in values]
+    return [None if not math.isfinite(v) else round(v, 6) for v in values.tolist()]
 
 
-def loss_chart(cols: dict[str, list]) -> dict[str, Any]:
-    steps = np.array(cols["step"], dtype=np.int64)
-    loss = _floats(cols["loss"])
-    attempt = np.array([a or 0 for a in cols["attempt"]], dtype=np.int64)
+def loss_chart(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    steps = cols["step"].astype(np.int64)
+    loss = cols["loss"]
+    attempt = np.nan_to_num(cols["attempt"]).astype(np.int64)
     ok = np.isfinite(loss)
     if not ok.any():
         return {"x": [], "attempts": [], "alpha": None}
@@ -161,9 +194,8 @@ def loss_chart(cols: dict[str, list]) -> dict[str, Any]:
     return {"x": x.tolist(), "attempts": out, "alpha": round(alpha, 5)}
 
 
-def memory_chart(cols: dict[str, list]) -> dict[str, Any]:
-    t = _floats(cols["time"])
-    vram, ram = _floats(cols["vram_gb"]), _floats(cols["ram_gb"])
+def memory_chart(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    t, vram, ram = cols["time"], cols["vram_gb"], cols["ram_gb"]
     ok = np.isfinite(t)
     if not ok.any():
         return {"x": [], "t0": None, "vram": [], "ram": []}
@@ -178,9 +210,8 @@ def memory_chart(cols: dict[str, list]) -> dict[str, Any]:
             keep.update(idx[fin][minmax_keep(b[fin], series[idx][fin])].tolist())
     if not keep:  # neither is measured: still one point per bucket for the time axis
         keep.update(idx[minmax_keep(b, rel[idx])].tolist())
-    order = sorted(keep, key=lambda i: (rel[i], i))
-    return {"x": [round(float(rel[i]), 3) for i in order], "t0": t0,
-            "vram": _clean(vram[order]), "ram": _clean(ram[order])}
+    order = np.array(sorted(keep, key=lambda i: (rel[i], i)), dtype=np.int64)
+    return {"x": np.round(rel[order], 3).tolist(), "t0": t0, "vram": _clean(vram[order]), "ram": _clean(ram[order])}
 
 
 def _epoch(iso: str | None) -> float | None:
@@ -190,13 +221,11 @@ def _epoch(iso: str | None) -> float | None:
         return None
 
 
-def attempt_ends(cols: dict[str, list]) -> dict[int, float]:
+def attempt_ends(cols: dict[str, np.ndarray]) -> dict[int, float]:
     """The time of each attempt's last metric line (more exact than run.json's whole seconds)."""
-    ends: dict[int, float] = {}
-    for a, t in zip(cols["attempt"], cols["time"]):
-        if a is not None and t is not None:
-            ends[a] = max(t, ends.get(a, t))
-    return ends
+    ok = np.isfinite(cols["attempt"]) & np.isfinite(cols["time"])
+    attempts, times = cols["attempt"][ok].astype(np.int64), cols["time"][ok]
+    return {int(a): float(times[attempts == a].max()) for a in np.unique(attempts)}
 
 
 def ladder_marks(attempts: list[dict], t0: float | None, ends: dict[int, float] | None = None) -> list[dict[str, Any]]:
@@ -216,7 +245,7 @@ def ladder_marks(attempts: list[dict], t0: float | None, ends: dict[int, float] 
     return marks
 
 
-def chart_doc(cols: dict[str, list], attempts: list[dict]) -> dict[str, Any]:
+def chart_doc(cols: dict[str, np.ndarray], attempts: list[dict]) -> dict[str, Any]:
     memory = memory_chart(cols)
     loss = loss_chart(cols)
     shown = len(loss["x"]) * max(1, len(loss["attempts"])) + len(memory["x"]) * 2
