@@ -252,3 +252,61 @@ def test_busy_port_and_bad_token_are_one_line_exit_2():
     assert r.stderr.count("\n") == 1
     r = cli("ui", "--token", "short")
     assert r.returncode == 2 and r.stderr == "error: --token: use at least 8 characters\n"
+
+
+BATCH = """
+[defaults]
+profile = "character"
+task = "t2v-1.3B"
+rehearse = true
+registry = "batch-registry"
+overrides = { max_train_epochs = 2 }
+
+[[jobs]]
+client = "brand-x"
+name = "sarah"
+dataset = "data/sarah"
+"""
+
+
+@pytest.mark.slow
+def test_grid_sweep_and_batch_pages_show_what_the_commands_wrote(tmp_path):
+    from batchkit import FAST_ENV, write_manifest
+    from comfy_fake_server import FakeComfy, ffmpeg_path
+    from kohyawan.batch import driver, tables
+
+    manifest = write_manifest(tmp_path, BATCH, datasets=("sarah",))
+    r = cli("batch", str(manifest), **FAST_ENV)
+    assert r.returncode == 0, r.stderr
+    r = cli("sweep", "--profile", "character", "--dataset", str(tmp_path / "data" / "sarah"), "--task", "t2v-1.3B",
+            "--variants", "conservative,standard", "--runs-dir", str(tmp_path / "runs"), "--name", "ab", "--rehearse",
+            "--set", "max_train_epochs=2", **FAST_ENV)
+    assert r.returncode == 0, r.stderr
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\nsarah <smiles>\n")
+    with FakeComfy(tmp_path / "comfy", loras=["sarah_v1.safetensors"], ffmpeg=ffmpeg_path()) as fake:
+        r = cli("comfy", "grid", "--lora", "sarah_v1.safetensors", "--strengths", "0.8,1.0", "--prompts", str(prompts),
+                "--include-base", "--frames", "5", "--steps", "2", "--out", str(tmp_path / "grids" / "g1"),
+                "--server", fake.url)
+    assert r.returncode == 0, r.stderr
+    app = create_app(UiConfig(runs_dirs=(tmp_path / "runs",), grid_dirs=(tmp_path / "grids",),
+                              batch_dirs=(tmp_path / "clients.batch",)))
+    c = TestClient(app, base_url=LOCAL)
+    overview = c.get("/tests", headers=HTML).text
+    assert 'href="/grids/0/g1"' in overview and 'href="/sweeps/0/ab"' in overview and 'href="/batches/0"' in overview
+    assert "6/6 cells done" in overview and "1 succeeded" in overview
+    grid = c.get("/grids/0/g1", headers=HTML).text
+    manifest = json.loads((tmp_path / "grids" / "g1" / "grid.json").read_text())
+    assert "sarah &lt;smiles&gt;" in grid and 'src="/files/0/g1/contact_sheet.png"' in grid
+    for cell in manifest["cells"]:
+        (out,) = cell["outputs"]
+        assert f'src="/files/0/g1/{out}"' in grid
+        assert c.get(f"/files/0/g1/{out}").content == (tmp_path / "grids" / "g1" / out).read_bytes()
+    sweep_doc = json.loads((tmp_path / "runs" / "ab" / "sweep.json").read_text())
+    sweep = c.get("/sweeps/0/ab", headers=HTML).text
+    for row in tables.sweep_rows(sweep_doc):
+        assert all(f">{cell}<" in sweep for cell in row[1:]), row
+    assert 'href="/runs/0/ab-standard">standard<' in sweep
+    batch = c.get("/batches/0", headers=HTML).text
+    for row in tables.batch_rows(driver.status(tmp_path / "clients.batch")):
+        assert all(f"<td>{cell}</td>" in batch for cell in row if cell), row
