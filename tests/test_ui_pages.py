@@ -171,6 +171,7 @@ def test_paths_never_leave_the_configured_folders(world):
         assert said(r).startswith("error: ") and "\n" not in said(r)
     assert c.get("/files/0/runs/oomy/run.json").status_code == 404      # inside, but not a grid's file
     assert c.get("/runs/7/oomy").status_code == 404
+    assert c.get("/events?topic=run&root=x&id=oomy").status_code == 400
     assert c.get("/runs/0/nothing").status_code == 404
 
 

@@ -170,7 +170,7 @@ def attempt_line(attempt: dict, *, state: str, live_step: int | None = None) -> 
             + (f" - {brief(attempt['reason'])}" if attempt.get("reason") else ""))
 
 
-def show_lines(run_dir: Path, data: dict, *, with_checkpoints: bool = True) -> list[str]:
+def show_lines(run_dir: Path | None, data: dict, *, with_checkpoints: bool = True) -> list[str]:
     """What ``runs show`` prints (and ``kohyawan run`` at the end, without checkpoints)."""
     row = summary(run_dir, data) if with_checkpoints else None
     state = row["state"] if row else data["status"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from kohyawan.errors import BadInput
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-NAME = re.compile(r"[\w][\w.-]*")   # a run id, a sweep or model name: never "..", never a slash
+NAME = re.compile(r"[\w.-]+")   # a run id (as ``kohyawan run --name`` allows), a sweep or model name: no slash
 
 
 class NotFound(BadInput):
@@ -60,7 +60,7 @@ class UiConfig:
 
 
 def check_name(text: str, what: str = "name") -> str:
-    if not NAME.fullmatch(text or "") or ".." in text:
+    if not NAME.fullmatch(text or "") or text in (".", ".."):
         raise Forbidden(f"{what} {text!r}: not a plain name")
     return text
 

@@ -14,6 +14,7 @@ from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from kohyawan.errors import BadInput
 from kohyawan.ui.config import check_name, pick
 
 TICK_S = 10.0
@@ -59,7 +60,11 @@ def watcher(request: Request):
     cfg = request.app.state.cfg
     topic = request.query_params.get("topic", "runs")
     if topic == "run":
-        root = pick(cfg.runs_dirs, int(request.query_params.get("root", "-1")), "runs")
+        try:
+            index = int(request.query_params.get("root", ""))
+        except ValueError:
+            raise BadInput("root: give the number of a runs folder, e.g. root=0") from None
+        root = pick(cfg.runs_dirs, index, "runs")
         run_dir = root / check_name(request.query_params.get("id", ""), "run")
         return lambda: run_signature(run_dir)
     return lambda: runs_signature(cfg.runs_dirs)

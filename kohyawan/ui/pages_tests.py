@@ -14,7 +14,8 @@ from starlette.routing import Route
 from kohyawan.ui.app import render
 from kohyawan.ui.config import NotFound, check_name, inside, pick
 
-GRID_DEPTH = 3   # grid.json is looked for this many folders deep under each grid root
+GRID_DEPTH = 3   # grid.json is looked for this many folders deep under each --grids folder
+SWEEP_GRID_DEPTH = 2   # and in runs folders only where a sweep puts its grid (RUNS_DIR/SWEEP/grid)
 
 
 def _read(path: Path) -> dict | None:
@@ -28,7 +29,7 @@ def _read(path: Path) -> dict | None:
 def find_grids(cfg) -> list[dict]:
     found = []
     for i, root in enumerate(cfg.grid_roots()):
-        for depth in range(GRID_DEPTH + 1):
+        for depth in range((GRID_DEPTH if i < len(cfg.grid_dirs) else SWEEP_GRID_DEPTH) + 1):
             for path in sorted(root.glob("/".join(["*"] * depth + ["grid.json"]))):
                 manifest = _read(path)
                 if not manifest or "cells" not in manifest:

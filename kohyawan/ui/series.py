@@ -79,29 +79,35 @@ class MetricsCache:
         self._files: OrderedDict[str, _Entry] = OrderedDict()
         self._file_locks: dict[str, threading.Lock] = {}
 
-    def read(self, path: Path) -> _Entry | None:
-        key = str(path)
+    def _file_lock(self, path: Path) -> threading.Lock:
         with self._lock:
-            file_lock = self._file_locks.setdefault(key, threading.Lock())
-        with file_lock:
-            try:
-                st = os.stat(path)
-            except OSError:
-                with self._lock:
-                    self._files.pop(key, None)
-                return None
+            return self._file_locks.setdefault(str(path), threading.Lock())
+
+    def read(self, path: Path) -> _Entry | None:
+        with self._file_lock(path):
+            return self._read(path)
+
+    def _read(self, path: Path) -> _Entry | None:
+        """Under the file's lock: the entry brought up to the file's present length."""
+        key = str(path)
+        try:
+            st = os.stat(path)
+        except OSError:
             with self._lock:
-                entry = self._files.get(key)
-            if entry is None or entry.ino != st.st_ino or st.st_size < entry.offset:
-                entry = _Entry(st.st_ino)
-            if st.st_size > entry.offset:
-                _grow(path, entry)
-            with self._lock:
-                self._files[key] = entry
-                self._files.move_to_end(key)
-                while len(self._files) > _CACHE_FILES:
-                    self._files.popitem(last=False)
-            return entry
+                self._files.pop(key, None)
+            return None
+        with self._lock:
+            entry = self._files.get(key)
+        if entry is None or entry.ino != st.st_ino or st.st_size < entry.offset:
+            entry = _Entry(st.st_ino)
+        if st.st_size > entry.offset:
+            _grow(path, entry)
+        with self._lock:
+            self._files[key] = entry
+            self._files.move_to_end(key)
+            while len(self._files) > _CACHE_FILES:
+                self._files.popitem(last=False)
+        return entry
 
     def warm(self, paths: Callable[[], list[Path]]) -> threading.Thread:
         """Parse the files ``paths()`` names (newest first) in the background, so their pages open from the
@@ -118,7 +124,11 @@ class MetricsCache:
 
     def payload(self, path: Path, attempts: list[dict]) -> bytes:
         """The chart document (JSON bytes) for one run; computed once per state of the file."""
-        entry = self.read(path)
+        with self._file_lock(path):   # the columns must not grow while they are cut down
+            return self._payload(path, attempts)
+
+    def _payload(self, path: Path, attempts: list[dict]) -> bytes:
+        entry = self._read(path)
         marks = json.dumps([[a.get("n"), a.get("outcome"), a.get("steps"), a.get("rung"), a.get("ended")]
                             for a in attempts])
         key = (entry.offset if entry else 0, marks)
