@@ -83,8 +83,84 @@ def world(tmp_path):
     return {"root": tmp_path, "registry": registry}
 
 
+def open_browser(pw, exe: str, profile: Path):
+    return pw.chromium.launch_persistent_context(str(profile), executable_path=exe, headless=True, args=CHROMIUM_FLAGS,
+                                                 viewport={"width": 1280, "height": 860})
+
+
+def runs_list_goes_live(page, base: str, run_dir: Path, shots: Path) -> None:
+    """The live run's step advances on the runs list without a reload."""
+    from playwright.sync_api import expect
+
+    wait_until(lambda: metrics_step(run_dir) >= 2, timeout=120)
+    page.goto(base + "/runs")
+    cell = page.locator('tr[data-run="sarah-live"] .steps')
+    expect(cell).to_be_visible()
+    first = int(cell.inner_text().split("/")[0])
+    page.evaluate("window.__same_page = true")
+    page.wait_for_function(
+        "n => parseInt(document.querySelector('tr[data-run=\"sarah-live\"] .steps').textContent) > n",
+        arg=first, timeout=15000)
+    assert page.evaluate("window.__same_page") is True
+    expect(page.locator('tr[data-run="sarah-live"] .state')).to_have_text("running")
+    shoot(page, shots, "runs")
+
+
+def run_page_shows_the_oom(page, base: str, run_dir: Path, shots: Path) -> None:
+    """The loss curve, and the ladder step of the injected OOM (it comes in live); then the checkpoints."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/runs/0/sarah-live")
+    expect(page.locator("#loss-chart canvas").first).to_be_visible()
+    expect(page.locator("#mem-chart canvas").first).to_be_visible()
+    mark = page.locator(".ladder-mark").filter(has_text="oom_vram")
+    expect(mark).to_have_count(1, timeout=30000)
+    assert "rung fp8_base" in mark.inner_text()
+    expect(page.locator("tr.attempt.oom_vram")).to_have_count(1)
+    wait_until(lambda: metrics_step(run_dir) >= 30, timeout=120)
+    page.wait_for_timeout(1500)
+    shoot(page, shots, "run")
+    page.goto(base + "/runs/0/sarah-oom/checkpoints")
+    expect(page.locator("tr.candidate").first).to_be_visible()
+    shoot(page, shots, "checkpoints")
+
+
+def promote_on_the_page(page, base: str, registry: Path, shots: Path) -> None:
+    """Promote v2 on the model page, then read the index on disk."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/registry")
+    shoot(page, shots, "registry")
+    page.goto(base + "/registry/character/demo/sarah")
+    row = page.locator('tr[data-version="2"]')
+    row.locator('form:has(button.promote) input[name="reason"]').fill("sharper faces at 0.8")
+    row.locator("button.promote").click()
+    expect(page.locator("#done")).to_contain_text("v2 promoted; current is v2 (by ana)")
+    model = json.loads((registry / "index.json").read_text())["models"]["character/demo/sarah"]
+    assert [v["status"] for v in model["versions"]] == ["deprecated", "current"]
+    assert model["events"][-1]["reason"] == "sharper faces at 0.8" and model["events"][-1]["user"] == "ana"
+    assert "learning_rate" in page.locator('tr[data-version="2"] td.diff').inner_text()
+    expect(page.locator("#current")).to_have_text("v2")
+    shoot(page, shots, "model")
+
+
+def grids_and_sweeps(page, base: str, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(base + "/tests")
+    expect(page.locator(".card img")).to_be_visible()
+    shoot(page, shots, "tests")
+    page.locator(".card").first.click()
+    expect(page.locator("img.sheet")).to_be_visible()
+    assert page.locator("table.cells video").count() == 2 * 7
+    shoot(page, shots, "grid")
+    page.goto(base + "/sweeps/0/ab")
+    expect(page.locator("table.sweep tbody tr")).to_have_count(2)
+    shoot(page, shots, "sweep")
+
+
 def test_dashboard_end_to_end(world, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     exe = chromium()
     shots = Path(os.environ.get("KOHYAWAN_UI_SCREENSHOTS") or tmp_path / "shots")
@@ -95,83 +171,24 @@ def test_dashboard_end_to_end(world, tmp_path):
     try:
         with UiServer("--runs-dir", str(root / "runs"), "--registry", str(world["registry"]), "--grids",
                       str(root / "grids"), KOHYAWAN_USER="ana") as server, sync_playwright() as pw:
-            browser = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=exe, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 860})
+            browser = open_browser(pw, exe, tmp_path / "profile")
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             # an event stream is cut whenever the page is left: that is not an error
             page.on("requestfailed", lambda req: "/events?" in req.url or errors.append(f"request failed: {req.url}"))
-
-            # runs list: the live run's step advances without a reload
-            run_dir = root / "runs" / "sarah-live"
-            wait_until(lambda: metrics_step(run_dir) >= 2, timeout=120)
-            page.goto(server.base + "/runs")
-            cell = page.locator('tr[data-run="sarah-live"] .steps')
-            expect(cell).to_be_visible()
-            first = int(cell.inner_text().split("/")[0])
-            page.evaluate("window.__same_page = true")
-            page.wait_for_function(
-                "n => parseInt(document.querySelector('tr[data-run=\"sarah-live\"] .steps').textContent) > n",
-                arg=first, timeout=15000)
-            assert page.evaluate("window.__same_page") is True
-            expect(page.locator('tr[data-run="sarah-live"] .state')).to_have_text("running")
-            shoot(page, shots, "runs")
-
-            # run page: the loss curve, and the ladder step of the injected OOM (it comes in live)
-            page.goto(server.base + "/runs/0/sarah-live")
-            expect(page.locator("#loss-chart canvas").first).to_be_visible()
-            expect(page.locator("#mem-chart canvas").first).to_be_visible()
-            mark = page.locator(".ladder-mark").filter(has_text="oom_vram")
-            expect(mark).to_have_count(1, timeout=30000)
-            assert "rung fp8_base" in mark.inner_text()
-            expect(page.locator("tr.attempt.oom_vram")).to_have_count(1)
-            wait_until(lambda: metrics_step(run_dir) >= 30, timeout=120)
-            page.wait_for_timeout(1500)
-            shoot(page, shots, "run")
-
-            page.goto(server.base + "/runs/0/sarah-oom/checkpoints")
-            expect(page.locator("tr.candidate").first).to_be_visible()
-            shoot(page, shots, "checkpoints")
-
-            # registry: promote v2 on the page, then read the index on disk
-            page.goto(server.base + "/registry")
-            shoot(page, shots, "registry")
-            page.goto(server.base + "/registry/character/demo/sarah")
-            row = page.locator('tr[data-version="2"]')
-            row.locator('form:has(button.promote) input[name="reason"]').fill("sharper faces at 0.8")
-            row.locator("button.promote").click()
-            expect(page.locator("#done")).to_contain_text("v2 promoted; current is v2 (by ana)")
-            index = json.loads((world["registry"] / "index.json").read_text())
-            versions = index["models"]["character/demo/sarah"]["versions"]
-            assert [v["status"] for v in versions] == ["deprecated", "current"]
-            assert "learning_rate" in page.locator('tr[data-version="2"] td.diff').inner_text()
-            assert index["models"]["character/demo/sarah"]["events"][-1]["reason"] == "sharper faces at 0.8"
-            expect(page.locator("#current")).to_have_text("v2")
-            shoot(page, shots, "model")
-
-            page.goto(server.base + "/tests")
-            expect(page.locator(".card img")).to_be_visible()
-            shoot(page, shots, "tests")
-            page.locator(".card").first.click()
-            expect(page.locator("img.sheet")).to_be_visible()
-            assert page.locator("table.cells video").count() == 2 * 7
-            shoot(page, shots, "grid")
-            page.goto(server.base + "/sweeps/0/ab")
-            expect(page.locator("table.sweep tbody tr")).to_have_count(2)
-            shoot(page, shots, "sweep")
-
-            # a '..' path is refused
-            bad = page.goto(server.base + "/files/0/..%2F..%2Fetc%2Fpasswd")
+            runs_list_goes_live(page, server.base, root / "runs" / "sarah-live", shots)
+            run_page_shows_the_oom(page, server.base, root / "runs" / "sarah-live", shots)
+            promote_on_the_page(page, server.base, world["registry"], shots)
+            grids_and_sweeps(page, server.base, shots)
+            bad = page.goto(server.base + "/files/0/..%2F..%2Fetc%2Fpasswd")     # a '..' path is refused
             assert bad.status == 403 and "leaves the served folder" in page.content()
             assert not errors, errors
             browser.close()
 
         # a non-local bind: no token, no page; the printed address (with its token) opens it
         with UiServer("--runs-dir", str(root / "runs"), "--host", "127.0.0.2") as guarded, sync_playwright() as pw:
-            browser = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile2"), executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
+            browser = open_browser(pw, exe, tmp_path / "profile2")
             page = browser.new_page()
             refused = page.goto(guarded.base + "/runs")
             assert refused.status == 401 and "needs its access token" in page.content()
