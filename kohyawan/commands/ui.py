@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kohyawan.errors import BadInput
+from kohyawan.errors import BadInput, ConfigError
 
 _DIR = click.Path(path_type=Path, file_okay=False, exists=True)
 INSTALL = "pip install 'kohyawan[ui]'"
@@ -56,7 +56,9 @@ def ui(runs_dirs, registry_dir, batch_dirs, grid_dirs, host, port, token):
     if registry_dir is None:
         try:
             registry_dir = store.locate(None)
-        except BadInput:
+        except ConfigError:    # a kohyawan.toml that does not parse is an error, not "no registry"
+            raise
+        except BadInput:       # none configured: the registry page says how to give one
             registry_dir = None
     cfg = UiConfig(runs_dirs=tuple(runs_dirs) or (_runs_dir(None),), registry=registry_dir,
                    batch_dirs=tuple(batch_dirs), grid_dirs=tuple(grid_dirs), host=host, port=port, token=token)
