@@ -79,27 +79,20 @@ def write(queue: Queue) -> dict[str, Any]:
     return doc
 
 
-def _f(value: Any, fmt: str = "{:.4f}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
 def print_table(doc: dict[str, Any], *, title: str | None = None) -> None:
     from rich import box
     from rich.table import Table
 
     from kohyawan.console import out
 
+    from kohyawan.batch.tables import BATCH_COLUMNS, batch_rows
+
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("job", no_wrap=True)
-    for col in ("state", "GPU/task", "loss last/best", "time", "VRAM", "att.", "export"):
+    table.add_column(BATCH_COLUMNS[0], no_wrap=True)
+    for col in BATCH_COLUMNS[1:]:
         table.add_column(col, no_wrap=True)
-    for j in doc["jobs"]:
-        run = j["run"]
-        export = f"v{j['exported_version']}" if j["exported_version"] else j["export_state"]
-        tries = f" (try {j['tries']})" if (j["tries"] or 0) > 1 else ""
-        table.add_row(j["key"], j["state"] + tries, j["gpu"] or j.get("slurm_job") or "-",
-                      f"{_f(run['final_loss'], '{:.3f}')}/{_f(run['best_loss'], '{:.3f}')}", _f(run["seconds"] or j["seconds"], "{:.0f}s"),
-                      _f(run["peak_vram_gb"], "{:.1f}G"), str(run["attempts"]), export)
+    for row in batch_rows(doc):
+        table.add_row(*row)
     c = out()
     c.print(table)
     for j in doc["jobs"]:

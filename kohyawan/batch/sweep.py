@@ -171,20 +171,15 @@ def print_table(doc: dict[str, Any]) -> None:
 
     from kohyawan.console import out
 
-    def f(v, fmt="{:.3f}"):
-        return "-" if v is None else fmt.format(v)
+    from kohyawan.batch.tables import SWEEP_COLUMNS, sweep_rows
 
     table = Table(title=f"sweep {doc['name']} (seed {doc['seed']})" + (" - REHEARSAL" if doc["rehearsal"] else ""),
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("variant", no_wrap=True)
-    for col in ("state", "GPU", "last loss", "best (step)", "time", "VRAM", "att.", "candidates"):
+    table.add_column(SWEEP_COLUMNS[0], no_wrap=True)
+    for col in SWEEP_COLUMNS[1:]:
         table.add_column(col, overflow="fold")
-    for r in doc["variants"]:
-        best = "-" if r["best_loss"] is None else f"{r['best_loss']:.3f} ({r['best_step']})"
-        table.add_row(r["variant"], r["state"], r["gpu"] or "-", f(r["final_loss"]), best,
-                      f(r["seconds"], "{:.0f}s"), f(r["peak_vram_gb"], "{:.1f}G"),
-                      str(r["attempts"]) + (f" (+{len(r['rungs'])} rungs)" if r["rungs"] else ""),
-                      ", ".join(str(s) for s in r["candidates"]) or "-")
+    for row in sweep_rows(doc):
+        table.add_row(*row)
     c = out()
     c.print(table)
     if doc["lowest_best_loss"]:

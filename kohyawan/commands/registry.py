@@ -134,18 +134,10 @@ def list_cmd(kind, client, registry_dir, as_json):
     """
     from rich.table import Table
 
+    from kohyawan.registry.actions import list_models
+
     reg = _open(registry_dir)
-    rows = []
-    for key, m in sorted(reg.read_index()["models"].items()):
-        if (kind and m["kind"] != kind) or (client and m["client"] != client):
-            continue
-        cur = next((v for v in m["versions"] if v["status"] == "current"), None)
-        last = m["versions"][-1] if m["versions"] else None
-        rows.append({"model": key, "name": m["name"], "kind": m["kind"], "client": m["client"],
-                     "versions": len(m["versions"]), "current": cur["version"] if cur else None,
-                     "latest": last["version"] if last else None, "latest_status": last["status"] if last else None,
-                     "latest_date": last["created"] if last else None,
-                     "deployments": len(m.get("deployments", []))})
+    rows = list_models(reg.read_index(), kind=kind, client=client)
     if as_json:
         print_json({"registry": str(reg.root), "models": rows})
         return
@@ -201,24 +193,16 @@ def _status_change_options(f):
 
 def _change_status(action, name, version, reason, client, kind, registry_dir, as_json):
     """promote / deprecate: the same shape, one pure function from ``versions`` each."""
-    from kohyawan.registry import naming, roles, store, versions
+    from kohyawan.registry import actions, store
 
-    reg = _open(registry_dir)
-    user = store.current_user()
-    roles.check(reg.root, action, user)
-    n = naming.parse_version(version)
-    with reg.transaction() as index:
-        m = store.find_model(index, name, client=client, kind=kind)
-        key = f"{m['kind']}/{m['client']}/{m['name']}"
-        new = getattr(versions, action)(m, n, at=store.now_iso(), user=user, reason=reason)
-        index["models"][key] = new
-    cur = versions.current_of(new)
-    result = {"model": key, "action": action, "version": n, "current": cur["version"] if cur else None,
-              "statuses": {f"v{v['version']}": v["status"] for v in new["versions"]}}
+    result = actions.change_status(store.locate(registry_dir), action, name, version, reason=reason, client=client,
+                                   kind=kind)
+    result.pop("user")
+    key, cur = result["model"], result["current"]
     if as_json:
         print_json(result)
     else:
-        out().print(f"{key}: v{n} {action}d; current is " + (f"v{result['current']}" if cur else "none"))
+        out().print(actions.status_line(result))
     if action == "deprecate" and cur is None:
         warn(f"{key} has no current version now")
 
@@ -259,20 +243,14 @@ def rollback(name, reason, client, kind, registry_dir, as_json):
     Example:
       kohyawan registry rollback sarah --reason "faces melt above strength 0.8"
     """
-    from kohyawan.registry import roles, store, versions
+    from kohyawan.registry import actions, store
 
-    reg = _open(registry_dir)
-    user = store.current_user()
-    roles.check(reg.root, "rollback", user)
-    with reg.transaction() as index:
-        m = store.find_model(index, name, client=client, kind=kind)
-        key = f"{m['kind']}/{m['client']}/{m['name']}"
-        new, old, to = versions.rollback(m, at=store.now_iso(), user=user, reason=reason)
-        index["models"][key] = new
+    result = actions.rollback(store.locate(registry_dir), name, reason=reason, client=client, kind=kind)
+    result.pop("user")
     if as_json:
-        print_json({"model": key, "action": "rollback", "from": old, "to": to, "current": to, "reason": reason})
+        print_json(result)
     else:
-        out().print(f"{key}: rolled back from v{old} to v{to} ({reason})")
+        out().print(actions.status_line(result))
 
 
 @registry.command("verify")

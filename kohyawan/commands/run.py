@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 from pathlib import Path
 
 import click
@@ -81,15 +79,9 @@ def _finish(data: dict, as_json: bool) -> None:
 
 
 def _summary(data: dict) -> None:
-    from kohyawan.run.runview import brief
+    from kohyawan.run.report import show_lines
 
-    c = console.out()
-    c.print(f"run {data['id']}: {data['status']}" + (" (REHEARSAL: no training happened)" if data.get("rehearsal") else ""))
-    for a in data["attempts"]:
-        c.print(f"  attempt {a['n']} {a.get('stage', '')}: steps {a['steps'][0]}-{a['steps'][1]} {a['outcome']}"
-                + (f" [rung {a['rung']}]" if a.get("rung") else "") + (f" - {brief(a['reason'])}" if a.get("reason") else ""), markup=False)
-    if data.get("final"):
-        c.print(f"  final: {data['final']['path']}")
+    console.out().print("\n".join(show_lines(None, data, with_checkpoints=False)), markup=False)
 
 
 @click.command()
@@ -152,25 +144,9 @@ def runs():
 
 
 def _run_dir(runs_dir: Path | None, run_id: str) -> Path:
-    path = Path(run_id)
-    if (path / "run.json").is_file():
-        return path
-    path = _runs_dir(runs_dir) / run_id
-    if not (path / "run.json").is_file():
-        raise BadInput(f"no run {run_id!r} in {_runs_dir(runs_dir)}")
-    return path
+    from kohyawan.run.report import find_run
 
-
-def _live_state(run_dir: Path, data: dict) -> str:
-    from kohyawan.run import runlock
-
-    if runlock.is_locked(run_dir):
-        return "running"
-    if runlock.orphan(run_dir):
-        return "orphaned"
-    if data["status"] == "running":
-        return "dead"  # its supervisor died; runs resume continues it
-    return data["status"]
+    return find_run(_runs_dir(runs_dir), run_id)
 
 
 @runs.command("list")
@@ -186,18 +162,10 @@ def list_runs(runs_dir, as_json):
     Example:
       kohyawan runs list --json
     """
+    from kohyawan.run import report
+
     root = _runs_dir(runs_dir)
-    rows = []
-    for path in sorted(root.glob("*/run.json")) if root.is_dir() else []:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        last = data["attempts"][-1] if data["attempts"] else {}
-        rows.append({"id": data["id"], "status": data["status"], "state": _live_state(path.parent, data),
-                     "profile": data.get("profile"), "task": data.get("task"), "total_steps": data.get("total_steps"),
-                     "step": (last.get("steps") or [0, 0])[1], "attempts": len(data["attempts"]),
-                     "rehearsal": bool(data.get("rehearsal")), "path": str(path.parent)})
+    rows = report.list_runs(root)
     if as_json:
         console.print_json(rows)
         return
@@ -205,8 +173,7 @@ def list_runs(runs_dir, as_json):
     if not rows:
         c.print(f"no runs in {root}")
     for r in rows:
-        c.print(f"{r['id']:<32} {r['state']:<10} {r['step']}/{r['total_steps']} steps  {r['attempts']} attempt(s)  "
-                f"{r['profile']} {r['task']}" + ("  (rehearsal)" if r["rehearsal"] else ""), markup=False)
+        c.print(report.list_line(r), markup=False)
 
 
 @runs.command()
@@ -220,17 +187,15 @@ def show(run_id, runs_dir, as_json):
     Example:
       kohyawan runs show sarah-try
     """
+    from kohyawan.run import report
+
     run_dir = _run_dir(runs_dir, run_id)
-    data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    data["state"] = _live_state(run_dir, data)
+    data = report.read_run(run_dir)
+    data["state"] = report.live_state(run_dir, data)
     if as_json:
         console.print_json(data)
         return
-    _summary(data)
-    c = console.out()
-    c.print(f"  state: {data['state']}; {len(data['checkpoints'])} checkpoint(s):")
-    for ck in data["checkpoints"]:
-        c.print(f"    step {ck['step']:>7}  {ck['path']}" + ("  (removed)" if ck.get("removed") else ""), markup=False)
+    console.out().print("\n".join(report.show_lines(run_dir, data)), markup=False)
 
 
 @runs.command()
@@ -251,20 +216,16 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     Example:
       kohyawan runs resume sarah-try
     """
-    from kohyawan.run import runlock, runsetup
+    from kohyawan.run import report, runlock, runsetup
     from kohyawan.run.supervise import kill_group
 
     run_dir = _run_dir(runs_dir, run_id)
-    if runlock.is_locked(run_dir):
-        raise WorkFailed(f"run {run_id} is being supervised by process {runlock.holder_pid(run_dir)}")
+    data = report.ensure_resumable(run_dir)
     pgid = runlock.orphan(run_dir)
     if pgid:
         console.warn(f"stopping the orphaned trainer of {run_id} (process group {pgid})")
         kill_group(pgid)
         runlock.clear_pid(run_dir)
-    data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if data["status"] == "succeeded":
-        raise BadInput(f"run {run_id} already succeeded")
     req = data["request"]
     spec = resolve_spec(req["profile"], Path(req["dataset"]) if req.get("dataset") else None, req.get("task"),
                         req.get("expert"), req.get("variant"),
@@ -292,19 +253,6 @@ def stop(run_id, runs_dir):
     Example:
       kohyawan runs stop sarah-try
     """
-    from kohyawan.run import runlock
-    from kohyawan.run.supervise import kill_group
+    from kohyawan.run import report
 
-    run_dir = _run_dir(runs_dir, run_id)
-    holder = runlock.holder_pid(run_dir) if runlock.is_locked(run_dir) else None
-    if holder:
-        os.kill(holder, signal.SIGTERM)  # the supervisor turns it into a clean stop
-        console.err().print(f"asked kohyawan (pid {holder}) to stop run {run_id}", markup=False)
-        return
-    pgid = runlock.orphan(run_dir)
-    if pgid:
-        kill_group(pgid)
-        runlock.clear_pid(run_dir)
-        console.err().print(f"stopped the orphaned trainer of {run_id}", markup=False)
-        return
-    console.err().print(f"run {run_id} is not running", markup=False)
+    console.err().print(report.stop(_run_dir(runs_dir, run_id)), markup=False)
