@@ -127,6 +127,8 @@ def report_facts(root: Path) -> dict[str, tuple[int, tuple[int, int]]]:
 
 
 def _probe(path: str, is_image: bool) -> tuple[int, tuple[int, int]] | None:
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
     if is_image:
         size = cachefiles.image_size(path, (0, 0))
         return (1, size) if all(size) else None
