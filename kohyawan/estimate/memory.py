@@ -62,6 +62,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from kohyawan.estimate import workload
+
 GIB = float(2**30)
 
 CUDA_CONTEXT_GIB = 0.73     # NVML minus torch's reserved memory, H200 run D (points.toml)
@@ -186,8 +188,6 @@ def inputs_from_values(train: Mapping[str, Any], dataset: Mapping[str, Any], tas
     """MemoryInputs from musubi option values (absent keys take the trainer's defaults). ``peak`` (a
     ``workload.Shape``) gives the largest batch; without it the dataset settings' resolution and longest
     item stand in."""
-    from kohyawan.estimate import workload
-
     if peak is None:
         width, height = workload.settings_resolution(dataset)
         frames, batch = workload.settings_frames(dataset), int(dataset.get("batch_size") or 1)

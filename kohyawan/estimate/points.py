@@ -18,7 +18,7 @@ A check says how the model meets a point, by what the point measured:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -298,11 +298,6 @@ def time_band(gpu: Any, points: tuple[Point, ...] | None = None) -> TimeBand:
     timed = _timed(gpu.names[0] if gpu.names else gpu.key, points)
     return TimeBand(gpu.key, tuple(p.id for p in timed),
                     tuple(predicted_seconds(p, gpu) / p.s_per_step - 1 for p in timed))
-
-
-def with_constants(p: Point, **train: Any) -> Point:
-    """A point with other train values (the benchmarks and tests vary one setting)."""
-    return replace(p, train={**p.train, **train})
 
 
 # -- what the estimate and the run say about it --------------------------------------------------------
