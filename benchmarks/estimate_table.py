@@ -1,7 +1,7 @@
 """The README table: each built-in profile's estimate on 24, 40 and 80 GB GPUs (markdown on stdout).
 
-Profile values as resolved (no dataset, so no dataset-size rules), task t2v-A14B; --expert both (default)
-or low/high; time for --steps steps.
+Profile values as resolved (no dataset, so no dataset-size rules, and clips assumed as long as the profile
+allows: its max_frames), task t2v-A14B; --expert both (default) or low/high; time for --steps steps.
 
     PYTHONPATH=. python benchmarks/estimate_table.py [--expert both] [--steps 1000]
 """

@@ -26,6 +26,11 @@ def test_estimate_table_marks_the_starting_rung(tmp_path):
     assert "Start at: blocks_to_swap=" in r.output
     assert "Cost of 600 steps" in r.output and "RunPod" in r.output and "(guide price)" in r.output
     assert "Disk: latent caches" in r.output
+    # what it rests on: the clips here are empty files, so it says it assumed their size and length
+    assert "40 media file(s) could not be read" in r.output and "NOT read from the data" in r.output
+    assert "Peak from step 2 on, when the optimizer state exists" in r.output
+    assert "Time: fitted to 2 measured steps on h200 (A, D)" in r.output and "rtx4090 scaled from it" in r.output
+    assert "Memory model checked against 7 GPU measurements on NVIDIA H200" in r.output
 
 
 def test_estimate_json_schema(tmp_path):
@@ -44,6 +49,11 @@ def test_estimate_json_schema(tmp_path):
     recache = [label for label, needs, _ in flags if needs]
     assert recache and recache[0] == "fewer_frames"          # every rung from fewer_frames on needs new caches
     assert flags[-1] == ("lower_rank", True, False)
+    base = doc["rungs"][0]
+    assert base["workload"]["basis"] == "settings" and base["workload"]["clips"] == 40
+    assert base["workload"]["largest_batch"]["frames"] == 33 and base["first_step_vram_gib"] < base["vram_gib"]
+    assert doc["alloc_conf"] == "expandable_segments:True"
+    assert all(c["ok"] for c in doc["checked_against"]["points"]) and doc["checked_against"]["tolerance"] == 0.07
 
 
 def test_estimate_accepts_every_config_render_option(tmp_path):

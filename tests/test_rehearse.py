@@ -137,3 +137,57 @@ def test_plain_resume_bends_a_decaying_schedule_like_musubi(tmp_path):
     straight = [json.loads(x)["lr"] for x in a.read_text().splitlines()]
     resumed = [json.loads(x)["lr"] for x in b.read_text().splitlines()]
     assert resumed != pytest.approx(straight[4:])
+
+
+def _ladder_case(tmp_path):
+    """The GPU check's ladder case: two 81-frame square clips trained whole up to 25 frames at 512x512."""
+    import media
+
+    for i in range(2):
+        media.video(tmp_path / "clips" / f"c{i}.mp4", size="64x64", rate=16, seconds=81 / 16)
+        (tmp_path / "clips" / f"c{i}.txt").write_text("a test pattern")
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(f'[general]\nresolution = [512, 512]\ncaption_extension = ".txt"\nbatch_size = 1\n'
+                    f'enable_bucket = true\nbucket_no_upscale = true\n\n[[datasets]]\n'
+                    f'video_directory = "{tmp_path / "clips"}"\ncache_directory = "{tmp_path / "cache"}"\n'
+                    f'frame_extraction = "full"\nmax_frames = 25\n')
+    for name in ("v", "t", "dit.safetensors"):
+        (tmp_path / name).write_bytes(b"stand-in")
+    for script, extra in (("wan_cache_latents.py", ["--vae", str(tmp_path / "v")]),
+                          ("wan_cache_text_encoder_outputs.py", ["--t5", str(tmp_path / "t")])):
+        subprocess.run([sys.executable, str(trainer_dir() / script), "--dataset_config", str(toml), *extra],
+                       env=env(), check=True, capture_output=True, timeout=60)
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*-025_0512x0512_wan.safetensors")) == [
+        "c0_00000-025_0512x0512_wan.safetensors", "c1_00000-025_0512x0512_wan.safetensors"]
+
+    def train(*extra, out="x"):
+        argv = [sys.executable, TRAIN, "--task", "t2v-A14B", "--dit", str(tmp_path / "dit.safetensors"),
+                "--dataset_config", str(toml), "--sdpa", "--optimizer_type", "adamw", "--network_module",
+                "networks.lora_wan", "--network_dim", "64", "--gradient_checkpointing", "--output_dir",
+                str(tmp_path / "out"), "--output_name", out, "--max_train_steps", "2", "--save_every_n_steps", "1",
+                "--save_state", "--save_precision", "bf16", *extra]
+        return subprocess.run(argv, env=env(KOHYAWAN_REHEARSE_GPU_GB="23.5"), capture_output=True, text=True,
+                              timeout=120)
+    return train
+
+
+def test_ladder_case_on_a_23_5_gib_gpu_runs_out_of_memory_where_the_real_one_did(tmp_path):
+    """shared/gpu-check: fp16 OOM while loading, fp8 OOM in step 1, blocks_to_swap=10 finishes step 1, saves and
+    runs out of memory in step 2, blocks_to_swap=20 resumes the saved state and finishes."""
+    train = _ladder_case(tmp_path)
+    fp8 = ("--fp8_base", "--fp8_scaled")
+    r = train(out="base")
+    assert r.returncode == 1 and "OutOfMemoryError" in r.stderr and "running training" not in r.stdout
+    r = train(*fp8, out="fp8")
+    assert r.returncode == 1 and "OutOfMemoryError" in r.stderr and " 0/2 " in r.stderr
+    assert not list((tmp_path / "out").glob("fp8-step*"))
+    r = train(*fp8, "--blocks_to_swap", "10", out="swap10")
+    assert r.returncode == 1 and "OutOfMemoryError" in r.stderr
+    assert (tmp_path / "out" / "swap10-step00000001.safetensors").is_file()
+    assert not (tmp_path / "out" / "swap10-step00000002.safetensors").exists()
+    state = str(tmp_path / "out" / "swap10-step00000001-state")
+    r = train(*fp8, "--blocks_to_swap", "10", "--resume", state, out="again")   # the state comes with it
+    assert r.returncode == 1 and not list((tmp_path / "out").glob("again-step*"))
+    r = train(*fp8, "--blocks_to_swap", "20", "--resume", state, out="swap20")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "swap20.safetensors").is_file()

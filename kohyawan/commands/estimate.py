@@ -105,17 +105,19 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
     ladder = est.ladder_estimates(
         spec, rungs.vram_rungs(spec), rungs.apply, gpu=gpu, vram_gib=vram, ram_gib=ram, margin_gib=margin,
         items=items, total_steps=total_steps, epochs=epochs, observations=obs,
-        gpu_name=(detected[0] if detected else None), offers=list(table.values()))
+        gpu_name=(detected[0] if detected else None), offers=list(table.values()),
+        expandable_segments=_expandable())
     doc = {"version": ESTIMATE_VERSION, "profile": spec.profile, "variant": spec.variant, "task": spec.task,
            "expert": spec.expert, "gpu": gpu.key if gpu else None,
            "vram_gib": vram if vram is not None else (gpu.vram_gib if gpu else None), "ram_gib": ram,
-           "margin_gib": margin, "items": items, **ladder.to_dict()}
+           "margin_gib": margin, "items": items, **ladder.to_dict(), **_basis_doc(margin)}
     for note in spec.notes:
         console.warn(note)
     if as_json:
         console.print_json(doc)
         return
     _print(ladder, doc, gpu)
+    _print_basis(ladder)
 
 
 def _print(ladder, doc, gpu) -> None:
@@ -197,3 +199,29 @@ def _learnt_lines(ladder) -> list[str]:
 
 def _changes(changes) -> str:
     return ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in changes.items())
+
+
+def _expandable() -> bool:
+    """Whether the trainer will run with expandable segments: kohyawan run's setting unless the user set one."""
+    import os
+
+    from kohyawan.estimate import allocator
+
+    return allocator.expandable(allocator.trainer_conf(os.environ))
+
+
+def _basis_doc(margin) -> dict:
+    import os
+
+    from kohyawan.estimate import allocator, points
+
+    return {"alloc_conf": allocator.trainer_conf(os.environ), "checked_against": points.checked_json(margin)}
+
+
+def _print_basis(ladder) -> None:
+    """What the estimate rests on (data, step-2 peak, time, allocator, checked points), under the table."""
+    from kohyawan.estimate import plan as est
+
+    shown = ladder.estimates[max(ladder.first_fit, 0)]
+    for line in est.basis_lines(shown):
+        console.out().print(line, highlight=False, markup=False)

@@ -1,81 +1,85 @@
-"""Peak VRAM, host RAM, step time and disk of a musubi-tuner WAN LoRA run, from first principles (pure).
+"""Peak VRAM, host RAM and disk of a musubi-tuner WAN LoRA run, from the trainer's code, fitted to GPU
+measurements (pure; see docs/architecture.md and docs/estimate.md).
 
-Units: every figure this module returns is in GiB (2**30 bytes), the unit torch's OOM message, nvidia-smi
-(MiB) and NVML report; "24 GB" cards have 23.99 GiB, of which torch can use about 23.55 GiB.
+Units: GiB (2**30 bytes), as torch's OOM message and NVML report them; a "24 GB" card has 23.99 GiB.
 
-What sits in GPU memory at the peak of a training step (the peak is in the backward pass of the first
-block, where every stored activation still exists and one block is being recomputed):
+**When each part exists** (musubi-tuner 0.3.4, ``training/trainer_base.py``): the DiT weights from loading on;
+the LoRA's fp32 weights from network creation on; gradients from the backward pass until
+``optimizer.zero_grad(set_to_none=True)`` after the step; the optimizer state from the FIRST optimizer step on.
+So step 1 runs without optimizer state and step 2 is the first step with everything: a setting can finish
+step 1 and run out of memory in step 2 (measured on an H200 at a 23.5 GiB cap, ``points.toml``). The model
+gives both: ``Vram.first_step_gib`` (step 1) and ``Vram.total_gib`` (step 2 on, the steady peak). Within a
+step there are two candidate peaks: the start of the backward pass (every checkpointed block input stored,
+one block recomputed with its gradients; the LoRA gradients of the other blocks do not exist yet) and the
+optimizer step (every gradient, the state and the optimizer's temporaries; activations freed). The peak is
+the larger; activations make the backward the peak except for small images.
 
-1. **DiT weights.** Parameter counts come from the WAN architecture (dim d, FFN width f, L blocks):
-   a block holds self-attention q/k/v/o (4 d^2), cross-attention q/k/v/o (4 d^2; Wan 2.1 I2V adds k_img/v_img,
-   2 d^2) and the FFN (2 d f), about 351 M parameters for the 14B models (d=5120, f=13824, L=40) and 46 M for
-   the 1.3B model (d=1536, f=8960, L=30). Outside the blocks (patch, text and time embeddings, the
-   time projection, the head): about 232 M (14B) and 26 M (1.3B). Totals 14.28 B (28.6 GB in bf16, 14.3 GB in
-   fp8) and 1.42 B (2.8 GB), the sizes of the published checkpoints. bf16 = 2 bytes; with ``fp8_base`` (with or
-   without ``fp8_scaled``) the block linear weights are 1 byte and the rest stays bf16.
-   ``blocks_to_swap N`` keeps N blocks in host RAM; musubi's offloader exchanges a GPU block with a CPU block
-   in place, so the GPU holds exactly L-N blocks (source: musubi ``modules/custom_offloading_utils.py``).
-   A WAN 2.2 A14B run with ``expert=both`` keeps both experts on the GPU, each with its own N swapped blocks,
-   and swaps their state dicts at the timestep boundary (``wan_train_network.py``), unless
-   ``offload_inactive_dit`` moves the inactive one to host RAM (it cannot be combined with block swap).
-2. **LoRA training state.** 10 LoRA modules per block (400 for 14B, 300 for 1.3B; 12 per block for Wan 2.1
-   I2V). A module of rank r on an [out, in] linear has r (in + out) parameters: 4.79 M x r for 14B (rank 32:
-   153 M parameters, 307 MB in bf16, matching musubi's saved file). musubi keeps the trainable LoRA weights in
-   fp32 under bf16 mixed precision: 4 bytes for weights, 4 for gradients, plus autocast's bf16 copy of each
-   weight that lives for the forward pass (2 bytes), plus the optimizer state: AdamW 8 bytes (two fp32
-   moments), AdamW8bit 2 bytes (two 8-bit moments), Lion 4, Prodigy 16, Adafactor factored second moments
-   (4 (rows + cols) bytes per matrix, near zero), SGD 0.
-3. **Activations.** tokens = ((frames - 1)/4 + 1) x (H/16) x (W/16) per sample (VAE 4x temporal and 8x spatial
-   compression, 1x2x2 patches), times the batch size. Counting the bf16 tensors a WAN block keeps for its
-   backward (norm inputs/outputs, q/k/v before and after RMS-norm and RoPE, attention outputs, the FFN's GELU
-   input and output at f/d = 2.7 widths, residuals; WAN's LayerNorms compute in fp32) gives about 61 d bytes
-   per token per block, and a backward in flight adds gradient buffers: the working set of one block is
-   WORKING_SET_D = 75 d bytes per token (first principles say 68; 75 is the value that puts calibration (a)
-   at "barely fits"). Without gradient checkpointing all L blocks keep STORED_D = 61 d bytes per token; with
-   it each block keeps only its input (2 d bytes per token) and one block is recomputed at a time; with
-   ``gradient_checkpointing_cpu_offload`` the block inputs live in host RAM instead. Text context (512 x 4096
-   bf16) and the latents themselves are negligible next to these.
-4. **Fixed costs.** The CUDA context and cuBLAS workspaces (CUDA_CONTEXT_GIB = 0.75) and the caching
-   allocator's fragmentation (FRAGMENTATION = 5 % of what tensors occupy), both from typical torch 2.x runs.
+The parts:
 
-Calibration (published observations; the tests in ``tests/test_memory.py`` hold the model to these errors):
+1. **DiT weights** (``dit_bytes``): parameter counts from the WAN shapes below. fp16/bf16 2 bytes. ``fp8_base``
+   without ``fp8_scaled`` casts the whole model to fp8 (``transformer.to(float8)``): 1 byte everywhere. With
+   ``fp8_scaled`` only the Linear weights inside the blocks are fp8; the rest keeps 2 bytes. ``blocks_to_swap
+   N`` keeps N blocks' Linear weights in host RAM, exchanged in place (``modules/custom_offloading_utils.py``):
+   the GPU holds L-N blocks. Dual-expert runs (A14B, ``expert=both``) keep both DiTs resident unless
+   ``offload_inactive_dit``.
+2. **LoRA training state**: r (in + out) parameters per adapted Linear, 10 per block (12 for Wan 2.1 I2V).
+   fp32 weights (4 bytes), fp32 gradients (4, at the optimizer step), the optimizer state after the first
+   step (AdamW 8, AdamW8bit 2, Adafactor factored, ...) and the optimizer's temporaries during its step
+   (``OPTIMIZER_TEMP_BYTES``: torch's foreach AdamW makes a fp32 copy of the second moment's square root).
+3. **Activations** per token, in units of the model width d: gradient checkpointing stores each block's
+   input (CKPT_STORED_D = 2: fp16/bf16); the block being recomputed plus its backward need WORKING_SET_D
+   (fitted, below), which includes the fp32 modulation Wan 2.2 computes per token. Wan 2.2 (A14B tasks) also
+   keeps the time embedding per token for the whole step: e [L, d] and e0 [L, 6, d] in fp32, TIME_EMBED_D = 28
+   (``wan/modules/model.py``; ``--force_v2_1_time_embedding`` turns both back into per-sample vectors, and
+   the per-token modulation with them: MODULATION_D = 32 of the working set). fp8 weights are upcast per
+   Linear, and the upcast copies of the block being recomputed stay until its backward is done: one block's
+   Linear weights in 2 bytes. Without checkpointing every block keeps STORED_D (a first-principles count, not
+   measured) plus its modulation.
+4. **What torch and CUDA add on top** (NVML minus torch's allocated): the CUDA context outside torch
+   (CUDA_CONTEXT_GIB, measured) and the caching allocator's reserved-but-unallocated memory at the peak,
+   which grows with the activation tensors it cycles through: ALLOC_GAP_D per token per unit of width
+   without ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ALLOC_GAP_EXPANDABLE_D with it.
 
-(a) 14B expert, 512x512x81 frames, fp8, 32 blocks swapped, rank 32, AdamW8bit, checkpointing: "fits 24 GB,
-    barely" (read as a 22.0-23.5 GiB peak). Model: 22.4 GiB, inside the band (stated error: within the band).
-(b) 14B, 512x512 images, rank 128, fp8 scaled, no swap, checkpointing with CPU offload, Adafactor: 21.2 GB
-    peak measured. Model: 21.35 GiB (+0.7 %; stated error +-5 %).
-(c) the guide's 512x512 16-frame clips (the trainer takes 13 frames, 4 latent frames), batch 1: 20-22 GB.
-    With the guide's settings (fp8, checkpointing, rank 64, AdamW8bit, no swap) the model gives 21.7 GiB,
-    inside the band (stated error +-5 % of the band). Batch 2: the guide says 38-40 GB; the model gives
-    24.9 GiB (-36 % against 39). The guide's figure doubles the whole footprint, but only activations scale
-    with the batch; with checkpointing they are about 3 GiB per 16-frame sample, so from first principles
-    batch 2 cannot cost 18 GiB more. The estimator does not chase that figure; a run that finds otherwise
-    corrects the model on that machine through its own observations (``observations.fit_corrections``).
+**Fitted constants** (``points.fit_working_set``, ``points.fit_alloc_gap``; a test recomputes them from
+``points.toml``): the smallest values (0.1 steps) that put torch's allocated and reserved memory at or above
+every measured point. WORKING_SET_D comes from run D (832x480x81 clips, fp16, no swap: 62.47 GiB allocated;
+run A's lower bound asks for less). ALLOC_GAP_D comes from the ladder's blocks_to_swap=10 rung, which ran
+out of memory in step 2 under a 23.5 GiB cap (so its reserved memory would have exceeded 23.5 GiB); D's own
+gap (7.5 GiB) and A's lower bound (6.07 GiB) ask for less, so the model puts D 2-3 % above its NVML peak.
+CUDA_CONTEXT_GIB is D's NVML peak 70.7 minus its reserved 69.97. All measured on an NVIDIA H200, torch 2.11,
+musubi-tuner 0.3.4. ALLOC_GAP_EXPANDABLE_D is NOT measured yet: it keeps ALLOC_GAP_D's conservative value
+until a GPU run with expandable segments measures it.
 
 Host RAM (peak of the training process tree): the process itself (HOST_BASE_GIB = 3.5: python, torch, CUDA
 libraries), WORKER_GIB = 0.4 per data-loader worker, every resident expert's swapped blocks plus one (pinned)
 or two (staging) transfer buffers of a block, the inactive expert under ``offload_inactive_dit``, offloaded
 checkpoint activations, and at start-up the whole of every expert when block swap is on (musubi then loads
-to CPU first). The step-time model and its assumptions are documented at ``step_flops`` below.
+to CPU first). Step time is in ``steptime``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
+
+from kohyawan.estimate import workload
 
 GIB = float(2**30)
 
-CUDA_CONTEXT_GIB = 0.75
-FRAGMENTATION = 0.05
-WORKING_SET_D = 75          # bytes per token per unit of model width: one block's forward+backward working set
+CUDA_CONTEXT_GIB = 0.73     # NVML minus torch's reserved memory, H200 run D (points.toml)
+WORKING_SET_D = 99.7        # fitted: bytes per token per unit of width, one block recomputed + its backward
+ALLOC_GAP_D = 60.5          # fitted: allocator reserve above allocated per token per unit of width
+ALLOC_GAP_EXPANDABLE_D = ALLOC_GAP_D   # NOT measured: conservative until a GPU run with expandable segments
 STORED_D = 61               # bytes per token per unit of width kept by a block without checkpointing
-CKPT_STORED_D = 2           # a checkpointed block keeps its bf16 input only
+CKPT_STORED_D = 2           # a checkpointed block keeps its fp16/bf16 input only
 TEXT_TOKENS_MAX = 512       # umT5 context length used by WAN
 TEXT_DIM = 4096
 LATENT_CHANNELS = 16        # Wan 2.1 VAE z_dim (every 14B and 1.3B task)
+TIME_EMBED_D = 28           # Wan 2.2: e [L, d] + e0 [L, 6, d], fp32, alive for the whole step
+MODULATION_D = 32           # Wan 2.2: a block's per-token modulation (fp32 [L, 6, d] sum, two fp32 [L, d])
 HOST_BASE_GIB = 3.5         # python + torch + CUDA libraries + the trainer's own objects
 WORKER_GIB = 0.4            # one data-loader worker process (a forked python with torch imported)
+PER_TOKEN_TIME_TASKS = ("t2v-A14B", "i2v-A14B")   # Wan 2.2 configs (v2_2): time embedding per token
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,17 @@ def model_shape(task: str) -> ModelShape:
     return SHAPES["1.3B"] if "1.3B" in task else SHAPES["14B"]
 
 
+OPTIMIZER_TEMP_BYTES = {  # bytes per trainable parameter the optimizer allocates during its step
+    "adamw": 4.0, "adam": 4.0, "adamw8bit": 0.0, "adam8bit": 0.0, "pagedadamw8bit": 0.0, "lion": 4.0,
+    "lion8bit": 0.0, "prodigy": 4.0, "sgd": 0.0, "sgdnesterov": 0.0, "came": 4.0, "dadaptadam": 4.0,
+    "adafactor": 4.0,
+}
+
+
 @dataclass(frozen=True)
 class MemoryInputs:
-    """Everything the memory model reads, in musubi-tuner's terms."""
+    """Everything the memory model reads, in musubi-tuner's terms. width/height/frames/batch describe the
+    largest batch the trainer forms (``workload.Workload.peak``)."""
 
     task: str = "t2v-A14B"
     expert: str = "both"             # both | high | low | sequential (sequential trains one at a time)
@@ -136,6 +148,8 @@ class MemoryInputs:
     grad_ckpt_cpu_offload: bool = False
     split_attn: bool = False
     workers: int = 8
+    force_v2_1_time_embedding: bool = False
+    expandable_segments: bool = False    # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the trainer
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,6 +160,11 @@ class MemoryInputs:
     def i2v_img(self) -> bool:
         # Wan 2.1 I2V (i2v-14B, flf2v-14B) has the extra image cross-attention; Wan 2.2 I2V-A14B does not.
         return self.task in ("i2v-14B", "flf2v-14B")
+
+    @property
+    def per_token_time(self) -> bool:
+        """Wan 2.2 computes the time embedding and the blocks' modulation per token."""
+        return self.task in PER_TOKEN_TIME_TASKS and not self.force_v2_1_time_embedding
 
     @property
     def dual_resident(self) -> bool:
@@ -164,47 +183,33 @@ class MemoryInputs:
         return self.latent_frames * (self.height // 16) * (self.width // 16) * max(1, self.batch)
 
 
-def _frames(dataset: Mapping[str, Any]) -> int:
-    if dataset.get("frame_extraction") == "full":  # each clip whole, up to max_frames (4n+1)
-        return (int(dataset.get("max_frames", 129)) - 1) // 4 * 4 + 1
-    frames = dataset.get("target_frames")
-    if frames is None:
-        return 1
-    if isinstance(frames, (list, tuple)):
-        return max(int(f) for f in frames) if frames else 1
-    return int(frames)
-
-
-def _resolution(dataset: Mapping[str, Any]) -> tuple[int, int]:
-    res = dataset.get("resolution", [960, 544])
-    if isinstance(res, (list, tuple)):
-        return int(res[0]), int(res[1])
-    return int(res), int(res)
-
-
 def inputs_from_values(train: Mapping[str, Any], dataset: Mapping[str, Any], task: str = "t2v-A14B",
-                       expert: str = "both") -> MemoryInputs:
-    """MemoryInputs from musubi option values (absent keys take the trainer's defaults)."""
-    width, height = _resolution(dataset)
+                       expert: str = "both", peak: Any = None, expandable_segments: bool = False) -> MemoryInputs:
+    """MemoryInputs from musubi option values (absent keys take the trainer's defaults). ``peak`` (a
+    ``workload.Shape``) gives the largest batch; without it the dataset settings' resolution and longest
+    item stand in."""
+    if peak is None:
+        width, height = workload.settings_resolution(dataset)
+        frames, batch = workload.settings_frames(dataset), int(dataset.get("batch_size") or 1)
+    else:
+        width, height, frames, batch = peak.width, peak.height, peak.frames, peak.largest_batch
+    workers = train.get("max_data_loader_n_workers")
     return MemoryInputs(
-        task=task,
-        expert=expert,
+        task=task, expert=expert,
         fp8_base=bool(train.get("fp8_base", False)),
         fp8_scaled=bool(train.get("fp8_scaled", False)),
         blocks_to_swap=int(train.get("blocks_to_swap") or 0),
         swap_pinned=bool(train.get("use_pinned_memory_for_block_swap", False)),
         offload_inactive_dit=bool(train.get("offload_inactive_dit", False)),
-        frames=_frames(dataset),
-        width=width,
-        height=height,
-        batch=int(dataset.get("batch_size") or 1),
+        frames=frames, width=width, height=height, batch=batch,
         rank=int(train.get("network_dim") or 4),
         optimizer=str(train.get("optimizer_type") or "adamw"),
         grad_ckpt=bool(train.get("gradient_checkpointing", False)),
         grad_ckpt_cpu_offload=bool(train.get("gradient_checkpointing_cpu_offload", False)),
         split_attn=bool(train.get("split_attn", False)),
-        workers=int(train.get("max_data_loader_n_workers", 8) if train.get("max_data_loader_n_workers")
-                    is not None else 8),
+        workers=int(workers) if workers is not None else 8,
+        force_v2_1_time_embedding=bool(train.get("force_v2_1_time_embedding", False)),
+        expandable_segments=expandable_segments,
     )
 
 
@@ -219,10 +224,15 @@ def lora_modules(inp: MemoryInputs) -> int:
     return (12 if inp.i2v_img else 10) * inp.shape.blocks
 
 
-def _optimizer_bytes(inp: MemoryInputs) -> float:
+def _optimizer_name(inp: MemoryInputs) -> str:
     name = inp.optimizer.lower().replace("_", "").replace(".", "").split("optim")[-1]
     name = name.rsplit("bitsandbytes", 1)[-1]
-    if "adafactor" in name:
+    return "adafactor" if "adafactor" in name else name
+
+
+def _optimizer_bytes(inp: MemoryInputs) -> float:
+    name = _optimizer_name(inp)
+    if name == "adafactor":
         s = inp.shape
         # factored second moment: one row and one column vector per LoRA matrix
         per_block = (10 if inp.i2v_img else 8) * 2 * (inp.rank + s.dim) + 2 * (2 * inp.rank + s.dim + s.ffn)
@@ -231,46 +241,92 @@ def _optimizer_bytes(inp: MemoryInputs) -> float:
     return per_param * lora_params(inp)
 
 
+def _optimizer_temp_bytes(inp: MemoryInputs) -> float:
+    return OPTIMIZER_TEMP_BYTES.get(_optimizer_name(inp), OPTIMIZER_TEMP_BYTES["adamw"]) * lora_params(inp)
+
+
 def dit_bytes(inp: MemoryInputs, blocks: int | None = None) -> float:
-    """Bytes of one DiT's weights with ``blocks`` blocks (all blocks when None)."""
+    """Bytes of one DiT's weights with ``blocks`` blocks on the device (all blocks when None)."""
     s = inp.shape
     n = s.blocks if blocks is None else blocks
+    everything_fp8 = inp.fp8_base and not inp.fp8_scaled
     linear_bytes = 1 if inp.fp8_base else 2
-    per_block = s.block_linear_params(inp.i2v_img) * linear_bytes + s.block_other_params() * 2
-    return n * per_block + s.other_params * 2
+    other_bytes = 1 if everything_fp8 else 2
+    per_block = s.block_linear_params(inp.i2v_img) * linear_bytes + s.block_other_params() * other_bytes
+    return n * per_block + s.other_params * other_bytes
 
 
 def block_bytes(inp: MemoryInputs) -> float:
-    return dit_bytes(inp, 1) - inp.shape.other_params * 2
+    """Bytes of one block's weights (what block swap moves is its Linear weights, nearly all of it)."""
+    other_bytes = 1 if inp.fp8_base and not inp.fp8_scaled else 2
+    return dit_bytes(inp, 1) - inp.shape.other_params * other_bytes
 
 
 @dataclass(frozen=True)
 class Vram:
-    parts: Mapping[str, float]       # GiB per component
-    total_gib: float
+    parts: Mapping[str, float]       # GiB per component at the steady peak (step 2 on)
+    total_gib: float                 # steady peak, after the first optimizer step
+    first_step_gib: float            # step 1: no optimizer state yet
+    phase: str                       # where the steady peak is: "backward" or "optimizer_step"
+
+    @property
+    def allocated_gib(self) -> float:
+        """torch's peak allocated memory (what ``torch.cuda.max_memory_allocated`` reports)."""
+        return self.total_gib - self.parts["allocator_reserve"] - self.parts["cuda_context"]
+
+    @property
+    def reserved_gib(self) -> float:
+        return self.total_gib - self.parts["cuda_context"]
 
 
-def vram(inp: MemoryInputs) -> Vram:
-    s = inp.shape
-    resident = s.blocks - inp.swapped
-    experts = 2 if inp.dual_resident else 1
-    weights = experts * dit_bytes(inp, resident)
-    params = lora_params(inp)
-    lora = params * (4 + 4 + 2) + _optimizer_bytes(inp)
-    tokens = inp.tokens
+def activation_bytes(inp: MemoryInputs, working_set_d: float = WORKING_SET_D) -> dict[str, float]:
+    """Activation memory at the start of the backward pass, by part (bytes)."""
+    s, tokens = inp.shape, inp.tokens
+    modulation = MODULATION_D if inp.per_token_time else 0
+    working_d = working_set_d - (MODULATION_D - modulation)
     if inp.grad_ckpt:
         stored = 0.0 if inp.grad_ckpt_cpu_offload else s.blocks * CKPT_STORED_D * s.dim * tokens
-        working = WORKING_SET_D * s.dim * tokens
+        working = working_d * s.dim * tokens
     else:
-        stored = s.blocks * STORED_D * s.dim * tokens
-        working = (WORKING_SET_D - STORED_D) * s.dim * tokens
+        stored = s.blocks * (STORED_D + modulation) * s.dim * tokens
+        working = max(0.0, working_d - STORED_D - modulation) * s.dim * tokens
     if inp.split_attn and inp.batch > 1:
         working *= 0.9   # attention runs one sample at a time: only its share of the working set shrinks
-    tensors = {"weights": weights, "lora_state": lora, "activations_stored": stored, "block_working_set": working}
-    parts = {k: v / GIB for k, v in tensors.items()}
-    parts["fragmentation"] = sum(tensors.values()) * FRAGMENTATION / GIB
-    parts["cuda_context"] = CUDA_CONTEXT_GIB
-    return Vram(parts=parts, total_gib=sum(parts.values()))
+    time_embed = TIME_EMBED_D * s.dim * tokens if inp.per_token_time else 0.0
+    upcast = 2.0 * s.block_linear_params(inp.i2v_img) if inp.fp8_base else 0.0
+    return {"activations_stored": stored, "block_working_set": working, "time_embedding": time_embed,
+            "fp8_upcast": upcast}
+
+
+def allocator_gap_d(expandable: bool) -> float:
+    return ALLOC_GAP_EXPANDABLE_D if expandable else ALLOC_GAP_D
+
+
+def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: float | None = None) -> Vram:
+    """The peak; ``working_set_d`` and ``alloc_gap_d`` replace the fitted constants (``points`` fits them)."""
+    s = inp.shape
+    experts = 2 if inp.dual_resident else 1
+    params = lora_params(inp)
+    weights = experts * dit_bytes(inp, s.blocks - inp.swapped)
+    lora_weights = params * 4.0
+    state = _optimizer_bytes(inp)
+    acts = activation_bytes(inp, WORKING_SET_D if working_set_d is None else working_set_d)
+    backward = weights + lora_weights + sum(acts.values())
+    optimizer_step = weights + lora_weights + params * 4.0 + _optimizer_temp_bytes(inp)
+    steady = max(backward + state, optimizer_step + state)
+    first = max(backward, optimizer_step + state)     # the first step creates the state at its very end
+    gap = allocator_gap_d(inp.expandable_segments) if alloc_gap_d is None else alloc_gap_d
+    reserve = gap * s.dim * inp.tokens
+    add = reserve / GIB + CUDA_CONTEXT_GIB
+    phase = "backward" if backward >= optimizer_step else "optimizer_step"
+    parts = {"weights": weights, "lora_weights": lora_weights, "optimizer_state": state}
+    if phase == "backward":
+        parts.update(acts)
+    else:
+        parts.update(gradients=params * 4.0, optimizer_temporaries=_optimizer_temp_bytes(inp))
+    parts = {k: v / GIB for k, v in parts.items()}
+    parts.update(allocator_reserve=reserve / GIB, cuda_context=CUDA_CONTEXT_GIB)
+    return Vram(parts=parts, total_gib=steady / GIB + add, first_step_gib=first / GIB + add, phase=phase)
 
 
 def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
@@ -322,50 +378,6 @@ def state_bytes(inp: MemoryInputs) -> float:
     return lora_params(inp) * 4 + _optimizer_bytes(inp) + 1e5
 
 
-# --- time -------------------------------------------------------------------------------------------------
-#
-# Seconds per step = training FLOPs / (the GPU's dense bf16 peak x an achieved fraction, "mfu"), plus what
-# block swap and activation offload cannot hide behind compute. FLOPs per sample (forward): linears
-# 2 x tokens x (6 d^2 + 2 d f) x L (cross-attention k/v act on the 512 text tokens only), attention
-# 4 x tokens^2 x d x L (q.k and p.v) plus 4 x tokens x 512 x d x L for cross-attention. A LoRA step runs the
-# forward once, the backward needs only activation gradients through the frozen linears (1x forward) and
-# about 2.5x forward for flash attention, and gradient checkpointing recomputes the forward once more.
-# fp8 weights are upcast per linear (about 5 % slower). Block swap copies each swapped block in for the
-# forward and again for the backward; copies overlap compute, so only what exceeds the compute time, plus a
-# 5 % synchronisation cost, is added. Unpinned copies go through staging buffers at about half the rate.
-# The achieved fraction (mfu) is an assumption per GPU (gpus.toml) with an error of about +-50 %; a user's
-# own runs correct it (estimate.corrections).
-
-ATTN_BWD = 2.5
-FP8_SLOWDOWN = 1.05
-
-
-def step_flops(inp: MemoryInputs) -> float:
-    s = inp.shape
-    per_sample = inp.latent_frames * (inp.height // 16) * (inp.width // 16)
-    batch = max(1, inp.batch)
-    lin = 2.0 * per_sample * (6 * s.dim**2 + 2 * s.dim * s.ffn) + 2.0 * TEXT_TOKENS_MAX * 2 * s.dim**2
-    attn = 4.0 * per_sample**2 * s.dim + 4.0 * per_sample * TEXT_TOKENS_MAX * s.dim
-    recompute = 1 if inp.grad_ckpt else 0
-    return batch * s.blocks * (lin * (2 + recompute) + attn * (1 + ATTN_BWD + recompute))
-
-
-def step_seconds(inp: MemoryInputs, bf16_tflops: float, mfu: float, h2d_gbps: float,
-                 timestep_boundary: float = 0.875) -> dict[str, float]:
-    """Predicted seconds per optimizer step, by component, with "total"."""
-    compute = step_flops(inp) / (bf16_tflops * 1e12 * mfu)
-    if inp.fp8_base:
-        compute *= FP8_SLOWDOWN
-    rate = h2d_gbps * 1e9 * (1.0 if inp.swap_pinned else 0.5)
-    swap_copy = 2 * inp.swapped * block_bytes(inp) / rate
-    swap = max(0.0, swap_copy - compute) + 0.05 * swap_copy
-    offload = 0.0
-    if inp.grad_ckpt and inp.grad_ckpt_cpu_offload:
-        offload = 0.5 * 2 * inp.shape.blocks * CKPT_STORED_D * inp.shape.dim * inp.tokens / (h2d_gbps * 1e9)
-    switch = 0.0
-    if "A14B" in inp.task and inp.expert == "both" and inp.offload_inactive_dit:
-        p = 1.0 - timestep_boundary        # chance a step samples the high-noise expert
-        switch = 2 * p * (1 - p) * dit_bytes(inp) / rate
-    parts = {"compute": compute, "block_swap": swap, "activation_offload": offload, "expert_switch": switch}
-    parts["total"] = sum(parts.values())
-    return parts
+def with_shape(inp: MemoryInputs, width: int, height: int, frames: int, batch: int) -> MemoryInputs:
+    """The same settings on another batch shape (the time model averages over an epoch's batches)."""
+    return replace(inp, width=width, height=height, frames=frames, batch=batch)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from kohyawan.estimate import memory
+from kohyawan.estimate import memory, steptime
 
 VRAM_CLAMP = (0.7, 1.6)
 TIME_CLAMP = (0.2, 5.0)
@@ -156,7 +156,7 @@ def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs
     if gpu is not None:
         for o in relevant:
             if o.s_per_step:
-                predicted = memory.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
+                predicted = steptime.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
                 time_ratios.append(o.s_per_step / predicted)
     notes = []
     where = ", ".join(sorted({o.gpu for o in relevant if o.gpu})) or gpu_name

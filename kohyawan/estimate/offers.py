@@ -7,7 +7,7 @@ the same key. Names match NVML device names, table keys or any unique substring 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 try:
@@ -37,6 +37,8 @@ class Gpu:
     h2d_gbps: float
     names: tuple[str, ...] = ()
     offers: tuple[Offer, ...] = ()
+    mfu_from: str | None = None     # the entry whose fitted mfu this one is scaled from; None: its own
+
 
 
 def user_file() -> Path:
@@ -44,7 +46,7 @@ def user_file() -> Path:
     return Path(base) / "kohyawan" / "gpus.toml"
 
 
-def _parse(path: Path) -> dict[str, Gpu]:
+def _parse(path: Path) -> tuple[dict[str, Gpu], str | None]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -57,19 +59,30 @@ def _parse(path: Path) -> dict[str, Gpu]:
                                                    else None), source=str(o.get("source", "")))
                            for o in row.get("offers", ()))
             gpus[key] = Gpu(key=key, vram_gib=float(row["vram_gib"]), bf16_tflops=float(row["bf16_tflops"]),
-                            mfu=float(row.get("mfu", 0.3)), h2d_gbps=float(row.get("h2d_gbps", 24)),
+                            mfu=float(row["mfu"]) if "mfu" in row else -1.0, h2d_gbps=float(row.get("h2d_gbps", 24)),
                             names=tuple(str(n) for n in row.get("names", ())), offers=offers)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"GPU table {path}: entry [gpu.{key}] is incomplete or malformed ({exc})") from exc
-    return gpus
+    return gpus, data.get("mfu_from")
 
 
 def load_gpus(extra: Path | None = None) -> dict[str, Gpu]:
-    """Built-in table, then the user's file (if any), then ``extra`` (tests, --gpus FILE)."""
-    gpus = _parse(BUILTIN)
+    """Built-in table, then the user's file (if any), then ``extra`` (tests, --gpus FILE). An entry without
+    its own mfu takes the one of the entry named by ``mfu_from`` (the GPU the throughput was fitted on)."""
+    gpus, mfu_from = _parse(BUILTIN)
     for path in (user_file(), extra):
         if path is not None and path.is_file():
-            gpus.update(_parse(path))
+            more, named = _parse(path)
+            gpus.update(more)
+            mfu_from = named or mfu_from
+    source = gpus.get(mfu_from) if mfu_from else None
+    fitted = source.mfu if source is not None and source.mfu > 0 else None
+    for key, gpu in gpus.items():
+        if gpu.mfu <= 0:
+            if fitted is None:
+                raise ConfigError(f"GPU table: [gpu.{key}] has no mfu, and mfu_from = {mfu_from!r} names no entry "
+                                  "with one to scale from")
+            gpus[key] = replace(gpu, mfu=fitted, mfu_from=mfu_from)
     return gpus
 
 

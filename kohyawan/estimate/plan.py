@@ -1,8 +1,11 @@
-"""Estimate a run before it spends GPU hours: peak VRAM, host RAM, time, disk and cost (pure).
+"""Estimate a run before it spends GPU hours: peak VRAM, host RAM, time, disk and cost (pure apart from
+reading the dataset's media sizes; see docs/architecture.md).
 
-The memory and time physics live in ``memory``; this module turns musubi option values (or a RunSpec and
-its fallback ladder) into a report, marks the first rung that fits a GPU with a safety margin, and applies
-corrections learnt from the user's own runs (``observations`` reads and fits them).
+The memory and time physics live in ``memory`` and ``steptime``; what the trainer will train on in
+``workload`` (from the data: every rung that changes frames or resolution is recomputed on the same media);
+this module turns musubi option values (or a RunSpec and its fallback ladder) into a report, marks the first
+rung that fits a GPU with a safety margin, and applies corrections learnt from the user's own runs
+(``observations`` reads and fits them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from kohyawan.estimate import memory
+from kohyawan.estimate import memory, steptime, workload as workload_mod
 from kohyawan.estimate.offers import Gpu
 from kohyawan.estimate.observations import Corrections, Observation, fit_corrections
 
@@ -47,6 +50,11 @@ class Estimate:
     ram_limit_gib: float | None = None
     margin_gib: float = DEFAULT_MARGIN_GIB
     corrections: Corrections = field(default_factory=Corrections)
+    first_step_vram_gib: float | None = None   # step 1, before the optimizer state exists
+    workload: workload_mod.Workload | None = None
+    time_band: float | None = None             # relative uncertainty of s_per_step (points.time_band)
+    time_basis: str = ""
+    expandable_segments: bool = False          # the allocator reserve assumed: with expandable segments
 
     @property
     def fits_vram(self) -> bool | None:
@@ -79,6 +87,10 @@ class Estimate:
             "vram_limit_gib": r(self.vram_limit_gib), "ram_limit_gib": r(self.ram_limit_gib),
             "margin_gib": self.margin_gib, "fits_vram": self.fits_vram, "fits_ram": self.fits_ram,
             "fits": self.fits,
+            "first_step_vram_gib": r(self.first_step_vram_gib),
+            "s_per_step_band": None if self.time_band is None else round(self.time_band, 3),
+            "time_basis": self.time_basis, "expandable_segments": self.expandable_segments,
+            "workload": _workload_dict(self.workload),
             "corrections": {"vram_factor": round(self.corrections.vram_factor, 3),
                             "time_factor": round(self.corrections.time_factor, 3),
                             "vram_runs": self.corrections.vram_runs, "time_runs": self.corrections.time_runs,
@@ -122,10 +134,63 @@ def disk(inp: memory.MemoryInputs, train: Mapping[str, Any], items: int | None,
     return parts
 
 
-def _hours(inp: memory.MemoryInputs, gpu: Gpu, total_steps: int, boundary: float, time_factor: float) -> tuple[float, float]:
-    s_per_step = memory.step_seconds(inp, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"] * time_factor
+def _workload_dict(w: workload_mod.Workload | None) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    peak = w.peak()
+    return {"basis": w.basis, "images": w.images, "clips": w.clips, "notes": list(w.notes),
+            "largest_batch": None if peak is None else {
+                "kind": peak.kind, "width": peak.width, "height": peak.height, "frames": peak.frames,
+                "batch": peak.largest_batch, "tokens": peak.tokens * peak.largest_batch},
+            "buckets": [{"dataset": s.dataset, "kind": s.kind, "width": s.width, "height": s.height,
+                         "frames": s.frames, "items": s.items, "batch_size": s.batch_size} for s in w.shapes]}
+
+
+def mean_step_seconds(inp: memory.MemoryInputs, work: workload_mod.Workload, gpu: Gpu, boundary: float) -> float:
+    """Seconds per step averaged over one epoch's batches (images are cheap, long clips dear)."""
+    rows = workload_mod.epoch_batches(work)
+    total = steps = 0.0
+    for shape, size, count in rows:
+        one = memory.with_shape(inp, shape.width, shape.height, shape.frames, size)
+        total += count * steptime.step_seconds(one, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"]
+        steps += count
+    return total / steps if steps else 0.0
+
+
+def _hours(s_per_step: float, inp: memory.MemoryInputs, total_steps: int) -> float:
     runs = 2 if inp.expert == "sequential" else 1     # high then low: two full trainings
-    return s_per_step, runs * (total_steps * s_per_step + STARTUP_SECONDS) / 3600
+    return runs * (total_steps * s_per_step + STARTUP_SECONDS) / 3600
+
+
+def _time_basis(gpu: Gpu) -> tuple[float | None, str]:
+    """(relative band, words): where the GPU's throughput comes from and how uncertain it is."""
+    from kohyawan.estimate import offers, points
+
+    fitted_on = gpu if gpu.mfu_from is None else offers.load_gpus().get(gpu.mfu_from)
+    band = points.time_band(fitted_on) if fitted_on is not None else None
+    if band is None or not band.points:
+        return None, f"{gpu.key}: throughput (mfu {gpu.mfu:g}) not measured"
+    text = f"fitted to {len(band.points)} measured steps on {fitted_on.key} ({', '.join(band.points)}): " \
+           f"+-{band.relative:.0%}"
+    if fitted_on.key != gpu.key:
+        text += f"; {gpu.key} scaled from it by its dense bf16 rate, not measured"
+    return band.relative, text
+
+
+def _costs(inp: memory.MemoryInputs, work: workload_mod.Workload, offers: Sequence[Gpu], need_gib: float,
+           total_steps: int, boundary: float, time_factor: float, learnt_on: str | None) -> tuple[Cost, ...]:
+    """Every offer of every GPU the setting fits, cheapest first."""
+    costs: list[Cost] = []
+    for g in offers:
+        if g.vram_gib < need_gib:
+            continue
+        factor = time_factor if g.key == learnt_on else 1.0   # a learnt time factor belongs to its GPU
+        g_hours = _hours(mean_step_seconds(inp, work, g, boundary) * factor, inp, total_steps)
+        for o in g.offers:
+            costs.append(Cost(o.provider, g.key, g_hours * o.usd_per_hour,
+                              g_hours * o.usd_per_hour_max if o.usd_per_hour_max else None,
+                              o.usd_per_hour, o.source, g_hours))
+    return tuple(sorted(costs, key=lambda c: c.usd))
 
 
 def estimate_values(train: Mapping[str, Any], dataset: Mapping[str, Any], *, task: str = "t2v-A14B",
@@ -134,51 +199,53 @@ def estimate_values(train: Mapping[str, Any], dataset: Mapping[str, Any], *, tas
                     items: int | None = None, total_steps: int | None = None, epochs: int | None = None,
                     observations: Sequence[Observation] = (), gpu_name: str | None = None,
                     label: str = "base", changes: Mapping[str, Any] | None = None,
-                    offers: Sequence[Gpu] = ()) -> Estimate:
+                    offers: Sequence[Gpu] = (), workload: workload_mod.Workload | None = None,
+                    expandable_segments: bool = False) -> Estimate:
     """The estimate for one set of musubi values.
 
-    ``gpu`` gives the throughput for time (and its size, unless ``vram_gib`` overrides it); ``observations``
-    from runs on ``gpu_name`` correct VRAM and time; ``offers`` are priced where this setting fits them.
+    ``workload`` is what the trainer will train on (``workload.for_spec``; without it the dataset settings'
+    resolution and longest item stand in); ``gpu`` gives the throughput for time (and its size, unless
+    ``vram_gib`` overrides it); ``observations`` from runs on ``gpu_name`` correct VRAM and time; ``offers``
+    are priced where this setting fits them.
     """
-    inp = memory.inputs_from_values(train, dataset, task, expert)
+    work = workload or workload_mod.from_settings(dataset, "no dataset given")
+    inp = memory.inputs_from_values(train, dataset, task, expert, work.peak(), expandable_segments)
     corr = fit_corrections(list(observations), inp, gpu_name=gpu_name or (gpu.names[0] if gpu and gpu.names
                                                                           else None), gpu=gpu)
     v = memory.vram(inp)
     ram = memory.host_ram(inp)
     boundary = float(train.get("timestep_boundary") or 875)
     boundary = boundary / 1000 if boundary > 1 else boundary
-    s_per_step = hours = None
+    s_per_step = hours = band = None
+    basis = ""
     if gpu is not None:
-        s_per_step = memory.step_seconds(inp, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"]
-        s_per_step *= corr.time_factor
+        s_per_step = mean_step_seconds(inp, work, gpu, boundary) * corr.time_factor
+        band, basis = _time_basis(gpu)
         if total_steps:
-            s_per_step, hours = _hours(inp, gpu, total_steps, boundary, corr.time_factor)
+            hours = _hours(s_per_step, inp, total_steps)
     peak = v.total_gib * corr.vram_factor
-    costs: list[Cost] = []
-    if total_steps:
-        for g in offers:
-            if g.vram_gib < peak + margin_gib:
-                continue
-            # a learnt time factor belongs to the GPU it was learnt on
-            _, g_hours = _hours(inp, g, total_steps, boundary, corr.time_factor if gpu and g.key == gpu.key else 1.0)
-            for o in g.offers:
-                costs.append(Cost(o.provider, g.key, g_hours * o.usd_per_hour,
-                                  g_hours * o.usd_per_hour_max if o.usd_per_hour_max else None,
-                                  o.usd_per_hour, o.source, g_hours))
-    costs.sort(key=lambda c: c.usd)
+    costs = _costs(inp, work, offers, peak + margin_gib, total_steps, boundary, corr.time_factor,
+                   gpu.key if gpu else None) if total_steps else ()
     return Estimate(
         label=label, changes=dict(changes or {}),
         vram_gib=peak, vram_parts=dict(v.parts),
         ram_gib=ram["total"], ram_parts={k: x for k, x in ram.items() if k != "total"},
         s_per_step=s_per_step, total_steps=total_steps, hours=hours,
-        disk_gib=disk(inp, train, items, total_steps, epochs), costs=tuple(costs),
+        disk_gib=disk(inp, train, items, total_steps, epochs), costs=costs,
         vram_limit_gib=vram_gib if vram_gib is not None else (gpu.vram_gib if gpu else None),
         ram_limit_gib=ram_gib, margin_gib=margin_gib, corrections=corr,
+        first_step_vram_gib=v.first_step_gib * corr.vram_factor, workload=work, time_band=band, time_basis=basis,
+        expandable_segments=expandable_segments,
     )
 
 
-def estimate_spec(spec: Any, **kwargs: Any) -> Estimate:
-    """``estimate_values`` for a core RunSpec (anything with train, dataset, task, expert)."""
+def estimate_spec(spec: Any, facts: workload_mod.Facts | None = None, **kwargs: Any) -> Estimate:
+    """``estimate_values`` for a core RunSpec (anything with train, dataset, task, expert, dataset_dir): the
+    workload comes from the spec's dataset folder (``facts`` from ``workload.gather``, read here when absent)."""
+    if "workload" not in kwargs:
+        if facts is None and getattr(spec, "dataset_dir", None) is not None:
+            facts = workload_mod.gather(spec)
+        kwargs["workload"] = workload_mod.for_spec(spec, facts)
     return estimate_values(spec.train, spec.dataset, task=spec.task, expert=spec.expert, **kwargs)
 
 
@@ -200,15 +267,19 @@ class Ladder:
                 "keeps_state": all(getattr(r, "keeps_state", True) for r in applied)}
 
 
-def ladder_estimates(spec: Any, rungs: Sequence[Any], apply, **kwargs: Any) -> Ladder:
-    """Estimate the base spec and each cumulative rung; ``apply(spec, rungs)`` is ``kohyawan.run.rungs.apply``."""
-    estimates = [estimate_spec(spec, label="base", changes={}, **kwargs)]
+def ladder_estimates(spec: Any, rungs: Sequence[Any], apply, facts: workload_mod.Facts | None = None,
+                     **kwargs: Any) -> Ladder:
+    """Estimate the base spec and each cumulative rung; ``apply(spec, rungs)`` is ``kohyawan.run.rungs.apply``.
+    The media are read once (``facts``); a rung with fewer frames or a lower resolution is recomputed on them."""
+    if facts is None and getattr(spec, "dataset_dir", None) is not None:
+        facts = workload_mod.gather(spec)
+    estimates = [estimate_spec(spec, facts, label="base", changes={}, **kwargs)]
     for i, rung in enumerate(rungs, start=1):
         stepped = apply(spec, list(rungs[:i]))
         changes: dict[str, Any] = {}
         for r in rungs[:i]:
             changes.update(r.changes)
-        estimates.append(estimate_spec(stepped, label=rung.name, changes=changes, **kwargs))
+        estimates.append(estimate_spec(stepped, facts, label=rung.name, changes=changes, **kwargs))
     first = next((i for i, e in enumerate(estimates) if e.fits is not False), -1)
     return Ladder(tuple(estimates), tuple(rungs), first)
 
@@ -228,3 +299,26 @@ def first_fitting_rung(spec: Any, vram_gb: float, ram_gb: float | None = None,
     i = ladder.first_fit
     return i, (ladder.rungs[i - 1] if i else None), ladder.estimates[i]
 
+
+
+def basis_lines(e: Estimate) -> list[str]:
+    """What an estimate rests on, in words: the data it read, when the peak is, where the time comes from,
+    the allocator setting, and the points the model was checked against (``kohyawan estimate`` and
+    ``kohyawan run`` print these)."""
+    from kohyawan.estimate import points
+
+    lines = []
+    if e.workload is not None:
+        data = e.workload.describe()
+        lines.append(data[:1].upper() + data[1:])
+        lines += [f"  note: {n}" for n in e.workload.notes]
+    if e.first_step_vram_gib is not None and e.vram_gib - e.first_step_vram_gib > 0.05:
+        lines.append(f"Peak from step 2 on, when the optimizer state exists; step 1 needs "
+                     f"{e.first_step_vram_gib:.1f} GiB.")
+    if e.time_basis:
+        lines.append(f"Time: {e.time_basis}.")
+    lines.append("Allocator: " + ("expandable segments (PYTORCH_CUDA_ALLOC_CONF); their reserve is not measured "
+                                  "yet, so the measured one without them is used" if e.expandable_segments else
+                                  "without expandable segments (the measured reserve)") + ".")
+    lines.append(points.checked_line(e.margin_gib))
+    return lines

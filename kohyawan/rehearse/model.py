@@ -51,18 +51,22 @@ def tokens(width: int, height: int, frames: int, batch: int) -> int:
     return (width // 16) * (height // 16) * ((frames - 1) // 4 + 1) * batch
 
 
-def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, float]:
-    """(GiB to hold the model, GiB at the peak of a training step) for the biggest bucket (W, H, frames,
-    batch), from kohyawan's own memory model, so a rehearsal runs out of memory exactly where
-    ``kohyawan estimate`` says the real trainer would."""
-    from kohyawan.estimate import memory
+def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, tuple[float, float]]:
+    """(GiB to hold the model, (GiB at the peak of the first training step, GiB at the peak of every later
+    step)) for the biggest bucket (W, H, frames, batch), from kohyawan's own memory model, so a rehearsal runs
+    out of memory where ``kohyawan estimate`` says the real trainer would: the first optimizer step creates the
+    optimizer state, so a setting can finish step 1 and run out of memory in step 2 -- unless the run resumes
+    a saved state, which brings the optimizer state with it."""
+    from kohyawan.estimate import allocator, memory, workload
 
     width, height, frames, batch = bucket
     expert = "both" if getattr(args, "dit_high_noise", None) else "low"
-    dataset = {"resolution": [width, height], "target_frames": [frames], "batch_size": batch}
-    inp = memory.inputs_from_values(vars(args), dataset, args.task, expert)
+    peak = workload.Shape(0, "video" if frames > 1 else "image", width, height, frames, batch, batch)
+    inp = memory.inputs_from_values(vars(args), {}, args.task, expert, peak,
+                                    allocator.expandable(os.environ.get(allocator.VAR)))
     need = memory.vram(inp)
-    return need.parts["weights"] + need.parts["cuda_context"], need.total_gib
+    first = need.total_gib if getattr(args, "resume", None) else need.first_step_gib
+    return need.parts["weights"] + need.parts["cuda_context"], (first, need.total_gib)
 
 
 def ram_need(args, arch: Arch) -> float:

@@ -154,7 +154,7 @@ def main() -> int:
     out("accelerator device: cuda (rehearsal: simulated)")
     gpu = env.gpu_gb()
     biggest = max(buckets, key=lambda b: tokens(b[0], b[1], b[2], b[3]))
-    hold, peak = vram_need(args, biggest[:4])
+    hold, peaks = vram_need(args, biggest[:4])
     log(TB, f"Loading DiT model from {args.dit}")
     time.sleep(env.startup_s())
     if hold > gpu:
@@ -216,10 +216,10 @@ def main() -> int:
     out(f"  batch size per device / バッチサイズ: {', '.join(str(d.batch_size) for d in datasets)}")
     out(f"  gradient accumulation steps / 勾配を合計するステップ数 = {args.gradient_accumulation_steps or 1}")
     out(f"  total optimization steps / 学習ステップ数: {max_steps}")
-    return _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peak, hold)
+    return _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold)
 
 
-def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peak, hold) -> int:
+def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold) -> int:
     seed = args.seed if args.seed is not None else 42
     faults = env.faults()
     step_s = env.step_s()
@@ -273,7 +273,8 @@ def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, tra
         for i in range(per_epoch):
             time.sleep(step_s)
             fault = faults.at(step + 1)
-            if fault == "oom" or (step == 0 and peak > gpu):
+            peak = peaks[min(step, 1)]      # step 1 without optimizer state, then with it
+            if fault == "oom" or (step < 2 and peak > gpu):
                 print(file=sys.stderr)
                 return fail(cuda_oom_text(gpu, max(peak, gpu + 0.5), max(0.5, min(peak - hold, 4.0))), "forward")
             if fault == "host_oom":

@@ -1,6 +1,7 @@
 """musubi-tuner's dataset TOML as its scripts read it: items, cache file names, buckets (no model needed).
 
-Shared by the simulated trainer and by the runner's "are the caches complete?" check.
+Shared by the simulated trainer, the runner's "are the caches complete?" check and the estimator's workload
+(see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 try:
     import tomllib
@@ -38,6 +40,7 @@ class DatasetCfg:
     frame_stride: int = 1
     frame_sample: int = 1
     max_frames: int = 129
+    source_fps: float | None = None   # frames are dropped to reach the trainer's 16 fps
 
 
 @dataclass
@@ -53,7 +56,11 @@ class Item:
 
 def load(path: str) -> list[DatasetCfg]:
     with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+        return parse(tomllib.load(f))
+
+
+def parse(cfg: Mapping[str, Any]) -> list[DatasetCfg]:
+    """The datasets of a dataset config already read into a dict (``load`` reads the file)."""
     general = cfg.get("general", {})
     out = []
     for i, ds in enumerate(cfg.get("datasets", [])):
@@ -64,16 +71,18 @@ def load(path: str) -> list[DatasetCfg]:
         media = ds.get("image_directory") or ds.get("video_directory")
         jsonl = ds.get("image_jsonl_file") or ds.get("video_jsonl_file")
         frames = tuple(max(1, (int(n) - 1) // 4 * 4 + 1) for n in merged.get("target_frames", [1]))
+        fps = ds.get("source_fps")
         out.append(DatasetCfg(i, is_image, reso, int(merged.get("batch_size", 1)), int(merged.get("num_repeats", 1)),
                               merged.get("caption_extension", ".txt"), ds.get("cache_directory") or media or ".",
                               media, jsonl, frames if not is_image else (1,),
                               bool(merged.get("enable_bucket", False)), bool(merged.get("bucket_no_upscale", False)),
                               ds.get("frame_extraction", "head"), int(ds.get("frame_stride", 1)),
-                              int(ds.get("frame_sample", 1)), int(ds.get("max_frames", 129))))
+                              int(ds.get("frame_sample", 1)), int(ds.get("max_frames", 129)),
+                              float(fps) if fps is not None else None))
     return out
 
 
-def _size(path: str, default: tuple[int, int]) -> tuple[int, int]:
+def image_size(path: str, default: tuple[int, int]) -> tuple[int, int]:
     try:
         from PIL import Image
 
@@ -83,21 +92,71 @@ def _size(path: str, default: tuple[int, int]) -> tuple[int, int]:
         return default
 
 
+BUCKET_STEP = 16      # WAN's bucket sides are multiples of 16 (8x VAE, 2x2 patches)
+TRAINER_FPS = 16.0    # with source_fps the trainer drops frames to reach WAN's 16 fps
+
+
+def bucket_sizes(resolution: tuple[int, int]) -> list[tuple[int, int]]:
+    """The trainer's bucket list for a resolution: sides from half the square side up to the square side in
+    steps of 16, each paired with the largest multiple of 16 that keeps the area within the resolution's,
+    both orientations, sorted."""
+    area = resolution[0] * resolution[1]
+    side = int(area ** 0.5)
+    low = max(BUCKET_STEP, side // 2 - (side // 2) % BUCKET_STEP)
+    sizes = set()
+    for w in range(low, side + BUCKET_STEP, BUCKET_STEP):
+        h = area // w - (area // w) % BUCKET_STEP
+        sizes.update({(w, h), (h, w)})
+    return sorted(sizes)
+
+
+def _nearest_bucket(size: tuple[int, int], resolution: tuple[int, int]) -> tuple[int, int]:
+    aspect = size[0] / size[1]
+    sizes = bucket_sizes(resolution)
+    errors = [abs(w / h - aspect) if h else float("inf") for w, h in sizes]
+    return sizes[errors.index(min(errors))]    # the first of equally near buckets, as the trainer picks
+
+
 def bucket(size: tuple[int, int], ds: DatasetCfg) -> tuple[int, int]:
-    """The training resolution for media of ``size``: the dataset's, or with bucketing the same area at the
-    media's aspect (never above the media's own size with bucket_no_upscale), in multiples of 16."""
+    """The training size of an image of ``size``: the dataset's resolution without bucketing; with it, the
+    image's own size floored to multiples of 16 when bucket_no_upscale holds and it is no larger in area,
+    else the bucket of the nearest aspect ratio."""
     if not ds.enable_bucket or not all(size):
         return ds.resolution
     w, h = size
-    area = ds.resolution[0] * ds.resolution[1]
-    scale = 1.0 if ds.bucket_no_upscale and w * h <= area else (area / (w * h)) ** 0.5
-    return max(16, int(w * scale) // 16 * 16), max(16, int(h * scale) // 16 * 16)
+    if ds.bucket_no_upscale and w * h <= ds.resolution[0] * ds.resolution[1]:
+        return w - w % BUCKET_STEP, h - h % BUCKET_STEP
+    return _nearest_bucket(size, ds.resolution)
+
+
+def video_bucket(size: tuple[int, int], ds: DatasetCfg) -> tuple[int, int]:
+    """The size a clip is cached (and trained) at. Latent caching of video always buckets and may upscale:
+    the trainer builds its video bucket selector from the resolution alone, so enable_bucket and
+    bucket_no_upscale do not change the latents' size (at training they only re-derive the same bucket)."""
+    if not all(size):
+        return ds.resolution
+    return _nearest_bucket(size, ds.resolution)
+
+
+def frames_at_trainer_rate(count: int, ds: DatasetCfg) -> int:
+    """Frames the trainer decodes from a clip of ``count`` frames: with source_fps it keeps a frame only when
+    the running 16/source_fps index moves on."""
+    if not ds.source_fps or count <= 0:
+        return count
+    step, position, last, kept = TRAINER_FPS / ds.source_fps, 0.0, -1, 0
+    for _ in range(count):
+        index = int(position)
+        position += step
+        if index != last:
+            kept, last = kept + 1, index
+    return kept
 
 
 def crops(frame_count: int, ds: DatasetCfg) -> list[tuple[int, int]]:
     """(start, frames) of every item a video yields, by the dataset's frame_extraction (musubi's rules)."""
+    frame_count = frames_at_trainer_rate(frame_count, ds)
     targets, out = ds.target_frames, []
-    mode = ds.frame_extraction
+    mode = "head" if ds.frame_extraction == "uniform" and ds.frame_sample == 1 else ds.frame_extraction
     if mode == "full":
         n = min(frame_count, ds.max_frames)
         return [(0, (n - 1) // 4 * 4 + 1)] if n >= 1 else []
@@ -116,7 +175,7 @@ def crops(frame_count: int, ds: DatasetCfg) -> list[tuple[int, int]]:
     return out
 
 
-def _video_facts(path: str, default: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+def video_facts(path: str, default: tuple[int, int]) -> tuple[int, tuple[int, int]]:
     """(frame count, (width, height)) of a video, decoded with ffmpeg; (0, default) when unreadable."""
     try:
         from kohyawan.dataset.probe import count_frames
@@ -127,7 +186,11 @@ def _video_facts(path: str, default: tuple[int, int]) -> tuple[int, tuple[int, i
         return 0, default
 
 
-def items(ds: DatasetCfg) -> list[Item]:
+# (path, is_image) -> (frame count at the file's own rate, (width, height)), or None when it does not know
+Facts = Callable[[str, bool], "tuple[int, tuple[int, int]] | None"]
+
+
+def sources(ds: DatasetCfg) -> list[tuple[str, str | None]]:
     sources: list[tuple[str, str | None]] = []
     if ds.jsonl:
         with open(ds.jsonl, encoding="utf-8") as f:
@@ -145,18 +208,25 @@ def items(ds: DatasetCfg) -> list[Item]:
                     with open(cap_path, encoding="utf-8") as f:
                         caption = f.read().strip()
                 sources.append((path, caption))
+    return sources
+
+
+def items(ds: DatasetCfg, facts: Facts | None = None) -> list[Item]:
+    """Every training item of a dataset with its frames and training size. ``facts`` answers a media file's
+    frame count and size without decoding it (a prepare report); files it does not know are probed."""
     out = []
     w, h = ds.resolution
-    for media, caption in sources:
+    for media, caption in sources(ds):
         stem = os.path.splitext(os.path.basename(media))[0]
         te = os.path.join(ds.cache_directory, f"{stem}_wan_te.safetensors")
+        known = facts(media, ds.is_image) if facts else None
         if ds.is_image:  # the cache name carries the image's own size; training uses its bucket
-            size = _size(media, ds.resolution)
+            size = known[1] if known else image_size(media, ds.resolution)
             latent = os.path.join(ds.cache_directory, f"{stem}_{size[0]:04d}x{size[1]:04d}_wan.safetensors")
             out.append(Item(stem, media, caption, latent, te, 1, bucket(size, ds)))
         else:  # the cache name carries the bucket's size
-            count, size = _video_facts(media, (w, h))
-            bw, bh = bucket(size, ds)
+            count, size = known if known else video_facts(media, (w, h))
+            bw, bh = video_bucket(size, ds)
             for start, n in crops(count, ds):
                 latent = os.path.join(ds.cache_directory, f"{stem}_{start:05d}-{n:03d}_{bw:04d}x{bh:04d}_wan.safetensors")
                 out.append(Item(stem, media, caption, latent, te, n, (bw, bh)))

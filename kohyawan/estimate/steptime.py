@@ -1,0 +1,67 @@
+"""Seconds per optimizer step of a musubi-tuner WAN LoRA run (pure; see docs/architecture.md and docs/estimate.md).
+
+Seconds = training FLOPs / (the GPU's dense bf16 peak x an achieved fraction, ``mfu``), per pass, plus what
+block swap cannot hide behind it. FLOPs per sample (forward): linears 2 x tokens x (6 d^2 + 2 d f) x L
+(cross-attention k/v act on the 512 text tokens only), attention 4 x tokens^2 x d x L (q.k and p.v) plus
+4 x tokens x 512 x d x L for cross-attention. The backward of a LoRA step needs only activation gradients
+through the frozen linears (1x forward) and about 2.5x forward for flash attention; gradient checkpointing
+recomputes the forward once more, inside the backward pass. fp8 weights are upcast per Linear (about 5 %).
+
+Block swap (``modules/custom_offloading_utils.py``) EXCHANGES blocks: after a block has run, its Linear
+weights go to host RAM and a swapped block's come back, so every swapped block costs a copy in each
+direction in the forward pass and again in the backward pass. The copies run beside the compute of the same
+pass, so a pass takes the longer of the two, plus a 5 % synchronisation cost of the copies (assumed).
+Without pinned memory the copies go through staging buffers at about half the link's rate (assumed).
+
+``mfu`` per GPU is in ``gpus.toml``: fitted on an NVIDIA H200 to the measured steps in ``points.toml``
+(``points.fit_mfu``; the residuals give the band ``points.time_band``); other GPUs use the same fraction of
+their own dense bf16 rate, which is not measured. A user's own runs correct it (``observations``).
+"""
+
+from __future__ import annotations
+
+from kohyawan.estimate.memory import CKPT_STORED_D, TEXT_TOKENS_MAX, MemoryInputs, block_bytes, dit_bytes
+
+ATTN_BWD = 2.5
+FP8_SLOWDOWN = 1.05
+SWAP_SYNC = 0.05
+UNPINNED_RATE = 0.5
+
+
+def pass_flops(inp: MemoryInputs) -> tuple[float, float]:
+    """(forward, backward incl. recompute) FLOPs of one step."""
+    s = inp.shape
+    per_sample = inp.latent_frames * (inp.height // 16) * (inp.width // 16)
+    batch = max(1, inp.batch)
+    lin = 2.0 * per_sample * (6 * s.dim**2 + 2 * s.dim * s.ffn) + 2.0 * TEXT_TOKENS_MAX * 2 * s.dim**2
+    attn = 4.0 * per_sample**2 * s.dim + 4.0 * per_sample * TEXT_TOKENS_MAX * s.dim
+    recompute = 1 if inp.grad_ckpt else 0
+    forward = batch * s.blocks * (lin + attn)
+    backward = batch * s.blocks * (lin * (1 + recompute) + attn * (ATTN_BWD + recompute))
+    return forward, backward
+
+
+def step_flops(inp: MemoryInputs) -> float:
+    return sum(pass_flops(inp))
+
+
+def step_seconds(inp: MemoryInputs, bf16_tflops: float, mfu: float, h2d_gbps: float,
+                 timestep_boundary: float = 0.875) -> dict[str, float]:
+    """Predicted seconds per optimizer step, by component, with "total"."""
+    rate = bf16_tflops * 1e12 * mfu
+    slow = FP8_SLOWDOWN if inp.fp8_base else 1.0
+    forward, backward = (f / rate * slow for f in pass_flops(inp))
+    link = h2d_gbps * 1e9 * (1.0 if inp.swap_pinned else UNPINNED_RATE)
+    swap_pass = inp.swapped * 2 * block_bytes(inp) / link      # each swapped block out and in, once per pass
+    swap = sum(max(0.0, swap_pass - c) for c in (forward, backward)) + SWAP_SYNC * 2 * swap_pass
+    offload = 0.0
+    if inp.grad_ckpt and inp.grad_ckpt_cpu_offload:
+        offload = 0.5 * 2 * inp.shape.blocks * CKPT_STORED_D * inp.shape.dim * inp.tokens / (h2d_gbps * 1e9)
+    switch = 0.0
+    if "A14B" in inp.task and inp.expert == "both" and inp.offload_inactive_dit:
+        p = 1.0 - timestep_boundary        # chance a step samples the high-noise expert
+        switch = 2 * p * (1 - p) * dit_bytes(inp) / link
+    parts = {"compute": forward + backward, "block_swap": swap, "activation_offload": offload,
+             "expert_switch": switch}
+    parts["total"] = sum(parts.values())
+    return parts
