@@ -111,7 +111,7 @@ def test_5b_default_variant_and_bad_arguments(tmp_path):
 @pytest.mark.parametrize("task,dtype", [("t2v-A14B", "fp16"), ("i2v-A14B", "bf16"), ("i2v-14B", "bf16"),
                                         ("t2v-1.3B", "fp32"), ("flf2v-14B", "fp16"), ("t2v-1.3B-FC", "bf16")])
 def test_a_full_set_for_each_task_passes_the_checks(tmp_path, task, dtype):
-    from kohyawan.modelfiles import check_models
+    from kohyawan.modelfiles.check import check_models
 
     files = fabricate.write_task_models(tmp_path / "models dir", task, dtype=dtype)
     assert set(files) == ({"dit", "dit_high_noise", "vae", "t5"} if "A14B" in task else {"dit", "vae", "t5"})

@@ -174,8 +174,8 @@ def _apply_model_rules(layers: Layers, models: Models | None, expert: str, notes
     if not path:
         return
     try:
-        from kohyawan import modelfiles
-        dtype = modelfiles.identify(path).dtype
+        from kohyawan.modelfiles.identify import identify
+        dtype = identify(path).dtype
     except Exception:  # unreadable or missing: validation reports it with the option name
         return
     wanted = {"fp16": "fp16", "bf16": "bf16"}.get(dtype)

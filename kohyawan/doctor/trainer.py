@@ -176,7 +176,7 @@ def check_models(models: Mapping[str, Path | None], task: str) -> list[Check]:
         return [Check("models", "Model files", "skip", "not checked (no --dit/--vae/--t5 given)",
                       "pass the model files to check they suit the task")]
     try:
-        from kohyawan import modelfiles
+        from kohyawan.modelfiles.identify import identify
     except ImportError:
         return [Check("models", "Model files", "skip", "model inspection is not available in this build",
                       "update kohyawan", {k: str(v) for k, v in given.items()})]
@@ -187,7 +187,7 @@ def check_models(models: Mapping[str, Path | None], task: str) -> list[Check]:
             checks.append(Check(cid, title, "fail", f"{path} not found", "check the path", {"path": str(path)}))
             continue
         try:
-            info = modelfiles.identify(path)
+            info = identify(path)
         except Exception as exc:   # ModelFileError carries a one-line message
             checks.append(Check(cid, title, "fail", str(exc), "use the file the guide names for this role",
                                 {"path": str(path)}))

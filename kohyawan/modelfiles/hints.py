@@ -40,7 +40,7 @@ def expert_hint(path: str | PurePath) -> tuple[str | None, str | None]:
         if len(found) == 1:
             return found.pop(), None
         if len(found) == 2:
-            return None, f"its name mentions both high and low noise"
+            return None, "its name mentions both high and low noise"
     return None, None
 
 
