@@ -103,6 +103,12 @@ VAES = {"2.1": Vae("2.1", 16, 96, 96, 1), "2.2": Vae("2.2", 48, 160, 256, 2)}
 TRAINING_VAE = VAES["2.1"]  # every musubi-tuner task encodes with the Wan 2.1 VAE
 
 
+def kept_frames(frames: int) -> int:
+    """The frames of a clip the trainer keeps: 4n+1 (one latent frame for the first, one per 4 after)."""
+    stride = TRAINING_VAE.stride[0]
+    return (frames - 1) // stride * stride + 1
+
+
 def latent_frames(frames: int) -> int:
     """Latent frames of a clip: the first frame alone, then one per 4 (so the trainer keeps 4n+1 frames)."""
     return (max(1, frames) - 1) // TRAINING_VAE.stride[0] + 1

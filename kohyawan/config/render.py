@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from kohyawan import __version__
+from kohyawan import __version__, wan
 from kohyawan.files import atomic
 from kohyawan.dataset import inventory
 from kohyawan.config import steps as steps_mod, validate
@@ -166,7 +166,7 @@ def _cache_stages(spec: RunSpec, out_dir: Path, trainer_dir: Path | None, python
     dataset_toml = str(out_dir / "dataset.toml")
     latents = [python, musubi.script_path(trainer_dir, musubi.CACHE_LATENTS_SCRIPT),
                "--dataset_config", dataset_toml, "--vae", str(roles["vae"])]
-    if spec.task.startswith("i2v") or spec.task.startswith("flf2v"):
+    if wan.TASKS[spec.task].start_image:
         latents.append("--i2v")
     if spec.train.get("vae_cache_cpu"):
         latents.append("--vae_cache_cpu")
