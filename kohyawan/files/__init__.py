@@ -1,2 +1,2 @@
-"""Files kohyawan writes and reads safely: atomic writes, sha256 digests.
+"""Files kohyawan writes and reads safely: atomic writes, sha256 digests, and which ffmpeg reads the media.
 """
