@@ -5,11 +5,11 @@ import json
 import os
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.dataset import check_dataset, load_report, settings_from
 from kohyawan.dataset.prepare import prepare
 from kohyawan.dataset.probe import count_frames

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Mapping
 import jinja2
 
 from kohyawan import __version__, wan
-from kohyawan.files import atomic
+from kohyawan.files import atomic, toml
 from kohyawan.dataset import inventory
 from kohyawan.config import steps as steps_mod, validate
 from kohyawan.errors import ConfigError, DatasetError
@@ -69,7 +68,7 @@ def render_template(name: str, **context: Any) -> str:
 
 
 def _parse_back(name: str, text: str, intended: Mapping[str, Any]) -> None:
-    parsed = tomllib.loads(text)
+    parsed = toml.loads(text)
     flat = {}
     for section, body in parsed.items():
         if isinstance(body, dict):
@@ -94,7 +93,7 @@ def dataset_config(spec: RunSpec, out_dir: Path, inv: inventory.Inventory) -> tu
         datasets.append(entry)
     text = render_template("dataset.toml.j2", profile=spec.profile, variant=spec.variant,
                            source_dir=str(inv.root.resolve()), general=general, datasets=datasets)
-    parsed = tomllib.loads(text)
+    parsed = toml.loads(text)
     if parsed != {"general": general, "datasets": datasets}:
         raise AssertionError("dataset.toml does not read back as intended")  # a kohyawan bug
     return text, parsed

@@ -12,12 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
-
 from kohyawan.doctor.host import Check
+from kohyawan.files import toml
 
 TRAIN_SCRIPT = Path("src") / "musubi_tuner" / "wan_train_network.py"
 PROBE_TIMEOUT = 180
@@ -118,8 +114,8 @@ def check_trainer(trainer_dir: Path | None, python: str | None) -> list[Check]:
                       "point --trainer-dir at a musubi-tuner checkout", {"path": str(trainer)})]
     version = None
     try:
-        version = tomllib.loads((trainer / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        version = toml.loads((trainer / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, KeyError, toml.TOMLDecodeError):
         pass
     commit = git_commit(trainer)
     details = {"path": str(trainer), "version": version, "commit": commit}

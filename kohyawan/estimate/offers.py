@@ -10,12 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
-
 from kohyawan.errors import BadInput, ConfigError
+from kohyawan.files import toml
 
 BUILTIN = Path(__file__).resolve().parent / "gpus.toml"
 
@@ -46,8 +42,8 @@ def user_file() -> Path:
 
 def _parse(path: Path) -> dict[str, Gpu]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = toml.loads(path.read_text(encoding="utf-8"))
+    except (OSError, toml.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read GPU table {path}: {exc}") from exc
     gpus = {}
     for key, row in (data.get("gpu") or {}).items():

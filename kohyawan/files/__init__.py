@@ -1,2 +1,3 @@
-"""Files kohyawan writes and reads safely: atomic writes, sha256 digests, and which ffmpeg reads the media.
+"""Files kohyawan writes and reads safely: atomic writes, sha256 digests, TOML on every supported Python,
+and which ffmpeg reads the media.
 """

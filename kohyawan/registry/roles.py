@@ -44,11 +44,11 @@ def load(root: Path) -> dict[str, tuple[str, ...]] | None:
     path = Path(root) / FILE
     if not path.is_file():
         return None
-    import tomllib
+    from kohyawan.files import toml
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     users = data.get("users")
     extra = sorted(set(data) - {"users"})

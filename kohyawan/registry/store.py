@@ -102,11 +102,11 @@ def _project_registry(cwd: Path) -> Path | None:
     project = cwd / PROJECT_FILE
     if not project.is_file():
         return None
-    import tomllib
+    from kohyawan.files import toml
 
     try:
-        data = tomllib.loads(project.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = toml.loads(project.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{project}: not valid TOML ({exc})") from None
     table = data.get("kohyawan")
     value = table.get("registry") if isinstance(table, dict) else None

@@ -28,7 +28,7 @@ _EPOCHS_LINE = re.compile(r"^\s*max_train_epochs\s*=.*$\n?", re.M)
 def attempt_config(text: str, overrides: dict[str, Any]) -> str:
     """The rendered training TOML with this attempt's settings: ``max_train_epochs`` removed (it would
     override ``max_train_steps``) and a last table the trainer flattens over the earlier ones."""
-    import tomllib
+    from kohyawan.files import toml
 
     text = _EPOCHS_LINE.sub("", text)
     for key in overrides:  # one value per key: the trainer would take the later one, a checker flags both
@@ -37,7 +37,7 @@ def attempt_config(text: str, overrides: dict[str, Any]) -> str:
              "LR continuation", "[kohyawan_attempt]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in overrides.items()]
     out = "\n".join(lines) + "\n"
-    parsed = tomllib.loads(out)
+    parsed = toml.loads(out)
     flat = {}
     for body in parsed.values():
         if isinstance(body, dict):

@@ -11,10 +11,7 @@ import os
 from pathlib import Path
 from dataclasses import dataclass
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
+from kohyawan.files import toml
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXT = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".gif")
@@ -53,7 +50,7 @@ class Item:
 
 def load(path: str) -> list[DatasetCfg]:
     with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+        cfg = toml.load(f)
     general = cfg.get("general", {})
     out = []
     for i, ds in enumerate(cfg.get("datasets", [])):
