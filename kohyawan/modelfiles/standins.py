@@ -6,7 +6,7 @@ DiT occupies a few hundred kilobytes, reads back through ``safetensors.safe_open
 kohyawan exactly as the real file would be. The tensor bytes are zeros. (``safe_open`` maps the whole
 file: on a machine with strict overcommit a 28 GB map fails with ENOMEM even though nothing is read, so
 code that only needs names and shapes should use ``kohyawan.modelfiles.header.read_header``.) Used by the tests and by
-``kohyawan run --rehearse`` when the user has no model files.
+``kohyawan run --rehearse`` when the user has no model files. Design: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """musubi-tuner's dataset TOML as its scripts read it: items, cache file names, buckets (no model needed).
 
-Shared by the simulated trainer and by the runner's "are the caches complete?" check.
+Shared by the simulated trainer and by the runner's "are the caches complete?" check. Design:
+docs/architecture.md.
 """
 
 from __future__ import annotations
