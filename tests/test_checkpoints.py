@@ -1,6 +1,8 @@
 """checkpoints on a hand-made musubi-tuner output folder and on a kohyawan run folder."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ TASK = "t2v-1.3B"
 
 
 def _ckpt(folder, name, step=None, epoch=None, total=10, **kw):
+    pytest.importorskip("torch")  # the LoRA fabricator writes through torch
     meta = {"ss_max_train_steps": str(total)}
     if step is not None:
         meta["ss_steps"] = str(step)
@@ -91,3 +94,15 @@ def test_ledger_sha256_mismatch_is_flagged(tmp_path):
     (item,) = list_checkpoints(tmp_path, effect=False)
     assert item.flags == ["sha256 differs from run.json: the file changed or is corrupted"]
     assert item.effect is None and item.candidate
+
+
+def test_without_torch_checkpoints_are_listed_and_the_effect_is_flagged_unmeasured(tmp_path):
+    # torch is an optional extra (pip install '.[torch]'); the README's quickstart runs without it
+    _ckpt(tmp_path, "sarah.safetensors", step=10)
+    blocked = ("import sys, runpy; sys.modules['torch'] = None; "
+               "sys.argv = ['kohyawan', 'checkpoints', '--json', sys.argv[1]]; runpy.run_module('kohyawan', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocked, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    (item,) = json.loads(done.stdout)
+    assert item["effect"] is None
+    assert item["flags"] == ["effect not measured: torch is not installed (pip install 'kohyawan[torch]')"]

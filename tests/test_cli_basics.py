@@ -40,11 +40,11 @@ def test_every_command_has_help_with_an_example():
 
 
 def test_models_fabricate_writes_a_checkable_set(tmp_path):
-    from kohyawan import modelfiles
+    from kohyawan.modelfiles.identify import identify
 
     result = CliRunner().invoke(cli, ["models", "fabricate", "--task", "i2v-A14B", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "dit_high_noise  " in result.output and "(28.6 GB, sparse)" in result.output
     files = {p.name: p for p in tmp_path.iterdir()}
-    assert modelfiles.identify(files["wan2.2_i2v_high_noise_14B_fp16.safetensors"]).variant == "i2v"
+    assert identify(files["wan2.2_i2v_high_noise_14B_fp16.safetensors"]).variant == "i2v"
     assert sum(p.stat().st_blocks for p in files.values()) * 512 < 50e6  # sparse: no real disk used

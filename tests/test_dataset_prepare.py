@@ -5,11 +5,11 @@ import json
 import os
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.dataset.check import check_dataset
 from kohyawan.dataset.report import load_report
 from kohyawan.dataset.settings import settings_from

@@ -1,10 +1,9 @@
 """Pure parts of dataset prep: settings, clip planning, names, captions, size targets, dataset.toml."""
 
-import tomllib
-
 import numpy as np
 import pytest
 
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.dataset import captions, layout, plan, quality
 from kohyawan.dataset.report import size_check
 from kohyawan.dataset.settings import Settings, settings_from, size_targets

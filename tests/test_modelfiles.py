@@ -10,7 +10,7 @@ import pytest
 from kohyawan.modelfiles import standins as fabricate
 from kohyawan.errors import ModelFileError
 from kohyawan.modelfiles.standins import write_safetensors
-from kohyawan.modelfiles import identify
+from kohyawan.modelfiles.identify import identify
 from kohyawan.modelfiles.layouts import t5_layout, vae_layout
 
 DIT_CASES = [

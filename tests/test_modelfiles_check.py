@@ -4,7 +4,8 @@ import pytest
 
 from kohyawan.modelfiles import standins as fabricate
 from kohyawan.errors import ModelFileError
-from kohyawan.modelfiles import check_infos, check_models, identify
+from kohyawan.modelfiles.check import check_infos, check_models
+from kohyawan.modelfiles.identify import identify
 
 
 @pytest.fixture(scope="module")

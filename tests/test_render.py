@@ -4,7 +4,6 @@ import os
 import stat
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 import golden
 from conftest import make_dataset, make_models
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.config import profiles, render
 from kohyawan.cli import cli
 from kohyawan.config.spec import Models

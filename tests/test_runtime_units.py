@@ -101,7 +101,7 @@ def test_cli_preflight_fails_before_anything_runs(tmp_path):
 
 
 def test_attempt_config_drops_epochs_and_overrides_last():
-    import tomllib
+    from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 
     text = '[training]\nmax_train_epochs = 10\nmax_train_steps = 99\noutput_name = "a"\n'
     out = attempt_config(text, {"max_train_steps": 40, "output_name": "a-a02", "lr_scheduler_args": ["x=1", "k='c'"]})
@@ -207,7 +207,7 @@ def test_the_run_names_its_gpu_from_nvml(monkeypatch):
 
 
 def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
-    import tomllib
+    from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 
     from kohyawan.run.attemptconfig import attempt_config
 

@@ -1,7 +1,6 @@
-import tomllib
-
 import pytest
 
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.config.tomlfmt import toml_key, toml_value
 
 

@@ -15,11 +15,11 @@ import difflib
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from kohyawan.files import toml
 from kohyawan.errors import ConfigError, KohyawanError
 from kohyawan.config.tomlfmt import toml_value
 from kohyawan.registry.naming import KINDS, SLUG
@@ -168,10 +168,10 @@ def load(path: Path, *, check_plans: bool = True) -> Manifest:
 
 def _read(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return toml.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"manifest not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except toml.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import io
-import shutil
 import subprocess
 import tempfile
 import textwrap
@@ -13,25 +12,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 from kohyawan.files.atomic import write_bytes, write_text
-from kohyawan.errors import BadInput, ToolMissing
+from kohyawan.errors import BadInput
+from kohyawan.files.ffmpeg import ffmpeg_exe
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 THUMB = 256
 LABEL_LINES = 3
 LINE_HEIGHT = 14
 PAD = 8
-
-
-def ffmpeg_exe() -> str:
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # not installed, or its bundled binary missing on this platform
-        found = shutil.which("ffmpeg")
-        if found:
-            return found
-    raise ToolMissing("ffmpeg is needed to read video frames (pip install imageio-ffmpeg, or put ffmpeg on PATH)")
 
 
 def first_frame(media: Path, dest: Path) -> Path:

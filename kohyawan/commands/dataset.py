@@ -25,10 +25,7 @@ def _profile_overrides(profile: str | None) -> dict:
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
+    from kohyawan.files import toml
 
     result = {}
     for item in items:
@@ -36,8 +33,8 @@ def _parse_sets(items: tuple[str, ...]) -> dict:
         if not sep or not key.strip():
             raise BadInput(f"--threshold wants KEY=VALUE, got {item!r}")
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = toml.loads(f"v = {raw}")["v"]
+        except toml.TOMLDecodeError:
             value = raw
         result[key.strip()] = value
     return result

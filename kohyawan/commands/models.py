@@ -35,7 +35,7 @@ def inspect_cmd(ctx, files, as_json):
     """
     from kohyawan.console import err, print_json
     from kohyawan.errors import ModelFileError
-    from kohyawan.modelfiles import identify
+    from kohyawan.modelfiles.identify import identify
 
     infos, rows, failed = [], [], 0
     for f in files:
@@ -57,10 +57,11 @@ def inspect_cmd(ctx, files, as_json):
 
 
 def _model_column(i) -> str:
-    fam = {"wan2.1": "Wan 2.1", "wan2.2": "Wan 2.2"}.get(i.family or "", "Wan ?")
+    from kohyawan.wan import FAMILY_NAMES, VARIANT_NAMES
+
+    fam = FAMILY_NAMES.get(i.family or "", "Wan ?")
     if i.kind == "dit":
-        var = {"t2v": "T2V", "i2v": "I2V", "flf2v": "FLF2V", "fun-control": "Fun-Control", "ti2v": "TI2V"}.get(
-            i.variant or "", i.variant or "?")
+        var = VARIANT_NAMES.get(i.variant or "", i.variant or "?")
         size = "A14B" if (i.family == "wan2.2" and i.size == "14B") else (i.size or "?")
         return f"{fam} {var} {size}"
     if i.kind == "vae":
@@ -135,7 +136,7 @@ def fabricate_cmd(task, dtype, out):
 
     from kohyawan.errors import BadInput
     from kohyawan.modelfiles.standins import write_task_models
-    from kohyawan.modelfiles.check import TASKS
+    from kohyawan.wan import TASKS
 
     if task not in TASKS:
         raise BadInput(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")

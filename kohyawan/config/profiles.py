@@ -11,11 +11,11 @@ earlier one.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kohyawan.files import toml
 from kohyawan.dataset import inventory
 from kohyawan.run import rungs
 from kohyawan.errors import ConfigError, DatasetError
@@ -46,8 +46,8 @@ def search_path(project_dir: Path | None = None) -> list[Path]:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+        return toml.loads(path.read_text(encoding="utf-8"))
+    except toml.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
@@ -116,8 +116,8 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = toml.loads(f"v = {raw.strip()}")["v"]
+    except toml.TOMLDecodeError:
         if any(c in raw for c in "[]{}\"'=") or not raw.strip():
             raise ConfigError(f"--set {key}: {raw!r} is not a valid TOML value") from None
         value = raw.strip()
@@ -174,8 +174,8 @@ def _apply_model_rules(layers: Layers, models: Models | None, expert: str, notes
     if not path:
         return
     try:
-        from kohyawan import modelfiles
-        dtype = modelfiles.identify(path).dtype
+        from kohyawan.modelfiles.identify import identify
+        dtype = identify(path).dtype
     except Exception:  # unreadable or missing: validation reports it with the option name
         return
     wanted = {"fp16": "fp16", "bf16": "bf16"}.get(dtype)

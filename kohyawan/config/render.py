@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any, Mapping
 
 import jinja2
 
-from kohyawan import __version__
-from kohyawan.files import atomic
+from kohyawan import __version__, wan
+from kohyawan.files import atomic, toml
 from kohyawan.dataset import inventory
 from kohyawan.config import steps as steps_mod, validate
 from kohyawan.errors import ConfigError, DatasetError
@@ -69,7 +68,7 @@ def render_template(name: str, **context: Any) -> str:
 
 
 def _parse_back(name: str, text: str, intended: Mapping[str, Any]) -> None:
-    parsed = tomllib.loads(text)
+    parsed = toml.loads(text)
     flat = {}
     for section, body in parsed.items():
         if isinstance(body, dict):
@@ -94,7 +93,7 @@ def dataset_config(spec: RunSpec, out_dir: Path, inv: inventory.Inventory) -> tu
         datasets.append(entry)
     text = render_template("dataset.toml.j2", profile=spec.profile, variant=spec.variant,
                            source_dir=str(inv.root.resolve()), general=general, datasets=datasets)
-    parsed = tomllib.loads(text)
+    parsed = toml.loads(text)
     if parsed != {"general": general, "datasets": datasets}:
         raise AssertionError("dataset.toml does not read back as intended")  # a kohyawan bug
     return text, parsed
@@ -166,7 +165,7 @@ def _cache_stages(spec: RunSpec, out_dir: Path, trainer_dir: Path | None, python
     dataset_toml = str(out_dir / "dataset.toml")
     latents = [python, musubi.script_path(trainer_dir, musubi.CACHE_LATENTS_SCRIPT),
                "--dataset_config", dataset_toml, "--vae", str(roles["vae"])]
-    if spec.task.startswith("i2v") or spec.task.startswith("flf2v"):
+    if wan.TASKS[spec.task].start_image:
         latents.append("--i2v")
     if spec.train.get("vae_cache_cpu"):
         latents.append("--vae_cache_cpu")

@@ -115,12 +115,12 @@ def _check_models(spec: RunSpec) -> list[str]:
         if not path.is_file():
             raise ModelFileError(f"{flags[role]}: file not found: {path}")
     try:
-        from kohyawan import modelfiles
+        from kohyawan.modelfiles.check import check_models
     except ImportError:
         return []
     roles = model_roles(spec)
     t = spec.train
-    return modelfiles.check_models(spec.task, spec.expert, dit=roles.get("dit"),
-                                   dit_high_noise=roles.get("dit_high_noise"), vae=roles.get("vae"),
-                                   t5=roles.get("t5"), mixed_precision=t.get("mixed_precision", "bf16"),
-                                   fp8_base=bool(t.get("fp8_base")), fp8_scaled=bool(t.get("fp8_scaled")))
+    return check_models(spec.task, spec.expert, dit=roles.get("dit"),
+                        dit_high_noise=roles.get("dit_high_noise"), vae=roles.get("vae"),
+                        t5=roles.get("t5"), mixed_precision=t.get("mixed_precision", "bf16"),
+                        fp8_base=bool(t.get("fp8_base")), fp8_scaled=bool(t.get("fp8_scaled")))

@@ -8,18 +8,13 @@ target length, and output sizes that differ from the configured resolution.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kohyawan.dataset.layout import TOML
 from kohyawan.dataset.probe import count_frames, read_source
 from kohyawan.dataset.scan import IMAGE_EXTS, VIDEO_EXTS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from kohyawan.files import toml
 
 GENERAL_KEYS = {"resolution": (int, list), "caption_extension": (str,), "batch_size": (int,),
                 "num_repeats": (int,), "enable_bucket": (bool,), "bucket_no_upscale": (bool,)}
@@ -138,10 +133,10 @@ def _read_toml(dest: Path, problems: list[str]) -> dict | None:
         problems.append(f"{dest} is not a folder")
         return None
     try:
-        return tomllib.loads((dest / TOML).read_text(encoding="utf-8"))
+        return toml.loads((dest / TOML).read_text(encoding="utf-8"))
     except FileNotFoundError:
         problems.append(f"{TOML} is missing")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         problems.append(f"{TOML} does not parse: {exc}")
     return None
 

@@ -1,47 +1,20 @@
-"""Finding and running the ffmpeg binary.
+"""Running the ffmpeg binary for dataset preparation.
 
-The system ffmpeg wins when it is on PATH (users may have a build with more codecs); otherwise the
-static binary that the ``imageio-ffmpeg`` wheel ships (an install requirement, so a fresh
-``pip install kohyawan`` has one). imageio-ffmpeg has no ffprobe, so probing is done with ffmpeg itself
-(see ``probe``). Paths always go to ffmpeg as ``file:`` URLs: a name containing ``:`` would otherwise
-be read as a protocol and a name starting with ``-`` as an option.
+Which binary is ``kohyawan.files.ffmpeg``'s choice (KOHYAWAN_FFMPEG, then PATH, then imageio-ffmpeg's).
+imageio-ffmpeg has no ffprobe, so probing is done with ffmpeg itself (see ``probe``). Paths always go to
+ffmpeg as ``file:`` URLs: a name containing ``:`` would otherwise be read as a protocol and a name
+starting with ``-`` as an option.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from kohyawan.errors import ToolMissing
-
-INSTALL_HINT = (
-    "ffmpeg not found: install it with `pip install imageio-ffmpeg` (a bundled static ffmpeg) "
-    "or your system package manager (e.g. `apt install ffmpeg`), or set KOHYAWAN_FFMPEG to its path"
-)
-
-
-@functools.lru_cache(maxsize=1)
-def ffmpeg_exe() -> str:
-    explicit = os.environ.get("KOHYAWAN_FFMPEG")
-    if explicit:
-        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
-            return explicit
-        raise ToolMissing(f"KOHYAWAN_FFMPEG={explicit!r} is not an executable file; {INSTALL_HINT}")
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    try:
-        import imageio_ffmpeg  # imported lazily: it is only needed when there is no system ffmpeg
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # ImportError, or the wheel lacks a binary for this platform
-        exe = None
-    if exe and os.path.isfile(exe):
-        return exe
-    raise ToolMissing(INSTALL_HINT)
+from kohyawan.files.ffmpeg import ffmpeg_exe
 
 
 def url(path: Path | str) -> str:

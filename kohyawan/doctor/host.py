@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 from kohyawan.doctor.nvml import GIB
 from kohyawan.doctor.result import Check
 
+from kohyawan.errors import ToolMissing
+from kohyawan.files import ffmpeg
 VRAM_MIN, VRAM_REC = 24, 40          # "GB" in the guide; cards of that class report 23.99 and 39.5 GiB
 VRAM_SLACK = 0.6                     # so a 24 GB card (23.99 GiB) meets "24"
 RAM_MIN, RAM_REC = 32, 64
@@ -134,18 +136,16 @@ def check_cpu() -> Check:
 
 
 def check_ffmpeg() -> Check:
-    exe = shutil.which("ffmpeg")
-    source = "PATH"
-    if exe is None:
-        try:
-            import imageio_ffmpeg
-
-            exe, source = imageio_ffmpeg.get_ffmpeg_exe(), "imageio-ffmpeg"
-        except Exception:
-            exe = None
-    if exe is None:
+    """The binary ``dataset prepare`` and ``comfy grid`` run (one finder: ``kohyawan.files.ffmpeg``)."""
+    try:
+        found = ffmpeg.locate()
+    except ToolMissing as exc:
+        return Check("ffmpeg", "ffmpeg", "fail", str(exc), f"point {ffmpeg.ENV} at an ffmpeg binary, or unset it",
+                     {"source": ffmpeg.ENV})
+    if found is None:
         return Check("ffmpeg", "ffmpeg", "fail", "ffmpeg not found",
                      "install ffmpeg (apt install ffmpeg) or pip install imageio-ffmpeg", {})
+    exe, source = found.path, found.source
     try:
         first = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30).stdout.splitlines()
         version = first[0].split(" Copyright")[0] if first else "?"

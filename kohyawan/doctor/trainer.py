@@ -13,12 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
-
 from kohyawan.doctor.result import Check
+from kohyawan.files import toml
 
 TRAIN_SCRIPT = Path("src") / "musubi_tuner" / "wan_train_network.py"
 PROBE_TIMEOUT = 180
@@ -123,8 +119,8 @@ def check_trainer(trainer_dir: Path | None, python: str | None) -> list[Check]:
 def _checkout_check(trainer: Path) -> Check:
     version = None
     try:
-        version = tomllib.loads((trainer / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        version = toml.loads((trainer / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, KeyError, toml.TOMLDecodeError):
         pass
     commit = git_commit(trainer)
     details = {"path": str(trainer), "version": version, "commit": commit}
@@ -179,7 +175,7 @@ def check_models(models: Mapping[str, Path | None], task: str) -> list[Check]:
         return [Check("models", "Model files", "skip", "not checked (no --dit/--vae/--t5 given)",
                       "pass the model files to check they suit the task")]
     try:
-        from kohyawan import modelfiles
+        from kohyawan.modelfiles.identify import identify
     except ImportError:
         return [Check("models", "Model files", "skip", "model inspection is not available in this build",
                       "update kohyawan", {k: str(v) for k, v in given.items()})]
@@ -190,7 +186,7 @@ def check_models(models: Mapping[str, Path | None], task: str) -> list[Check]:
             checks.append(Check(cid, title, "fail", f"{path} not found", "check the path", {"path": str(path)}))
             continue
         try:
-            info = modelfiles.identify(path)
+            info = identify(path)
         except Exception as exc:   # ModelFileError carries a one-line message
             checks.append(Check(cid, title, "fail", str(exc), "use the file the guide names for this role",
                                 {"path": str(path)}))

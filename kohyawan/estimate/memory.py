@@ -62,7 +62,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from kohyawan import wan
 from kohyawan.estimate import workload
+from kohyawan.trainer import musubi
 
 GIB = float(2**30)
 
@@ -72,9 +74,7 @@ ALLOC_GAP_D = 60.5          # fitted: allocator reserve above allocated per toke
 ALLOC_GAP_EXPANDABLE_D = ALLOC_GAP_D   # NOT measured: conservative until a GPU run with expandable segments
 STORED_D = 61               # bytes per token per unit of width kept by a block without checkpointing
 CKPT_STORED_D = 2           # a checkpointed block keeps its fp16/bf16 input only
-TEXT_TOKENS_MAX = 512       # umT5 context length used by WAN
-TEXT_DIM = 4096
-LATENT_CHANNELS = 16        # Wan 2.1 VAE z_dim (every 14B and 1.3B task)
+TEXT_TOKENS_MAX = wan.UMT5.text_len   # umT5 context length used by WAN
 TIME_EMBED_D = 28           # Wan 2.2: e [L, d] + e0 [L, 6, d], fp32, alive for the whole step
 MODULATION_D = 32           # Wan 2.2: a block's per-token modulation (fp32 [L, 6, d] sum, two fp32 [L, d])
 HOST_BASE_GIB = 3.5         # python + torch + CUDA libraries + the trainer's own objects
@@ -91,9 +91,12 @@ class ModelShape:
     other_params: int       # parameters outside the blocks (embeddings, time projection, head)
     max_swap: int
 
+    def linears(self, i2v_img: bool = False) -> list[tuple[int, int]]:
+        """(out, in) of every Linear in one block; musubi trains a LoRA module on each."""
+        return [shape for _, shape in wan.block_linears(wan.DITS[self.name], i2v_img)]
+
     def block_linear_params(self, i2v_img: bool = False) -> int:
-        attn = (10 if i2v_img else 8) * self.dim * self.dim
-        return attn + 2 * self.dim * self.ffn
+        return sum(out * inp for out, inp in self.linears(i2v_img))
 
     def block_other_params(self) -> int:
         # biases of the 10 linears, q/k RMS-norm weights, the 6-way modulation, norm3 affine
@@ -104,10 +107,14 @@ class ModelShape:
         return self.blocks * per_block + self.other_params
 
 
-SHAPES = {
-    "14B": ModelShape("14B", blocks=40, dim=5120, ffn=13824, other_params=232_000_000, max_swap=39),
-    "1.3B": ModelShape("1.3B", blocks=30, dim=1536, ffn=8960, other_params=25_600_000, max_swap=29),
-}
+def _shape(size: str, other_params: int) -> ModelShape:
+    dit = wan.DITS[size]
+    return ModelShape(size, blocks=dit.layers, dim=dit.dim, ffn=dit.ffn_dim, other_params=other_params,
+                      max_swap=musubi.max_swap(dit))
+
+
+# the sizes musubi-tuner trains; parameters outside the blocks rounded to what the published files show
+SHAPES = {"14B": _shape("14B", 232_000_000), "1.3B": _shape("1.3B", 25_600_000)}
 
 OPTIMIZER_BYTES = {  # bytes of state per trainable parameter; "adafactor" is handled by shape
     "adamw": 8.0, "adam": 8.0, "adamw8bit": 2.0, "adam8bit": 2.0, "pagedadamw8bit": 2.0, "lion": 4.0,
@@ -116,7 +123,7 @@ OPTIMIZER_BYTES = {  # bytes of state per trainable parameter; "adafactor" is ha
 
 
 def model_shape(task: str) -> ModelShape:
-    return SHAPES["1.3B"] if "1.3B" in task else SHAPES["14B"]
+    return SHAPES[wan.TASKS[task].size]
 
 
 OPTIMIZER_TEMP_BYTES = {  # bytes per trainable parameter the optimizer allocates during its step
@@ -153,13 +160,22 @@ class MemoryInputs:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def model(self) -> wan.TaskModel:
+        return wan.TASKS[self.task]
+
+    @property
     def shape(self) -> ModelShape:
         return model_shape(self.task)
 
     @property
     def i2v_img(self) -> bool:
-        # Wan 2.1 I2V (i2v-14B, flf2v-14B) has the extra image cross-attention; Wan 2.2 I2V-A14B does not.
-        return self.task in ("i2v-14B", "flf2v-14B")
+        # Wan 2.1 image models (I2V, FLF2V, Fun-Control) have the extra image cross-attention; Wan 2.2 does not.
+        return self.model.image_attn
+
+    @property
+    def both_experts(self) -> bool:
+        """A two-expert task training both experts in one run."""
+        return self.model.dual and self.expert == "both"
 
     @property
     def per_token_time(self) -> bool:
@@ -168,7 +184,7 @@ class MemoryInputs:
 
     @property
     def dual_resident(self) -> bool:
-        return "A14B" in self.task and self.expert == "both" and not self.offload_inactive_dit
+        return self.both_experts and not self.offload_inactive_dit
 
     @property
     def swapped(self) -> int:
@@ -176,11 +192,11 @@ class MemoryInputs:
 
     @property
     def latent_frames(self) -> int:
-        return (max(1, self.frames) - 1) // 4 + 1
+        return wan.latent_frames(self.frames)
 
     @property
     def tokens(self) -> int:
-        return self.latent_frames * (self.height // 16) * (self.width // 16) * max(1, self.batch)
+        return wan.tokens(self.width, self.height, self.frames) * max(1, self.batch)
 
 
 def inputs_from_values(train: Mapping[str, Any], dataset: Mapping[str, Any], task: str = "t2v-A14B",
@@ -214,14 +230,12 @@ def inputs_from_values(train: Mapping[str, Any], dataset: Mapping[str, Any], tas
 
 
 def lora_params(inp: MemoryInputs) -> int:
-    s = inp.shape
-    attn = (10 if inp.i2v_img else 8) * (2 * s.dim)
-    ffn = (s.dim + s.ffn) * 2
-    return inp.rank * (attn + ffn) * s.blocks
+    # a module of rank r on an [out, in] Linear: down [r, in] and up [out, r]
+    return inp.rank * sum(out + i for out, i in inp.shape.linears(inp.i2v_img)) * inp.shape.blocks
 
 
 def lora_modules(inp: MemoryInputs) -> int:
-    return (12 if inp.i2v_img else 10) * inp.shape.blocks
+    return len(inp.shape.linears(inp.i2v_img)) * inp.shape.blocks
 
 
 def _optimizer_name(inp: MemoryInputs) -> str:
@@ -233,10 +247,9 @@ def _optimizer_name(inp: MemoryInputs) -> str:
 def _optimizer_bytes(inp: MemoryInputs) -> float:
     name = _optimizer_name(inp)
     if name == "adafactor":
-        s = inp.shape
-        # factored second moment: one row and one column vector per LoRA matrix
-        per_block = (10 if inp.i2v_img else 8) * 2 * (inp.rank + s.dim) + 2 * (2 * inp.rank + s.dim + s.ffn)
-        return 4.0 * per_block * s.blocks
+        # factored second moment: one row and one column vector per LoRA matrix (down and up per module)
+        per_block = sum(2 * inp.rank + out + i for out, i in inp.shape.linears(inp.i2v_img))
+        return 4.0 * per_block * inp.shape.blocks
     per_param = OPTIMIZER_BYTES.get(name, OPTIMIZER_BYTES["adamw"])
     return per_param * lora_params(inp)
 
@@ -332,7 +345,7 @@ def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: flo
 def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
     """Peak host RAM of the training process tree in GiB, by component, with "total" (the peak)."""
     s = inp.shape
-    experts = 2 if ("A14B" in inp.task and inp.expert == "both") else 1
+    experts = 2 if inp.both_experts else 1
     parts = {"process": HOST_BASE_GIB, "data_loader": inp.workers * WORKER_GIB}
     # each resident DiT keeps its swapped blocks in RAM; pinned swap adds one pinned block per transfer
     swap = experts * inp.swapped * block_bytes(inp) / GIB
@@ -358,15 +371,17 @@ def caching_vram_gib(fp8_t5: bool = False) -> float:
 
 
 def latent_cache_bytes(inp: MemoryInputs) -> float:
-    """One item's latent cache: [16, latent frames, H/8, W/8] bf16 (I2V adds a 20-channel image latent)."""
-    per_frame = (inp.height // 8) * (inp.width // 8) * 2
-    channels = LATENT_CHANNELS + (LATENT_CHANNELS + 4 if "i2v" in inp.task or "flf2v" in inp.task else 0)
+    """One item's latent cache: [16, latent frames, H/8, W/8] bf16 (I2V adds a 20-channel image latent: the
+    frame mask and the start image's latents, as the I2V DiT's input takes them)."""
+    _, rows, cols = wan.TRAINING_VAE.stride
+    per_frame = (inp.height // rows) * (inp.width // cols) * 2
+    channels = wan.IN_DIM["i2v"] if inp.model.start_image else wan.TRAINING_VAE.z_dim
     return channels * inp.latent_frames * per_frame
 
 
 def text_cache_bytes() -> float:
     """Upper bound of one item's text cache: [tokens <= 512, 4096] bf16."""
-    return TEXT_TOKENS_MAX * TEXT_DIM * 2.0
+    return TEXT_TOKENS_MAX * wan.UMT5.dim * 2.0
 
 
 def lora_file_bytes(inp: MemoryInputs, precision_bytes: int = 2) -> float:

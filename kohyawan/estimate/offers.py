@@ -10,12 +10,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
-
 from kohyawan.errors import BadInput, ConfigError
+from kohyawan.files import toml
 
 BUILTIN = Path(__file__).resolve().parent / "gpus.toml"
 
@@ -48,8 +44,8 @@ def user_file() -> Path:
 
 def _parse(path: Path) -> tuple[dict[str, Gpu], str | None]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = toml.loads(path.read_text(encoding="utf-8"))
+    except (OSError, toml.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read GPU table {path}: {exc}") from exc
     gpus = {}
     for key, row in (data.get("gpu") or {}).items():

@@ -23,10 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
+from kohyawan.files import toml
 
 from kohyawan.estimate import memory, steptime
 
@@ -72,7 +69,7 @@ class Point:
 
 @lru_cache(maxsize=4)
 def _read(path: str) -> tuple[tuple[Point, ...], Mapping[str, Mapping[str, str]]]:
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    data = toml.loads(Path(path).read_text(encoding="utf-8"))
     fields = set(Point.__dataclass_fields__)
     points = tuple(Point(**{k: v for k, v in row.items() if k in fields}) for row in data.get("point", []))
     return points, data.get("source", {})

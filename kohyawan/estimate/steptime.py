@@ -20,6 +20,7 @@ their own dense bf16 rate, which is not measured. A user's own runs correct it (
 
 from __future__ import annotations
 
+from kohyawan import wan
 from kohyawan.estimate.memory import CKPT_STORED_D, TEXT_TOKENS_MAX, MemoryInputs, block_bytes, dit_bytes
 
 ATTN_BWD = 2.5
@@ -31,7 +32,7 @@ UNPINNED_RATE = 0.5
 def pass_flops(inp: MemoryInputs) -> tuple[float, float]:
     """(forward, backward incl. recompute) FLOPs of one step."""
     s = inp.shape
-    per_sample = inp.latent_frames * (inp.height // 16) * (inp.width // 16)
+    per_sample = wan.tokens(inp.width, inp.height, inp.frames)
     batch = max(1, inp.batch)
     lin = 2.0 * per_sample * (6 * s.dim**2 + 2 * s.dim * s.ffn) + 2.0 * TEXT_TOKENS_MAX * 2 * s.dim**2
     attn = 4.0 * per_sample**2 * s.dim + 4.0 * per_sample * TEXT_TOKENS_MAX * s.dim

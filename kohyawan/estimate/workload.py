@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from kohyawan import wan
 from kohyawan.trainer import cachefiles
 
 BASES = ("report", "probed", "settings")
@@ -43,7 +44,7 @@ class Shape:
     @property
     def tokens(self) -> int:
         """Transformer tokens of one sample: VAE 4x in time (plus the first frame), 8x in space, 2x2 patches."""
-        return ((self.frames - 1) // 4 + 1) * (self.height // 16) * (self.width // 16)
+        return wan.tokens(self.width, self.height, self.frames)
 
     def batch_sizes(self) -> dict[int, int]:
         """Batch size -> how many batches of it one epoch of this bucket forms."""
@@ -207,7 +208,7 @@ def for_spec(spec: Any, facts: Facts | None) -> Workload:
 def settings_frames(dataset: Mapping[str, Any]) -> int:
     """The longest item the dataset settings allow (4n+1), or 1 for an image dataset."""
     if dataset.get("frame_extraction") == "full":
-        return (int(dataset.get("max_frames", 129)) - 1) // 4 * 4 + 1
+        return wan.kept_frames(int(dataset.get("max_frames", 129)))
     frames = dataset.get("target_frames")
     if frames is None:
         return 1

@@ -10,109 +10,41 @@ Pure data and functions (no I/O, no torch). Sources of truth, checked by reading
   in the map whose matrices do not fit the weight is logged as an ERROR and dropped.
 - Wan 2.1 image models (i2v-14B, flf2v-14B, Fun-Control) have ``cross_attn.k_img/v_img``; Wan 2.2
   A14B models (t2v and i2v) do not, so those keys are dropped on them.
+Model shapes and which model a task trains come from ``kohyawan.wan``. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
-
-@dataclass(frozen=True)
-class ModelSize:
-    name: str          # "14B", "1.3B", "5B"
-    dim: int
-    ffn_dim: int
-    layers: int
-    out_channels: int  # latent channels (head output = out_channels * 4 for patch 1x2x2)
+from kohyawan import wan
+from kohyawan.modelfiles.layouts import dit_layout
 
 
-SIZES = {
-    "14B": ModelSize("14B", 5120, 13824, 40, 16),
-    "1.3B": ModelSize("1.3B", 1536, 8960, 30, 16),
-    # Wan 2.2 TI2V-5B: musubi-tuner has no task for it; known so a 5B LoRA is named, not "unknown".
-    "5B": ModelSize("5B", 3072, 14336, 30, 48),
-}
-
-
-@dataclass(frozen=True)
-class TaskModel:
-    task: str
-    size: str
-    version: str      # "2.1" | "2.2"
-    image_attn: bool  # cross_attn.k_img / v_img exist
-    in_dim: int       # patch embedding input channels
-
-
-TASK_MODELS = {
-    "t2v-A14B": TaskModel("t2v-A14B", "14B", "2.2", False, 16),
-    "i2v-A14B": TaskModel("i2v-A14B", "14B", "2.2", False, 36),
-    "t2v-14B": TaskModel("t2v-14B", "14B", "2.1", False, 16),
-    "t2v-1.3B": TaskModel("t2v-1.3B", "1.3B", "2.1", False, 16),
-    "i2v-14B": TaskModel("i2v-14B", "14B", "2.1", True, 36),
-    "t2i-14B": TaskModel("t2i-14B", "14B", "2.1", False, 16),
-    "flf2v-14B": TaskModel("flf2v-14B", "14B", "2.1", True, 36),
-    "t2v-1.3B-FC": TaskModel("t2v-1.3B-FC", "1.3B", "2.1", True, 48),
-    "t2v-14B-FC": TaskModel("t2v-14B-FC", "14B", "2.1", True, 48),
-    "i2v-14B-FC": TaskModel("i2v-14B-FC", "14B", "2.1", True, 48),
-}
+# The model shapes and the tasks' models come from kohyawan.wan; these names are this module's interface.
+ModelSize = wan.Dit            # name, dim, ffn_dim, layers, out_dim
+SIZES = wan.DITS               # "14B", "1.3B" and (no musubi task, known so a 5B LoRA is named) "5B"
+TaskModel = wan.TaskModel      # task, size, version, image_attn (cross_attn.k_img / v_img exist), in_dim, ...
+TASK_MODELS = wan.TASKS
 TASKS = tuple(TASK_MODELS)
-
-ATTN = ("q", "k", "v", "o")
-
-
-def block_linears(size: ModelSize, image_attn: bool) -> list[tuple[str, tuple[int, int]]]:
-    """(module path inside a block, (out, in)) for every Linear musubi-tuner puts a LoRA on."""
-    d, f = size.dim, size.ffn_dim
-    mods = [(f"self_attn.{p}", (d, d)) for p in ATTN] + [(f"cross_attn.{p}", (d, d)) for p in ATTN]
-    if image_attn:
-        mods += [("cross_attn.k_img", (d, d)), ("cross_attn.v_img", (d, d))]
-    return mods + [("ffn.0", (f, d)), ("ffn.2", (d, f))]
+block_linears = wan.block_linears  # (size, image_attn) -> [(path inside a block, (out, in))]
 
 
 def lora_modules(task: str) -> list[tuple[str, tuple[int, int]]]:
-    """Every module path musubi-tuner trains for ``task``, with its weight's (out, in), in block order."""
+    """Every module path musubi-tuner trains for ``task``, with its weight's (out, in), in block order:
+    musubi puts a LoRA on every Linear of every DiT block."""
     tm = TASK_MODELS[task]
-    size = SIZES[tm.size]
-    return [(f"blocks.{i}.{p}", shape) for i in range(size.layers) for p, shape in block_linears(size, tm.image_attn)]
+    return [(f"blocks.{i}.{p}", shape) for i in range(tm.dit.layers)
+            for p, shape in block_linears(tm.dit, tm.image_attn)]
 
 
 @lru_cache(maxsize=None)
 def model_params(task: str) -> dict[str, tuple[int, ...]]:
-    """The DiT's parameters for ``task`` (name -> shape), as ComfyUI's WAN model holds them."""
+    """The DiT's parameters for ``task`` (name -> shape), as ComfyUI's WAN model holds them (the same names
+    and shapes musubi-tuner loads)."""
     tm = TASK_MODELS[task]
-    s = SIZES[tm.size]
-    d = s.dim
-    params: dict[str, tuple[int, ...]] = {
-        "patch_embedding.weight": (d, tm.in_dim, 1, 2, 2), "patch_embedding.bias": (d,),
-        "text_embedding.0.weight": (d, 4096), "text_embedding.0.bias": (d,),
-        "text_embedding.2.weight": (d, d), "text_embedding.2.bias": (d,),
-        "time_embedding.0.weight": (d, 256), "time_embedding.0.bias": (d,),
-        "time_embedding.2.weight": (d, d), "time_embedding.2.bias": (d,),
-        "time_projection.1.weight": (6 * d, d), "time_projection.1.bias": (6 * d,),
-        "head.head.weight": (s.out_channels * 4, d), "head.head.bias": (s.out_channels * 4,),
-        "head.modulation": (1, 2, d),
-    }
-    if tm.image_attn:  # Wan 2.1 image models embed the CLIP image features
-        params.update({"img_emb.proj.0.weight": (1280,), "img_emb.proj.0.bias": (1280,),
-                       "img_emb.proj.1.weight": (1280, 1280), "img_emb.proj.1.bias": (1280,),
-                       "img_emb.proj.3.weight": (d, 1280), "img_emb.proj.3.bias": (d,),
-                       "img_emb.proj.4.weight": (d,), "img_emb.proj.4.bias": (d,)})
-    for i in range(s.layers):
-        b = f"blocks.{i}."
-        for path, (o, n) in block_linears(s, tm.image_attn):
-            params[b + path + ".weight"] = (o, n)
-            params[b + path + ".bias"] = (o,)
-        for attn in ("self_attn", "cross_attn"):
-            params[b + attn + ".norm_q.weight"] = (d,)
-            params[b + attn + ".norm_k.weight"] = (d,)
-        if tm.image_attn:
-            params[b + "cross_attn.norm_k_img.weight"] = (d,)
-        params[b + "norm3.weight"] = (d,)
-        params[b + "norm3.bias"] = (d,)
-        params[b + "modulation"] = (1, 6, d)
-    return params
+    return dict(dit_layout(tm.size, tm.variant, tm.family))
 
 
 @lru_cache(maxsize=None)

@@ -5,44 +5,19 @@ learns it before anything is written, not minutes later when the trainer's stric
 fails on the loaded DiT. Facts (musubi-tuner ``wan/configs``, ``wan_train_network.py``, docs/wan.md):
 every task uses the Wan 2.1 VAE; the DiT dtype is read from ``blocks.0.cross_attn.k.weight`` and a bf16
 DiT asserts mixed precision bf16 (or no), an fp16 DiT fp16 (or no); fp8 weights refuse ``--fp8_scaled``;
-ComfyUI scaled-fp8 checkpoints never load; ``--t5`` loads Wan's own umT5 layout strictly.
+ComfyUI scaled-fp8 checkpoints never load; ``--t5`` loads Wan's own umT5 layout strictly. Which model
+each task trains is ``kohyawan.wan.TASKS``. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from kohyawan import wan
 from kohyawan.errors import ModelFileError
 from kohyawan.modelfiles.header import shown
 from kohyawan.modelfiles.identify import ModelInfo, identify
 
-
-@dataclass(frozen=True)
-class TaskModel:
-    size: str
-    family: str
-    variant: str
-
-    @property
-    def dual(self) -> bool:
-        return self.family == "wan2.2"
-
-
-TASKS = {
-    "t2v-A14B": TaskModel("14B", "wan2.2", "t2v"),
-    "i2v-A14B": TaskModel("14B", "wan2.2", "i2v"),
-    "t2v-14B": TaskModel("14B", "wan2.1", "t2v"),
-    "t2i-14B": TaskModel("14B", "wan2.1", "t2v"),
-    "t2v-1.3B": TaskModel("1.3B", "wan2.1", "t2v"),
-    "i2v-14B": TaskModel("14B", "wan2.1", "i2v"),
-    "flf2v-14B": TaskModel("14B", "wan2.1", "flf2v"),
-    "t2v-1.3B-FC": TaskModel("1.3B", "wan2.1", "fun-control"),
-    "t2v-14B-FC": TaskModel("14B", "wan2.1", "fun-control"),
-    "i2v-14B-FC": TaskModel("14B", "wan2.1", "fun-control"),
-}
-
-_VARIANT_WORDS = {"t2v": "T2V", "i2v": "I2V", "flf2v": "FLF2V", "fun-control": "Fun-Control", "ti2v": "TI2V"}
 _SUGGEST_DIT = {
     "t2v-A14B": "wan2.2_t2v_high_noise_14B_fp16 / wan2.2_t2v_low_noise_14B_fp16",
     "i2v-A14B": "wan2.2_i2v_high_noise_14B_fp16 / wan2.2_i2v_low_noise_14B_fp16",
@@ -54,53 +29,25 @@ T5_HINT = "Wan's models_t5_umt5-xxl-enc-bf16.pth (from Wan-AI/Wan2.1-T2V-14B)"
 
 
 def _model_words(i: ModelInfo) -> str:
-    fam = {"wan2.1": "Wan 2.1 ", "wan2.2": "Wan 2.2 "}.get(i.family or "", "")
-    return f"{fam}{_VARIANT_WORDS.get(i.variant or '', i.variant or '')} {i.size or ''} DiT".replace("  ", " ").strip()
+    fam = wan.FAMILY_NAMES.get(i.family or "", "")
+    words = f"{fam} {wan.VARIANT_NAMES.get(i.variant or '', i.variant or '')} {i.size or ''} DiT"
+    return " ".join(words.split())
 
 
 def check_infos(task: str, expert: str, *, dit: ModelInfo | None, dit_high_noise: ModelInfo | None,
                 vae: ModelInfo | None, t5: ModelInfo | None, mixed_precision: str = "bf16",
                 fp8_base: bool = False, fp8_scaled: bool = False) -> list[str]:
     """Warnings for what may be wrong; ModelFileError for what cannot work. ``None`` = not given."""
-    if task not in TASKS:
-        raise ModelFileError(f"unknown task {task!r}; musubi-tuner's WAN tasks are {', '.join(TASKS)}")
-    want = TASKS[task]
-    warnings: list[str] = []
+    if task not in wan.TASKS:
+        raise ModelFileError(f"unknown task {task!r}; musubi-tuner's WAN tasks are {', '.join(wan.TASKS)}")
+    want = wan.TASKS[task]
     if fp8_scaled and not fp8_base:
         raise ModelFileError("fp8_scaled needs fp8_base (musubi-tuner asserts this); set fp8_base=true as well")
-
-    roles: list[tuple[str, ModelInfo, str | None]] = []  # (option, info, expert it serves)
-    if want.dual:
-        if expert in ("both", "sequential"):
-            for opt, info in (("--dit", dit), ("--dit-high-noise", dit_high_noise)):
-                if info is None:
-                    raise ModelFileError(f"task {task} with expert '{expert}' trains both experts: give the "
-                                         f"low-noise DiT as --dit and the high-noise DiT as --dit-high-noise "
-                                         f"({opt} is missing)")
-            roles = [("--dit", dit, "low"), ("--dit-high-noise", dit_high_noise, "high")]
-        elif expert == "high":
-            info, opt = (dit_high_noise, "--dit-high-noise") if dit_high_noise is not None else (dit, "--dit")
-            if info is None:
-                raise ModelFileError(f"task {task} with expert 'high' needs the high-noise DiT (--dit-high-noise)")
-            roles = [(opt, info, "high")]
-        elif expert == "low":
-            if dit is None:
-                raise ModelFileError(f"task {task} with expert 'low' needs the low-noise DiT (--dit)")
-            roles = [("--dit", dit, "low")]
-            if dit_high_noise is not None:
-                warnings.append(f"expert 'low' trains only --dit; {shown(dit_high_noise.path)} (--dit-high-noise) "
-                                f"is not used")
-        else:
-            raise ModelFileError(f"unknown expert mode {expert!r}; expected both, high, low or sequential")
-    else:
-        if dit_high_noise is not None:
-            raise ModelFileError(f"task {task} is a single Wan 2.1 model: --dit-high-noise "
-                                 f"({shown(dit_high_noise.path)}) applies only to t2v-A14B and i2v-A14B")
-        if dit is not None:
-            roles = [("--dit", dit, None)]
-
+    warnings: list[str] = []
+    roles = _dit_roles(want, expert, dit, dit_high_noise, warnings)
     for opt, info, role in roles:
-        warnings += _check_dit(task, want, opt, info, role, mixed_precision, fp8_base, fp8_scaled)
+        warnings += _check_dit(want, opt, info, role)
+        _check_precision(f"{opt} {shown(info.path)}", info, mixed_precision, fp8_base, fp8_scaled)
     if len(roles) == 2 and os.path.realpath(roles[0][1].path) == os.path.realpath(roles[1][1].path):
         raise ModelFileError(f"--dit and --dit-high-noise are the same file ({shown(roles[0][1].path)}); "
                              f"the low- and high-noise experts are two different files")
@@ -111,10 +58,60 @@ def check_infos(task: str, expert: str, *, dit: ModelInfo | None, dit_high_noise
     return warnings
 
 
-def _check_dit(task, want: TaskModel, opt, info: ModelInfo, role, mixed_precision, fp8_base, fp8_scaled) -> list[str]:
+def _dit_roles(want: wan.TaskModel, expert: str, dit: ModelInfo | None, dit_high_noise: ModelInfo | None,
+               warnings: list[str]) -> list[tuple[str, ModelInfo, str | None]]:
+    """(option, info, expert it serves) for each DiT the task trains with this expert mode."""
+    task = want.task
+    if not want.dual:
+        if dit_high_noise is not None:
+            raise ModelFileError(f"task {task} is a single Wan 2.1 model: --dit-high-noise "
+                                 f"({shown(dit_high_noise.path)}) applies only to t2v-A14B and i2v-A14B")
+        return [] if dit is None else [("--dit", dit, None)]
+    if expert in ("both", "sequential"):
+        for opt, info in (("--dit", dit), ("--dit-high-noise", dit_high_noise)):
+            if info is None:
+                raise ModelFileError(f"task {task} with expert '{expert}' trains both experts: give the "
+                                     f"low-noise DiT as --dit and the high-noise DiT as --dit-high-noise "
+                                     f"({opt} is missing)")
+        return [("--dit", dit, "low"), ("--dit-high-noise", dit_high_noise, "high")]
+    if expert == "high":
+        info, opt = (dit_high_noise, "--dit-high-noise") if dit_high_noise is not None else (dit, "--dit")
+        if info is None:
+            raise ModelFileError(f"task {task} with expert 'high' needs the high-noise DiT (--dit-high-noise)")
+        return [(opt, info, "high")]
+    if expert == "low":
+        if dit is None:
+            raise ModelFileError(f"task {task} with expert 'low' needs the low-noise DiT (--dit)")
+        if dit_high_noise is not None:
+            warnings.append(f"expert 'low' trains only --dit; {shown(dit_high_noise.path)} (--dit-high-noise) "
+                            f"is not used")
+        return [("--dit", dit, "low")]
+    raise ModelFileError(f"unknown expert mode {expert!r}; expected both, high, low or sequential")
+
+
+def _check_dit(want: wan.TaskModel, opt, info: ModelInfo, role) -> list[str]:
     where = f"{opt} {shown(info.path)}"
-    suggest = _SUGGEST_DIT.get(task)
+    suggest = _SUGGEST_DIT.get(want.task)
     use = f"; use {suggest}" if suggest else ""
+    _check_dit_file(want.task, where, info, use)
+    _check_dit_model(want, where, info, use)
+    warnings: list[str] = []
+    if want.variant == "t2v" and info.family and info.family != want.family:
+        warnings.append(f"{where}: its name says {info.family}, but task {want.task} trains "
+                        f"{wan.FAMILY_NAMES[want.family]}; the layouts are identical, so it loads, "
+                        f"but it is a different model")
+    if want.dual and role:
+        if info.expert_hint and info.expert_hint != role:
+            warnings.append(f"{where}: its name says {info.expert_hint}-noise expert, but it is given as the "
+                            f"{role}-noise one; swap --dit and --dit-high-noise if that is a mistake")
+        elif info.expert_hint is None:
+            warnings.append(f"{where}: its name does not say high or low noise (the two experts have identical "
+                            f"headers); make sure it is the {role}-noise expert")
+    return warnings
+
+
+def _check_dit_file(task: str, where: str, info: ModelInfo, use: str) -> None:
+    """Refusals that do not depend on which model the task wants: not a DiT, not a file musubi loads."""
     if info.kind != "dit":
         what = {"vae": "a VAE", "t5": "a T5 text encoder", "clip": "a CLIP image encoder", "lora": "a LoRA"}.get(
             info.kind, "not a WAN DiT")
@@ -127,34 +124,25 @@ def _check_dit(task, want: TaskModel, opt, info: ModelInfo, role, mixed_precisio
     if info.layout_ok is False and info.variant is None:  # e.g. a Diffusers-layout DiT: nothing else applies
         raise ModelFileError(f"{where}: its tensors do not match what musubi-tuner loads for {task} "
                              f"({_layout_note(info)}){use}")
+
+
+def _check_dit_model(want: wan.TaskModel, where: str, info: ModelInfo, use: str) -> None:
+    """Refusals of a DiT that is another model than the task trains."""
+    task = want.task
     if info.size != want.size:
         raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} trains the {want.size} model{use}")
     if info.variant != want.variant:
-        word = _VARIANT_WORDS.get(want.variant, want.variant)
+        word = wan.VARIANT_NAMES.get(want.variant, want.variant)
         article = "an" if word[0] in "AEFIOU" else "a"
         raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} needs {article} {word} DiT{use}")
-    warnings: list[str] = []
     if want.variant in ("i2v", "flf2v", "fun-control") and info.family and info.family != want.family:
         why = ("Wan 2.1 I2V has a CLIP image branch (img_emb, k_img/v_img) that the Wan 2.2 I2V experts do not"
                if info.family == "wan2.1" else "Wan 2.2 I2V has no CLIP image branch, which the Wan 2.1 task loads")
         raise ModelFileError(f"{where}: is a {_model_words(info)}, but task {task} needs the "
-                             f"{'Wan 2.2' if want.family == 'wan2.2' else 'Wan 2.1'} model ({why}){use}")
+                             f"{wan.FAMILY_NAMES[want.family]} model ({why}){use}")
     if info.layout_ok is False:
         raise ModelFileError(f"{where}: its tensors do not match what musubi-tuner loads for {task} "
                              f"({_layout_note(info)}){use}")
-    if want.variant == "t2v" and info.family and info.family != want.family:
-        warnings.append(f"{where}: its name says {info.family}, but task {task} trains "
-                        f"{want.family.replace('wan', 'Wan ')}; the layouts are identical, so it loads, "
-                        f"but it is a different model")
-    if want.dual and role:
-        if info.expert_hint and info.expert_hint != role:
-            warnings.append(f"{where}: its name says {info.expert_hint}-noise expert, but it is given as the "
-                            f"{role}-noise one; swap --dit and --dit-high-noise if that is a mistake")
-        elif info.expert_hint is None:
-            warnings.append(f"{where}: its name does not say high or low noise (the two experts have identical "
-                            f"headers); make sure it is the {role}-noise expert")
-    _check_precision(where, info, mixed_precision, fp8_base, fp8_scaled)
-    return warnings
 
 
 def _layout_note(info: ModelInfo) -> str:
@@ -198,7 +186,7 @@ def _check_t5(t5: ModelInfo) -> None:
             t5.kind, "not a T5 text encoder")
         raise ModelFileError(f"{where}: is {what}; use {T5_HINT}")
     vocab = t5.arch.get("vocab")
-    if vocab is not None and vocab != 256384:
+    if vocab is not None and vocab != wan.UMT5.vocab:
         raise ModelFileError(f"{where}: is a T5 with a {vocab}-token vocabulary, not WAN's umT5-XXL; use {T5_HINT}")
     if t5.t5_format == "hf":
         raise ModelFileError(f"{where}: is a Hugging Face/ComfyUI-format umT5 (encoder.block.N.layer...), but "

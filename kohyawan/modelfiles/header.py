@@ -4,6 +4,7 @@ The format: 8 bytes little-endian header length N, N bytes of UTF-8 JSON ({name:
 data_offsets}, "__metadata__": {str: str}}), then the tensor bytes. Reading the header costs two small
 reads however large the file is, so a 28 GB DiT (or a sparse stand-in for one) is inspected in
 milliseconds. Every way a file can be broken becomes one ``ModelFileError`` line naming the file.
+Design: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 High- and low-noise experts of WAN 2.2 A14B have byte-for-byte identical headers (same names, shapes,
 dtypes), and so do a Wan 2.1 T2V 14B and either Wan 2.2 T2V expert. Only the name can tell them apart.
+Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def expert_hint(path: str | PurePath) -> tuple[str | None, str | None]:
         if len(found) == 1:
             return found.pop(), None
         if len(found) == 2:
-            return None, f"its name mentions both high and low noise"
+            return None, "its name mentions both high and low noise"
     return None, None
 
 

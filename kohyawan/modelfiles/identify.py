@@ -4,7 +4,8 @@ The rules follow what the loaders themselves look at: musubi-tuner reads the DiT
 ``blocks.0.cross_attn.k.weight`` and strips a ``model.diffusion_model.`` prefix; ComfyUI tells Wan 2.1
 image models by ``img_emb``, the 2.2 VAE by its nested ``upsamples.N.upsamples`` blocks, and scaled fp8 by a
 ``scaled_fp8`` marker with per-layer ``scale_weight`` tensors (newer files: ``weight_scale`` +
-``comfy_quant``, or ``_quantization_metadata``).
+``comfy_quant``, or ``_quantization_metadata``). Which width means which model, and every other WAN shape,
+come from ``kohyawan.wan``. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import re
 import stat
 from dataclasses import asdict, dataclass, field
+from math import prod
 from typing import Any, Mapping
 
+from kohyawan import wan
 from kohyawan.errors import ModelFileError
-from kohyawan.modelfiles import hints, layouts
+from kohyawan.modelfiles import hints, layouts, torchpickle
 from kohyawan.modelfiles.header import Header, read_header, shown
 
 DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2",
@@ -59,11 +62,12 @@ class ModelInfo:
 
 def identify(path: os.PathLike | str) -> ModelInfo:
     """Identify one model file. Raises ModelFileError (one line) when it cannot be read as a model."""
-    from kohyawan.modelfiles import torchpickle
-
     magic = _magic(path)
     if magic == b"PK\x03\x04":
-        return torchpickle.identify_pth(path)
+        tensors = torchpickle.read_pth(path)
+        return classify(os.fspath(path), {n: t.shape for n, t in tensors.items()},
+                        {n: t.dtype for n, t in tensors.items()}, {}, file_size=os.stat(path).st_size,
+                        file_format="torch-pickle")
     if magic == b"GGUF":
         raise ModelFileError(f"{shown(path)}: a GGUF file (a quantised model for ComfyUI-GGUF); musubi-tuner "
                              f"needs a safetensors checkpoint (bf16 or fp16)")
@@ -90,6 +94,12 @@ def identify_header(h: Header, path: str) -> ModelInfo:
                     dict(h.metadata), file_size=h.file_size)
 
 
+_LORA_MARKS = (".lora_down.", ".lora_A.", ".lora_up.", ".lora_B.")
+_CLIP_PREFIXES = ("visual.", "vision_model.", "log_scale", "textual.")
+_WAN_T5_Q = "blocks.0.attn.q.weight"
+_HF_T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+
+
 def classify(path: str, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str],
              metadata: Mapping[str, str], *, file_size: int = 0, file_format: str = "safetensors") -> ModelInfo:
     """Pure: names -> shapes and names -> safetensors dtype strings in, ModelInfo out."""
@@ -97,8 +107,7 @@ def classify(path: str, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[s
     base = dict(path=path, params=params, tensors=len(shapes), file_size=file_size, file_format=file_format)
     scaled = _is_scaled_fp8(shapes, metadata)
     names = set(shapes)
-
-    if any(".lora_down." in n or ".lora_A." in n or ".lora_up." in n or ".lora_B." in n for n in names):
+    if any(mark in n for n in names for mark in _LORA_MARKS):
         return _lora(shapes, dtypes, base)
     prefix = _dit_prefix(names)
     if prefix is not None:
@@ -108,21 +117,28 @@ def classify(path: str, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[s
         return _diffusers_dit(path, diffusers, shapes, dtypes, scaled, base)
     if "decoder.middle.0.residual.0.gamma" in names and "conv2.weight" in names:
         return _vae(shapes, dtypes, base)
-    if "encoder.blocks.0.attn.q.weight" in names:
-        # musubi drops every "encoder." from Wan-format T5 keys before its strict load; so do we
-        shapes = {n.replace("encoder.", ""): s for n, s in shapes.items()}
-        dtypes = {n.replace("encoder.", ""): d for n, d in dtypes.items()}
-        names = set(shapes)
-    if "token_embedding.weight" in names and "blocks.0.attn.q.weight" in names:
-        return _t5(shapes, dtypes, scaled, base, fmt="wan", qkey="blocks.0.attn.q.weight", emb="token_embedding.weight")
-    if "encoder.block.0.layer.0.SelfAttention.q.weight" in names:
-        emb = "shared.weight" if "shared.weight" in names else "encoder.embed_tokens.weight"
-        return _t5(shapes, dtypes, scaled, base, fmt="hf", qkey="encoder.block.0.layer.0.SelfAttention.q.weight", emb=emb)
-    if any(n.startswith(("visual.", "vision_model.", "log_scale", "textual.")) for n in names):
+    t5 = _t5_kind(shapes, dtypes)
+    if t5 is not None:
+        return _t5(*t5, scaled, base)
+    if any(n.startswith(_CLIP_PREFIXES) for n in names):
         return ModelInfo(kind="clip", dtype=_major_dtype(shapes, dtypes, scaled), family="wan2.1",
                          notes=("CLIP image encoder: only Wan 2.1 I2V/FLF2V tasks use it (--clip)",), **base)
     return ModelInfo(kind="unknown", dtype=_major_dtype(shapes, dtypes, scaled) if shapes else None,
                      notes=("no WAN DiT, VAE, T5, CLIP or LoRA tensor names found",), **base)
+
+
+def _t5_kind(shapes, dtypes):
+    """(shapes, dtypes, format, query key, embedding key) of a umT5 encoder in either layout, else None."""
+    if "encoder." + _WAN_T5_Q in shapes:
+        # musubi drops every "encoder." from Wan-format T5 keys before its strict load; so do we
+        shapes = {n.replace("encoder.", ""): s for n, s in shapes.items()}
+        dtypes = {n.replace("encoder.", ""): d for n, d in dtypes.items()}
+    if "token_embedding.weight" in shapes and _WAN_T5_Q in shapes:
+        return shapes, dtypes, "wan", _WAN_T5_Q, "token_embedding.weight"
+    if _HF_T5_Q in shapes:
+        emb = "shared.weight" if "shared.weight" in shapes else "encoder.embed_tokens.weight"
+        return shapes, dtypes, "hf", _HF_T5_Q, emb
+    return None
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -169,50 +185,16 @@ _ADDONS = {  # ComfyUI's WAN add-on models: not plain DiTs, musubi's strict load
 
 def _dit(path, prefix, shapes, dtypes, scaled, base) -> ModelInfo:
     sd = {n[len(prefix):]: s for n, s in shapes.items() if n.startswith(prefix)}
-    dim = sd["blocks.0.self_attn.q.weight"][0]
-    layers = len({n.split(".")[1] for n in sd if n.startswith("blocks.") and n.split(".")[1].isdigit()})
-    pe = sd.get("patch_embedding.weight", ())
-    in_dim = pe[1] if len(pe) > 1 else None
-    head = sd.get("head.head.weight", ())
-    out_dim = head[0] // 4 if head else None
-    has_img = "img_emb.proj.0.weight" in sd
-    notes: list[str] = []
-    size = {5120: "14B", 1536: "1.3B", 3072: "5B"}.get(dim)
-    variant: str | None
+    arch = _dit_arch(sd)
+    size = wan.size_of_dim(arch["dim"])
     addon = next((v for k, v in _ADDONS.items() if k in sd), None)
-    if addon:
-        variant = addon
-    elif size == "5B" or out_dim == 48:
-        variant = "ti2v"
-    elif in_dim == 48:
-        variant = "fun-control"
-    elif "img_emb.emb_pos" in sd:
-        variant = "flf2v"
-    elif in_dim == 36:
-        variant = "i2v"
-    elif in_dim == 16:
-        variant = "t2v"
-    else:
-        variant = None
-    # family: what the weights' layout proves, else what the name says
-    named = hints.family_hint(path)
-    if size in ("5B",) or (variant == "i2v" and not has_img) or addon in ("s2v", "animate"):
-        family = "wan2.2"
-    elif has_img or size == "1.3B":
-        family = "wan2.1"
-    elif named:
-        family = named
-        other = "Wan 2.1 T2V 14B" if named == "wan2.2" else "the Wan 2.2 T2V experts"
-        notes.append(f"{'Wan 2.2' if named == 'wan2.2' else 'Wan 2.1'} by name (same layout as {other})")
-    else:
-        family = None
-        if size == "14B" and variant == "t2v":
-            notes.append("Wan 2.1 T2V 14B or a Wan 2.2 T2V expert: same layout, and the name does not say which")
+    variant = addon or _dit_variant(sd, size, arch)
+    notes: list[str] = []
+    family = _dit_family(path, size, variant, "img_emb.proj.0.weight" in sd, addon, notes)
     if prefix:
         notes.append(f"ComfyUI-style key prefix '{prefix}' (musubi strips it when loading)")
     # dtype as musubi detects it: from one cross-attention weight
-    probe = f"{prefix}blocks.0.cross_attn.k.weight"
-    dtype = "fp8_scaled" if scaled else _dtype_name(dtypes.get(probe))
+    dtype = "fp8_scaled" if scaled else _dtype_name(dtypes.get(f"{prefix}blocks.0.cross_attn.k.weight"))
     if scaled:
         notes.append("ComfyUI scaled-fp8 checkpoint (scale tensors beside fp8 weights)")
     expert, why = hints.expert_hint(path)
@@ -221,24 +203,61 @@ def _dit(path, prefix, shapes, dtypes, scaled, base) -> ModelInfo:
     if family == "wan2.1" or size in ("1.3B", "5B"):
         expert = None  # only Wan 2.2 A14B has experts
     layout_ok = None
-    if size and variant in layouts.IN_DIM and not addon:
+    if size and variant in wan.IN_DIM and not addon:
         layout_ok, problem = _layout_check(sd, size, variant, family or "wan2.2", scaled)
         if problem:
             notes.append(problem)
     if re.search(r"-\d{5}-of-\d{5}\.", os.path.basename(path)):
         notes.append("one shard of a split checkpoint: musubi-tuner needs the whole model in one file")
-    arch = {"dim": dim, "layers": layers}
-    if in_dim is not None:
-        arch["in_dim"] = in_dim
-    if out_dim is not None:
-        arch["out_dim"] = out_dim
     return ModelInfo(kind="dit", family=family, size=size, variant=variant, dtype=dtype, expert_hint=expert,
                      key_prefix=prefix, layout_ok=layout_ok, arch=arch, notes=tuple(notes), **base)
 
 
+def _dit_arch(sd) -> dict[str, int]:
+    """dim and layers, and in_dim/out_dim where the patch embedding and the head are there."""
+    arch = {"dim": sd["blocks.0.self_attn.q.weight"][0],
+            "layers": len({n.split(".")[1] for n in sd if n.startswith("blocks.") and n.split(".")[1].isdigit()})}
+    pe = sd.get("patch_embedding.weight", ())
+    if len(pe) > 1:
+        arch["in_dim"] = pe[1]
+    head = sd.get("head.head.weight", ())
+    if head:
+        arch["out_dim"] = head[0] // prod(wan.PATCH)
+    return arch
+
+
+# in_dim -> variant for the 14B and 1.3B models (FLF2V has I2V's in_dim; its img_emb.emb_pos tells it apart)
+_VARIANT_OF_IN_DIM = {wan.IN_DIM[v]: v for v in ("t2v", "i2v", "fun-control")}
+
+
+def _dit_variant(sd, size, arch) -> str | None:
+    if size == "5B" or arch.get("out_dim") == wan.DITS["5B"].out_dim:
+        return "ti2v"
+    variant = _VARIANT_OF_IN_DIM.get(arch.get("in_dim"))
+    if variant != "fun-control" and "img_emb.emb_pos" in sd:
+        return "flf2v"
+    return variant
+
+
+def _dit_family(path, size, variant, has_img, addon, notes: list[str]) -> str | None:
+    """What the weights' layout proves, else what the name says (with a note saying so)."""
+    if (size and wan.families_of(size) == ("wan2.2",)) or (variant == "i2v" and not has_img) \
+            or addon in ("s2v", "animate"):
+        return "wan2.2"
+    if has_img or (size and wan.families_of(size) == ("wan2.1",)):
+        return "wan2.1"
+    named = hints.family_hint(path)
+    if named:
+        other = "Wan 2.1 T2V 14B" if named == "wan2.2" else "the Wan 2.2 T2V experts"
+        notes.append(f"{wan.FAMILY_NAMES[named]} by name (same layout as {other})")
+    elif size == "14B" and variant == "t2v":
+        notes.append("Wan 2.1 T2V 14B or a Wan 2.2 T2V expert: same layout, and the name does not say which")
+    return named
+
+
 def _diffusers_dit(path, qkey, shapes, dtypes, scaled, base) -> ModelInfo:
     dim = shapes[qkey][0]
-    size = {5120: "14B", 1536: "1.3B", 3072: "5B"}.get(dim)
+    size = wan.size_of_dim(dim)
     expert, _ = hints.expert_hint(path)
     return ModelInfo(kind="dit", size=size, dtype="fp8_scaled" if scaled else _dtype_name(dtypes[qkey]),
                      family=hints.family_hint(path), expert_hint=expert, layout_ok=False, arch={"dim": dim},
@@ -267,7 +286,7 @@ def _layout_check(sd, size, variant, family, scaled) -> tuple[bool, str | None]:
 def _vae(shapes, dtypes, base) -> ModelInfo:
     z = shapes["conv2.weight"][0]
     nested = "decoder.upsamples.0.upsamples.0.residual.2.weight" in shapes
-    version = "2.2" if (z == 48 or nested) else "2.1" if z == 16 else None
+    version = "2.2" if (z == wan.VAES["2.2"].z_dim or nested) else "2.1" if z == wan.VAES["2.1"].z_dim else None
     notes = []
     layout_ok = None
     if version:
@@ -281,7 +300,7 @@ def _vae(shapes, dtypes, base) -> ModelInfo:
                      notes=tuple(notes), **base)
 
 
-def _t5(shapes, dtypes, scaled, base, *, fmt, qkey, emb) -> ModelInfo:
+def _t5(shapes, dtypes, fmt, qkey, emb, scaled, base) -> ModelInfo:
     vocab = shapes[emb][0] if emb in shapes else None
     dim = shapes[qkey][1]
     blocks = set()
@@ -293,12 +312,12 @@ def _t5(shapes, dtypes, scaled, base, *, fmt, qkey, emb) -> ModelInfo:
             blocks.add(parts[2])
     layers = len(blocks)
     notes = []
-    if vocab is not None and vocab != layouts.T5_VOCAB:
-        notes.append(f"vocabulary of {vocab} tokens: not umT5-XXL (WAN's text encoder has {layouts.T5_VOCAB})")
+    if vocab is not None and vocab != wan.UMT5.vocab:
+        notes.append(f"vocabulary of {vocab} tokens: not umT5-XXL (WAN's text encoder has {wan.UMT5.vocab})")
     if fmt == "hf":
         notes.append("Hugging Face / ComfyUI layout: musubi's --t5 needs the Wan-format encoder")
     layout_ok = None
-    if vocab == layouts.T5_VOCAB:
+    if vocab == wan.UMT5.vocab:
         layout_ok = {n: tuple(s) for n, s in shapes.items() if not n.endswith(_SCALE_SUFFIXES) and n != "scaled_fp8"
                      and n != "spiece_model"} == dict(layouts.t5_layout(fmt))
     arch = {"dim": dim, "layers": layers}
@@ -312,7 +331,7 @@ def _lora(shapes, dtypes, base) -> ModelInfo:
     downs = {n: s for n, s in shapes.items() if ".lora_down." in n or ".lora_A." in n}
     rank = max((s[0] for s in downs.values()), default=0)
     dims = [s[1] for n, s in downs.items() if "self_attn_q" in n or "self_attn.q" in n]
-    size = {5120: "14B", 1536: "1.3B", 3072: "5B"}.get(dims[0]) if dims else None
+    size = wan.size_of_dim(dims[0]) if dims else None
     variant = "i2v" if any("k_img" in n for n in downs) else None
     notes = [f"{len(downs)} modules"]
     if variant:
@@ -330,10 +349,9 @@ def _human(n: int) -> str:
 
 
 def describe(i: ModelInfo) -> str:
-    fam = {"wan2.1": "Wan 2.1", "wan2.2": "Wan 2.2"}.get(i.family or "", "Wan 2.1/2.2?")
+    fam = wan.FAMILY_NAMES.get(i.family or "", "Wan 2.1/2.2?")
     if i.kind == "dit":
-        var = {"t2v": "T2V", "i2v": "I2V", "flf2v": "FLF2V", "fun-control": "Fun-Control", "ti2v": "TI2V"}.get(
-            i.variant or "", i.variant or "unknown variant")
+        var = wan.VARIANT_NAMES.get(i.variant or "", i.variant or "unknown variant")
         size = "A14B" if i.family == "wan2.2" and i.size == "14B" else (i.size or "unknown-size")
         text = f"{fam} {var} {size} DiT"
         if i.expert_hint:
@@ -341,7 +359,7 @@ def describe(i: ModelInfo) -> str:
     elif i.kind == "vae":
         text = f"Wan {i.vae_version or '?'} VAE (z_dim {i.arch.get('z_dim')})"
     elif i.kind == "t5":
-        umt5 = i.arch.get("vocab", layouts.T5_VOCAB) == layouts.T5_VOCAB
+        umt5 = i.arch.get("vocab", wan.UMT5.vocab) == wan.UMT5.vocab
         text = f"{'umT5-XXL' if umt5 else 'T5'} text encoder, {'Wan' if i.t5_format == 'wan' else 'Hugging Face'} format"
     elif i.kind == "lora":
         text = f"LoRA rank {i.arch.get('rank')} for {i.size or 'unknown-size'} WAN"

@@ -1,43 +1,17 @@
 """Tensor layouts of the WAN model files musubi-tuner loads: names and shapes, nothing else.
 
-One source of truth for two users: ``kohyawan.modelfiles.standins`` writes sparse files with these headers, and
-``check`` compares a user's DiT against the layout the trainer will ``load_state_dict(strict=True)``.
-The numbers are the model configurations of musubi-tuner's ``wan/configs`` (and, for the 5B model and the
-Wan 2.2 VAE, which musubi does not train, the upstream Wan 2.2 architecture as ComfyUI loads it).
-Each layout was checked against the real module definitions instantiated on torch's meta device; the
-tests pin tensor counts, parameter counts and a digest of every name and shape.
+Built from the architecture facts in ``kohyawan.wan`` for two users: ``kohyawan.modelfiles.standins``
+writes sparse files with these headers, and ``check`` compares a user's DiT against the layout the trainer
+will ``load_state_dict(strict=True)``. Each layout was checked against the real module definitions
+instantiated on torch's meta device; the tests pin tensor counts, parameter counts and a digest of every
+name and shape. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kohyawan import wan
 
 Layout = list[tuple[str, tuple[int, ...]]]
-
-
-@dataclass(frozen=True)
-class DitShape:
-    size: str
-    dim: int
-    ffn_dim: int
-    num_layers: int
-    out_dim: int
-
-
-DIT_SHAPES = {
-    "14B": DitShape("14B", 5120, 13824, 40, 16),
-    "1.3B": DitShape("1.3B", 1536, 8960, 30, 16),
-    "5B": DitShape("5B", 3072, 14336, 30, 48),  # Wan 2.2 TI2V: 48-channel latents of the Wan 2.2 VAE
-}
-
-# in_dim (channels into patch_embedding) by variant: latents, plus mask + image latents for I2V/FLF2V,
-# plus control latents for Fun-Control.
-IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "fun-control": 48, "ti2v": 48}
-
-TEXT_DIM = 4096  # umT5-XXL
-FREQ_DIM = 256
-CLIP_DIM = 1280  # open-clip ViT-H image features (Wan 2.1 I2V/FLF2V only)
-FLF_TOKENS = 257 * 2
 
 
 def _linear(name: str, out_f: int, in_f: int, bias: bool = True) -> Layout:
@@ -47,50 +21,60 @@ def _linear(name: str, out_f: int, in_f: int, bias: bool = True) -> Layout:
     return items
 
 
+def _norm(name: str, ch: int) -> Layout:
+    return [(f"{name}.weight", (ch,)), (f"{name}.bias", (ch,))]
+
+
+def _check_dit(size: str, variant: str, family: str) -> None:
+    if size not in wan.DITS:
+        raise ValueError(f"unknown DiT size {size!r}; expected one of {', '.join(wan.DITS)}")
+    if variant not in wan.IN_DIM:
+        raise ValueError(f"unknown DiT variant {variant!r}; expected one of {', '.join(wan.IN_DIM)}")
+    if family not in wan.RELEASES:
+        raise ValueError(f"unknown family {family!r}; expected {' or '.join(wan.RELEASES)}")
+    if variant not in wan.RELEASES[family].get(size, ()):
+        have = "; ".join(f"{s}: {', '.join(v)}" for s, v in wan.RELEASES[family].items())
+        raise ValueError(f"there is no {wan.FAMILY_NAMES[family]} {size} {variant} DiT ({family} has {have})")
+
+
+def _block(i: int, dit: wan.Dit, image_attn: bool) -> Layout:
+    b, d = f"blocks.{i}", dit.dim
+    out: Layout = [(f"{b}.modulation", (1, 6, d))]
+    linears = dict(wan.block_linears(dit, image_attn))
+    for attn in ("self_attn", "cross_attn"):
+        if attn == "cross_attn":
+            out += _norm(f"{b}.norm3", d)
+        for p in ("q", "k", "v", "o"):
+            out += _linear(f"{b}.{attn}.{p}", *linears[f"{attn}.{p}"])
+        out += [(f"{b}.{attn}.norm_q.weight", (d,)), (f"{b}.{attn}.norm_k.weight", (d,))]
+    if image_attn:
+        out += _linear(f"{b}.cross_attn.k_img", d, d) + _linear(f"{b}.cross_attn.v_img", d, d)
+        out.append((f"{b}.cross_attn.norm_k_img.weight", (d,)))
+    return out + _linear(f"{b}.ffn.0", *linears["ffn.0"]) + _linear(f"{b}.ffn.2", *linears["ffn.2"])
+
+
+def _img_emb(dim: int, flf: bool) -> Layout:
+    c = wan.CLIP_DIM
+    out: Layout = [("img_emb.emb_pos", (1, 2 * wan.CLIP_TOKENS, c))] if flf else []
+    out += _norm("img_emb.proj.0", c) + _linear("img_emb.proj.1", c, c) + _linear("img_emb.proj.3", dim, c)
+    return out + _norm("img_emb.proj.4", dim)
+
+
 def dit_layout(size: str = "14B", variant: str = "t2v", family: str = "wan2.2") -> Layout:
     """The state dict of a WAN DiT as saved without a prefix (musubi strips ``model.diffusion_model.``)."""
-    if size not in DIT_SHAPES:
-        raise ValueError(f"unknown DiT size {size!r}; expected one of {', '.join(DIT_SHAPES)}")
-    if variant not in IN_DIM:
-        raise ValueError(f"unknown DiT variant {variant!r}; expected one of {', '.join(IN_DIM)}")
-    if family not in ("wan2.1", "wan2.2"):
-        raise ValueError(f"unknown family {family!r}; expected wan2.1 or wan2.2")
-    if size == "5B" and (family != "wan2.2" or variant != "ti2v"):
-        raise ValueError("the 5B DiT exists only as Wan 2.2 TI2V (variant 'ti2v')")
-    if variant == "ti2v" and size != "5B":
-        raise ValueError("variant 'ti2v' is the Wan 2.2 5B model only")
-    if family == "wan2.2" and variant in ("flf2v", "fun-control"):
-        raise ValueError(f"there is no Wan 2.2 {variant} DiT in this layout table")
-    if family == "wan2.2" and size == "1.3B":
-        raise ValueError("there is no Wan 2.2 1.3B DiT")
-    s = DIT_SHAPES[size]
-    d = s.dim
-    # Wan 2.1 image-conditioned models cross-attend to CLIP image tokens; Wan 2.2 I2V dropped CLIP.
-    clip_branch = family == "wan2.1" and variant in ("i2v", "flf2v", "fun-control")
-    out: Layout = [("patch_embedding.weight", (d, IN_DIM[variant], 1, 2, 2)), ("patch_embedding.bias", (d,))]
-    out += _linear("text_embedding.0", d, TEXT_DIM) + _linear("text_embedding.2", d, d)
-    out += _linear("time_embedding.0", d, FREQ_DIM) + _linear("time_embedding.2", d, d)
+    _check_dit(size, variant, family)
+    dit = wan.DITS[size]
+    d = dit.dim
+    image_attn = wan.has_image_attn(family, variant)
+    out: Layout = [("patch_embedding.weight", (d, wan.IN_DIM[variant], *wan.PATCH)), ("patch_embedding.bias", (d,))]
+    out += _linear("text_embedding.0", d, wan.UMT5.dim) + _linear("text_embedding.2", d, d)
+    out += _linear("time_embedding.0", d, wan.FREQ_DIM) + _linear("time_embedding.2", d, d)
     out += _linear("time_projection.1", 6 * d, d)
-    for i in range(s.num_layers):
-        b = f"blocks.{i}"
-        out.append((f"{b}.modulation", (1, 6, d)))
-        for attn in ("self_attn", "cross_attn"):
-            if attn == "cross_attn":
-                out += [(f"{b}.norm3.weight", (d,)), (f"{b}.norm3.bias", (d,))]
-            for p in ("q", "k", "v", "o"):
-                out += _linear(f"{b}.{attn}.{p}", d, d)
-            out += [(f"{b}.{attn}.norm_q.weight", (d,)), (f"{b}.{attn}.norm_k.weight", (d,))]
-        if clip_branch:
-            out += _linear(f"{b}.cross_attn.k_img", d, d) + _linear(f"{b}.cross_attn.v_img", d, d)
-            out.append((f"{b}.cross_attn.norm_k_img.weight", (d,)))
-        out += _linear(f"{b}.ffn.0", s.ffn_dim, d) + _linear(f"{b}.ffn.2", d, s.ffn_dim)
-    out += [("head.modulation", (1, 2, d))] + _linear("head.head", 4 * s.out_dim, d)
-    if clip_branch:
-        if variant == "flf2v":
-            out.append(("img_emb.emb_pos", (1, FLF_TOKENS, CLIP_DIM)))
-        out += [("img_emb.proj.0.weight", (CLIP_DIM,)), ("img_emb.proj.0.bias", (CLIP_DIM,))]
-        out += _linear("img_emb.proj.1", CLIP_DIM, CLIP_DIM) + _linear("img_emb.proj.3", d, CLIP_DIM)
-        out += [("img_emb.proj.4.weight", (d,)), ("img_emb.proj.4.bias", (d,))]
+    for i in range(dit.layers):
+        out += _block(i, dit, image_attn)
+    out += [("head.modulation", (1, 2, d))] + _linear("head.head", dit.head_out, d)
+    if image_attn:
+        out += _img_emb(d, flf=variant == "flf2v")
     return out
 
 
@@ -131,106 +115,67 @@ def _middle(name: str, ch: int) -> Layout:
 
 def vae_layout(version: str = "2.1") -> Layout:
     """Wan 2.1 VAE (z_dim 16, what every 14B task uses) or Wan 2.2 VAE (z_dim 48, the 5B model's)."""
-    if version == "2.1":
-        return _vae21()
-    if version == "2.2":
-        return _vae22()
-    raise ValueError(f"unknown VAE version {version!r}; expected 2.1 or 2.2")
-
-
-def _vae21(dim: int = 96, z: int = 16) -> Layout:
+    if version not in wan.VAES:
+        raise ValueError(f"unknown VAE version {version!r}; expected {' or '.join(wan.VAES)}")
+    vae = wan.VAES[version]
+    # The Wan 2.1 VAE numbers its stages' blocks in one flat list; the Wan 2.2 VAE nests them per stage
+    # (``downsamples.<stage>.downsamples.<block>``), and its decoder keeps the channels across upsamples.
+    nested = version == "2.2"
     mult = [1, 2, 4, 4]
-    temporal_down = [False, True, True]
-    dims = [dim * m for m in [1] + mult]
-    out = _conv3("encoder.conv1", dims[0], 3)
-    idx = 0
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        for _ in range(2):
-            out += _resblock(f"encoder.downsamples.{idx}", a, b)
-            a = b
-            idx += 1
-        if i != len(mult) - 1:
-            out += _resample(f"encoder.downsamples.{idx}", b, b, temporal_down[i], up=False)
-            idx += 1
-    out += _middle("encoder.middle", dims[-1])
-    out += _rms("encoder.head.0", dims[-1]) + _conv3("encoder.head.2", 2 * z, dims[-1])
+    temporal = [False, True, True]
+    dims = [vae.dim * m for m in [1] + mult]
+    ddims = [vae.dec_dim * m for m in [mult[-1]] + mult[::-1]]
+    z, top = vae.z_dim, dims[-1]
+    out = _conv3("encoder.conv1", dims[0], vae.pixel_channels)
+    out += _stages("encoder.downsamples", dims, 2, temporal, nested=nested, up=False)
+    out += _middle("encoder.middle", top) + _rms("encoder.head.0", top) + _conv3("encoder.head.2", 2 * z, top)
     out += _conv3("conv1", 2 * z, 2 * z, (1, 1, 1)) + _conv3("conv2", z, z, (1, 1, 1))
-    ddims = [dim * m for m in [mult[-1]] + mult[::-1]]
-    temporal_up = temporal_down[::-1]
-    out += _conv3("decoder.conv1", ddims[0], z)
-    out += _middle("decoder.middle", ddims[0])
-    idx = 0
-    for i, (a, b) in enumerate(zip(ddims[:-1], ddims[1:])):
-        if i in (1, 2, 3):
-            a = a // 2  # each spatial upsample halves the channels it hands on
-        for _ in range(3):
-            out += _resblock(f"decoder.upsamples.{idx}", a, b)
-            a = b
-            idx += 1
-        if i != len(mult) - 1:
-            out += _resample(f"decoder.upsamples.{idx}", b, b // 2, temporal_up[i], up=True)
-            idx += 1
-    out += _rms("decoder.head.0", ddims[-1]) + _conv3("decoder.head.2", 3, ddims[-1])
-    return out
+    out += _conv3("decoder.conv1", ddims[0], z) + _middle("decoder.middle", ddims[0])
+    out += _stages("decoder.upsamples", ddims, 3, temporal[::-1], nested=nested, up=True)
+    return out + _rms("decoder.head.0", ddims[-1]) + _conv3("decoder.head.2", vae.pixel_channels, ddims[-1])
 
 
-def _vae22(dim: int = 160, dec_dim: int = 256, z: int = 48) -> Layout:
-    mult = [1, 2, 4, 4]
-    temporal_down = [False, True, True]
-    dims = [dim * m for m in [1] + mult]
-    # 2x2 pixel patches: 12 = 3 colours x 4
-    out = _conv3("encoder.conv1", dims[0], 12)
+def _stages(prefix: str, dims: list[int], blocks: int, temporal: list[bool], *, nested: bool, up: bool) -> Layout:
+    """Residual blocks per stage, then a resampler between stages (none after the last)."""
+    out: Layout = []
+    halve = up and not nested  # the Wan 2.1 decoder's spatial upsamplers halve the channels they hand on
+    kind = prefix.rsplit(".", 1)[1]
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        name = f"encoder.downsamples.{i}.downsamples"
-        for j in range(2):
-            out += _resblock(f"{name}.{j}", a, b)
+        first = i * (blocks + 1)
+        names = [f"{prefix}.{i}.{kind}.{j}" if nested else f"{prefix}.{first + j}" for j in range(blocks + 1)]
+        if halve and i > 0:
+            a //= 2
+        for name in names[:blocks]:
+            out += _resblock(name, a, b)
             a = b
-        if i != len(mult) - 1:
-            out += _resample(f"{name}.2", b, b, temporal_down[i], up=False)
-    out += _middle("encoder.middle", dims[-1])
-    out += _rms("encoder.head.0", dims[-1]) + _conv3("encoder.head.2", 2 * z, dims[-1])
-    out += _conv3("conv1", 2 * z, 2 * z, (1, 1, 1)) + _conv3("conv2", z, z, (1, 1, 1))
-    ddims = [dec_dim * m for m in [mult[-1]] + mult[::-1]]
-    temporal_up = temporal_down[::-1]
-    out += _conv3("decoder.conv1", ddims[0], z)
-    out += _middle("decoder.middle", ddims[0])
-    for i, (a, b) in enumerate(zip(ddims[:-1], ddims[1:])):
-        name = f"decoder.upsamples.{i}.upsamples"
-        for j in range(3):
-            out += _resblock(f"{name}.{j}", a, b)
-            a = b
-        if i != len(mult) - 1:
-            out += _resample(f"{name}.3", b, b, temporal_up[i], up=True)
-    out += _rms("decoder.head.0", ddims[-1]) + _conv3("decoder.head.2", 12, ddims[-1])
+        if i != len(dims) - 2:
+            out += _resample(names[blocks], b, b // 2 if halve else b, temporal[i], up=up)
     return out
 
 
 # ---- T5 --------------------------------------------------------------------------------------------
 
-T5_VOCAB, T5_DIM, T5_FFN, T5_HEADS, T5_LAYERS, T5_BUCKETS = 256384, 4096, 10240, 64, 24, 32
-
-
 def t5_layout(fmt: str = "wan") -> Layout:
     """umT5-XXL encoder: Wan's own layout (what musubi's ``--t5`` loads strictly) or the Hugging Face one."""
-    d, f = T5_DIM, T5_FFN
+    t5 = wan.UMT5
+    d, f, rel = t5.dim, t5.ffn_dim, (t5.buckets, t5.heads)
     if fmt == "wan":
-        out: Layout = [("token_embedding.weight", (T5_VOCAB, d))]
-        for i in range(T5_LAYERS):
+        out: Layout = [("token_embedding.weight", (t5.vocab, d))]
+        for i in range(t5.layers):
             b = f"blocks.{i}"
             out.append((f"{b}.norm1.weight", (d,)))
             out += [(f"{b}.attn.{p}.weight", (d, d)) for p in "qkvo"]
             out.append((f"{b}.norm2.weight", (d,)))
             out += [(f"{b}.ffn.gate.0.weight", (f, d)), (f"{b}.ffn.fc1.weight", (f, d)), (f"{b}.ffn.fc2.weight", (d, f))]
-            # umT5 keeps one relative-position table per layer (no sharing)
-            out.append((f"{b}.pos_embedding.embedding.weight", (T5_BUCKETS, T5_HEADS)))
+            out.append((f"{b}.pos_embedding.embedding.weight", rel))  # one relative-position table per layer
         out.append(("norm.weight", (d,)))
         return out
     if fmt == "hf":
-        out = [("shared.weight", (T5_VOCAB, d))]
-        for i in range(T5_LAYERS):
+        out = [("shared.weight", (t5.vocab, d))]
+        for i in range(t5.layers):
             b = f"encoder.block.{i}.layer"
             out += [(f"{b}.0.SelfAttention.{p}.weight", (d, d)) for p in "qkvo"]
-            out.append((f"{b}.0.SelfAttention.relative_attention_bias.weight", (T5_BUCKETS, T5_HEADS)))
+            out.append((f"{b}.0.SelfAttention.relative_attention_bias.weight", rel))
             out.append((f"{b}.0.layer_norm.weight", (d,)))
             out += [(f"{b}.1.DenseReluDense.wi_0.weight", (f, d)), (f"{b}.1.DenseReluDense.wi_1.weight", (f, d)),
                     (f"{b}.1.DenseReluDense.wo.weight", (d, f))]

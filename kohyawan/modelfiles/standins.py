@@ -6,7 +6,7 @@ DiT occupies a few hundred kilobytes, reads back through ``safetensors.safe_open
 kohyawan exactly as the real file would be. The tensor bytes are zeros. (``safe_open`` maps the whole
 file: on a machine with strict overcommit a 28 GB map fails with ENOMEM even though nothing is read, so
 code that only needs names and shapes should use ``kohyawan.modelfiles.header.read_header``.) Used by the tests and by
-``kohyawan run --rehearse`` when the user has no model files.
+``kohyawan run --rehearse`` when the user has no model files. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from kohyawan import wan
 from kohyawan.modelfiles.header import ITEMSIZE
 from kohyawan.modelfiles.layouts import dit_layout, t5_layout, vae_layout
 
@@ -112,11 +113,9 @@ def write_task_models(folder: os.PathLike | str, task: str = "t2v-A14B", *, dtyp
     Returns {"dit": ..., "dit_high_noise": ... (A14B tasks only), "vae": ..., "t5": ...}; these pass
     ``check_models(task, "both", ..., mixed_precision=<dtype>)``.
     """
-    from kohyawan.modelfiles.check import TASKS
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    want = TASKS[task]
+    if task not in wan.TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(wan.TASKS)}")
+    want = wan.TASKS[task]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     v = want.variant.replace("-", "_")

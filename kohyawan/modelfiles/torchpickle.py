@@ -4,7 +4,8 @@ musubi-tuner's own docs point at ``Wan2.1_VAE.pth`` and ``models_t5_umt5-xxl-enc
 checks must see into them. Unpickling would run arbitrary code and need torch; instead the ``data.pkl``
 member of the zip is walked opcode by opcode (``pickletools.genops`` only parses) on a small stack
 machine that knows the handful of globals torch writes: ``_rebuild_tensor_v2``, ``_rebuild_parameter``,
-``OrderedDict`` and the typed storage classes. Anything else becomes an opaque value.
+``OrderedDict`` and the typed storage classes. Anything else becomes an opaque value. What the tensors
+mean is ``identify``'s business. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -44,14 +45,6 @@ class _Tensor:
 _MARK = object()
 
 
-def looks_like_torch_zip(path: os.PathLike | str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False  # read_header reports the real problem with one clear line
-
-
 def read_pth(path: os.PathLike | str) -> dict[str, _Tensor]:
     where = shown(path)
     try:
@@ -76,105 +69,139 @@ def read_pth(path: os.PathLike | str) -> dict[str, _Tensor]:
     return found
 
 
-def identify_pth(path: os.PathLike | str):
-    from kohyawan.modelfiles.identify import classify
-
-    tensors = read_pth(path)
-    return classify(os.fspath(path), {n: t.shape for n, t in tensors.items()},
-                    {n: t.dtype for n, t in tensors.items()}, {}, file_size=os.stat(path).st_size,
-                    file_format="torch-pickle")
-
-
 def _run(data: bytes) -> Any:
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
+    m = _Machine()
     for op, arg, _pos in pickletools.genops(data):
-        name = op.name
-        if name in ("PROTO", "FRAME"):
+        if op.name == "STOP":
+            return m.stack.pop()
+        if op.name in _SKIP:
             continue
-        if name == "STOP":
-            return stack.pop()
-        if name == "MARK":
-            stack.append(_MARK)
-        elif name in ("EMPTY_DICT",):
-            stack.append({})
-        elif name in ("EMPTY_LIST",):
-            stack.append([])
-        elif name == "EMPTY_TUPLE":
-            stack.append(())
-        elif name in ("EMPTY_SET",):
-            stack.append(set())
-        elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BINSTRING", "SHORT_BINSTRING",
-                      "STRING", "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
-                      "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
-            stack.append(arg)
-        elif name == "NONE":
-            stack.append(None)
-        elif name in ("NEWTRUE", "NEWFALSE"):
-            stack.append(name == "NEWTRUE")
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = stack[-1]
-        elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            stack.append(memo[int(arg)])
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            stack.append(_Global(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr = stack.pop()
-            stack.append(_Global(stack.pop(), attr))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}[name]
-            items = tuple(stack[-n:])
-            del stack[-n:]
-            stack.append(items)
-        elif name in ("TUPLE", "LIST", "DICT", "APPENDS", "SETITEMS", "ADDITEMS", "FROZENSET"):
-            i = len(stack) - 1 - stack[::-1].index(_MARK)
-            items = stack[i + 1:]
-            del stack[i:]
-            if name == "TUPLE":
-                stack.append(tuple(items))
-            elif name == "LIST":
-                stack.append(list(items))
-            elif name == "DICT":
-                stack.append(dict(zip(items[::2], items[1::2])))
-            elif name == "APPENDS":
-                if isinstance(stack[-1], list):
-                    stack[-1].extend(items)
-            elif name == "SETITEMS":
-                if isinstance(stack[-1], dict):
-                    for k, v in zip(items[::2], items[1::2]):
-                        _setitem(stack[-1], k, v)
-            elif name == "FROZENSET":
-                stack.append(frozenset())
-        elif name == "APPEND":
-            v = stack.pop()
-            if isinstance(stack[-1], list):
-                stack[-1].append(v)
-        elif name == "SETITEM":
-            v, k = stack.pop(), stack.pop()
-            if isinstance(stack[-1], dict):
-                _setitem(stack[-1], k, v)
-        elif name in ("BINPERSID", "PERSID"):
-            pid = stack.pop() if name == "BINPERSID" else arg
-            stack.append(("persistent", pid))
-        elif name in ("REDUCE", "NEWOBJ"):
-            args = stack.pop()
-            func = stack.pop()
-            stack.append(_reduce(func, args))
-        elif name == "BUILD":
-            stack.pop()  # state of an object we do not materialise
-        elif name == "POP":
-            stack.pop()
-        elif name == "POP_MARK":
-            i = len(stack) - 1 - stack[::-1].index(_MARK)
-            del stack[i:]
-        elif name == "DUP":
-            stack.append(stack[-1])
-        else:
-            raise ValueError(f"unsupported pickle opcode {name}")
+        if op.name in _PUSH_ARG:
+            m.stack.append(arg)
+            continue
+        handler = _OPS.get(op.name)
+        if handler is None:
+            raise ValueError(f"unsupported pickle opcode {op.name}")
+        handler(m, op.name, arg)
     raise ValueError("pickle without STOP")
+
+
+class _Machine:
+    """The pickle stack machine's state: the stack (with marks) and the memo."""
+
+    def __init__(self):
+        self.stack: list[Any] = []
+        self.memo: dict[int, Any] = {}
+
+    def pop_mark(self) -> list[Any]:
+        """Everything above the topmost mark, which goes too."""
+        i = len(self.stack) - 1 - self.stack[::-1].index(_MARK)
+        items = self.stack[i + 1:]
+        del self.stack[i:]
+        return items
+
+    def pop_n(self, n: int) -> tuple[Any, ...]:
+        items = tuple(self.stack[-n:])
+        del self.stack[-n:]
+        return items
+
+
+_SKIP = frozenset({"PROTO", "FRAME"})
+# opcodes whose argument is the value they push
+_PUSH_ARG = frozenset({"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BINSTRING", "SHORT_BINSTRING",
+                       "STRING", "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
+                       "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"})
+_CONSTANTS = {"NONE": lambda: None, "NEWTRUE": lambda: True, "NEWFALSE": lambda: False, "EMPTY_DICT": dict,
+              "EMPTY_LIST": list, "EMPTY_TUPLE": tuple, "EMPTY_SET": set, "MARK": lambda: _MARK}
+_TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def _constant(m: _Machine, name: str, _arg) -> None:
+    m.stack.append(_CONSTANTS[name]())
+
+
+def _put(m: _Machine, name: str, arg) -> None:
+    m.memo[len(m.memo) if name == "MEMOIZE" else int(arg)] = m.stack[-1]
+
+
+def _get(m: _Machine, _name: str, arg) -> None:
+    m.stack.append(m.memo[int(arg)])
+
+
+def _global(m: _Machine, name: str, arg) -> None:
+    if name == "GLOBAL":
+        module, _, attr = arg.partition(" ")
+    else:  # STACK_GLOBAL
+        module, attr = m.pop_n(2)
+    m.stack.append(_Global(module, attr))
+
+
+def _small_tuple(m: _Machine, name: str, _arg) -> None:
+    m.stack.append(m.pop_n(_TUPLE_SIZES[name]))
+
+
+def _marked(m: _Machine, name: str, _arg) -> None:
+    """Opcodes that take everything above the topmost mark."""
+    items = m.pop_mark()
+    if name == "TUPLE":
+        m.stack.append(tuple(items))
+    elif name == "LIST":
+        m.stack.append(list(items))
+    elif name == "DICT":
+        m.stack.append(dict(zip(items[::2], items[1::2])))
+    elif name == "FROZENSET":
+        m.stack.append(frozenset())
+    elif name == "APPENDS" and isinstance(m.stack[-1], list):
+        m.stack[-1].extend(items)
+    elif name == "SETITEMS" and isinstance(m.stack[-1], dict):
+        for k, v in zip(items[::2], items[1::2]):
+            _setitem(m.stack[-1], k, v)
+    # POP_MARK, and ADDITEMS on a set we do not model: the items are simply dropped
+
+
+def _append(m: _Machine, _name: str, _arg) -> None:
+    v = m.stack.pop()
+    if isinstance(m.stack[-1], list):
+        m.stack[-1].append(v)
+
+
+def _setitem_op(m: _Machine, _name: str, _arg) -> None:
+    k, v = m.pop_n(2)
+    if isinstance(m.stack[-1], dict):
+        _setitem(m.stack[-1], k, v)
+
+
+def _persid(m: _Machine, name: str, arg) -> None:
+    m.stack.append(("persistent", m.stack.pop() if name == "BINPERSID" else arg))
+
+
+def _reduce_op(m: _Machine, _name: str, _arg) -> None:
+    func, args = m.pop_n(2)
+    m.stack.append(_reduce(func, args))
+
+
+def _pop(m: _Machine, _name: str, _arg) -> None:
+    m.stack.pop()  # POP, and BUILD: the state of an object we do not materialise
+
+
+def _dup(m: _Machine, _name: str, _arg) -> None:
+    m.stack.append(m.stack[-1])
+
+
+_OPS = {
+    **dict.fromkeys(_CONSTANTS, _constant),
+    **dict.fromkeys(("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"), _put),
+    **dict.fromkeys(("BINGET", "LONG_BINGET", "GET"), _get),
+    **dict.fromkeys(("GLOBAL", "STACK_GLOBAL"), _global),
+    **dict.fromkeys(_TUPLE_SIZES, _small_tuple),
+    **dict.fromkeys(("TUPLE", "LIST", "DICT", "APPENDS", "SETITEMS", "ADDITEMS", "FROZENSET", "POP_MARK"), _marked),
+    "APPEND": _append,
+    "SETITEM": _setitem_op,
+    **dict.fromkeys(("BINPERSID", "PERSID"), _persid),
+    **dict.fromkeys(("REDUCE", "NEWOBJ"), _reduce_op),
+    **dict.fromkeys(("BUILD", "POP"), _pop),
+    "DUP": _dup,
+}
 
 
 def _setitem(d: dict, k: Any, v: Any) -> None:

@@ -14,10 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
+from kohyawan.files import toml
 
 _TABLES = Path(__file__).resolve().parent.parent / "trainer" / "options"
 
@@ -66,7 +63,7 @@ def read_config_from_file(args, parser, argv=None):
         sys.exit(1)
     print(f"{log}Loading settings from {path}...", file=sys.stderr, flush=True)
     with open(path, "rb") as f:
-        config = tomllib.load(f)
+        config = toml.load(f)
     flat = {}
     for section, value in config.items():
         if isinstance(value, dict):

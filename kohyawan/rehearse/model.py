@@ -9,39 +9,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kohyawan import wan
+from kohyawan.estimate import memory
+from kohyawan.lora.keys import musubi_name
+
 
 @dataclass(frozen=True)
 class Arch:
-    blocks: int
-    dim: int
-    ffn: int
+    dit: wan.Dit
     params: float  # parameters of one DiT
-    img: bool      # Wan 2.1 I2V/FLF2V: cross_attn k_img/v_img
+    img: bool      # Wan 2.1 image models (I2V, FLF2V, Fun-Control): cross_attn k_img/v_img
+
+    @property
+    def blocks(self) -> int:
+        return self.dit.layers
+
+    @property
+    def dim(self) -> int:
+        return self.dit.dim
+
+    @property
+    def ffn(self) -> int:
+        return self.dit.ffn_dim
 
 
-_14B = dict(blocks=40, dim=5120, ffn=13824, params=14.3e9)
-_1_3B = dict(blocks=30, dim=1536, ffn=8960, params=1.42e9)
-ARCHS = {
-    "t2v-14B": Arch(**_14B, img=False), "i2v-14B": Arch(**_14B, img=True), "t2i-14B": Arch(**_14B, img=False),
-    "flf2v-14B": Arch(**_14B, img=True), "t2v-A14B": Arch(**_14B, img=False), "i2v-A14B": Arch(**_14B, img=False),
-    "t2v-1.3B": Arch(**_1_3B, img=False), "t2v-1.3B-FC": Arch(**_1_3B, img=False),
-    "t2v-14B-FC": Arch(**_14B, img=False), "i2v-14B-FC": Arch(**_14B, img=True),
-}
+def _arch(task: str) -> Arch:
+    tm = wan.TASKS[task]
+    # the estimator's parameter count, so the simulated host RAM and the estimate agree
+    return Arch(tm.dit, params=float(memory.model_shape(task).total_params(tm.image_attn)), img=tm.image_attn)
+
+
+ARCHS = {task: _arch(task) for task in wan.TASKS}
 
 
 def lora_modules(arch: Arch) -> list[tuple[str, int, int]]:
-    """(key prefix, in features, out features) in musubi's naming."""
-    mods = []
-    for i in range(arch.blocks):
-        for attn in ("self_attn", "cross_attn"):
-            for p in ("q", "k", "v", "o"):
-                mods.append((f"lora_unet_blocks_{i}_{attn}_{p}", arch.dim, arch.dim))
-            if attn == "cross_attn" and arch.img:
-                for p in ("k_img", "v_img"):
-                    mods.append((f"lora_unet_blocks_{i}_cross_attn_{p}", arch.dim, arch.dim))
-        mods.append((f"lora_unet_blocks_{i}_ffn_0", arch.dim, arch.ffn))
-        mods.append((f"lora_unet_blocks_{i}_ffn_2", arch.ffn, arch.dim))
-    return mods
+    """(key prefix, in features, out features) in musubi's naming: a LoRA on every Linear of every block."""
+    return [(musubi_name(f"blocks.{i}.{path}"), fin, fout)
+            for i in range(arch.blocks) for path, (fout, fin) in wan.block_linears(arch.dit, arch.img)]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,10 +10,7 @@ from typing import Any
 
 from kohyawan.config.tomlfmt import toml_value
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
+from kohyawan.files import toml
 
 _EPOCHS_LINE = re.compile(r"^\s*max_train_epochs\s*=.*$\n?", re.M)
 
@@ -28,7 +25,7 @@ def attempt_config(text: str, overrides: dict[str, Any]) -> str:
              "LR continuation", "[kohyawan_attempt]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in overrides.items()]
     out = "\n".join(lines) + "\n"
-    parsed = tomllib.loads(out)
+    parsed = toml.loads(out)
     flat = {}
     for body in parsed.values():
         if isinstance(body, dict):

@@ -133,6 +133,8 @@ def _describe(path: Path, extra: dict, with_effect: bool) -> tuple[CheckpointInf
             eff = measure(modules_of(header))
         except LoraFileError as exc:
             ck.flags.append(f"effect not measured: {exc}")
+        except ModuleNotFoundError as exc:  # torch is an optional extra: the listing does without it
+            ck.flags.append(f"effect not measured: {exc.name} is not installed (pip install 'kohyawan[torch]')")
         else:
             ck.effect = eff.to_dict()
             if eff.negligible:

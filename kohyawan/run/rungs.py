@@ -41,8 +41,8 @@ def _fp8_scaled_allowed(spec: RunSpec) -> bool:
     if spec.models.dit is None:
         return True
     try:
-        from kohyawan import modelfiles
-        return modelfiles.identify(spec.models.dit).dtype not in ("fp8_e4m3fn", "fp8_e5m2")
+        from kohyawan.modelfiles.identify import identify
+        return identify(spec.models.dit).dtype not in ("fp8_e4m3fn", "fp8_e5m2")
     except Exception:  # no model inspection available or unreadable: the preflight reports it
         return True
 

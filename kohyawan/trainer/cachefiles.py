@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
+from kohyawan import wan
+from kohyawan.files import toml
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXT = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".gif")
@@ -56,7 +54,7 @@ class Item:
 
 def load(path: str) -> list[DatasetCfg]:
     with open(path, "rb") as f:
-        return parse(tomllib.load(f))
+        return parse(toml.load(f))
 
 
 def parse(cfg: Mapping[str, Any]) -> list[DatasetCfg]:
@@ -70,7 +68,7 @@ def parse(cfg: Mapping[str, Any]) -> list[DatasetCfg]:
         is_image = "image_directory" in ds or "image_jsonl_file" in ds
         media = ds.get("image_directory") or ds.get("video_directory")
         jsonl = ds.get("image_jsonl_file") or ds.get("video_jsonl_file")
-        frames = tuple(max(1, (int(n) - 1) // 4 * 4 + 1) for n in merged.get("target_frames", [1]))
+        frames = tuple(max(1, wan.kept_frames(int(n))) for n in merged.get("target_frames", [1]))
         fps = ds.get("source_fps")
         out.append(DatasetCfg(i, is_image, reso, int(merged.get("batch_size", 1)), int(merged.get("num_repeats", 1)),
                               merged.get("caption_extension", ".txt"), ds.get("cache_directory") or media or ".",
@@ -159,7 +157,7 @@ def crops(frame_count: int, ds: DatasetCfg) -> list[tuple[int, int]]:
     mode = "head" if ds.frame_extraction == "uniform" and ds.frame_sample == 1 else ds.frame_extraction
     if mode == "full":
         n = min(frame_count, ds.max_frames)
-        return [(0, (n - 1) // 4 * 4 + 1)] if n >= 1 else []
+        return [(0, wan.kept_frames(n))] if n >= 1 else []
     for t in targets:
         if frame_count < t:
             continue

@@ -1,7 +1,8 @@
 """What kohyawan knows about musubi-tuner's WAN scripts: option tables, dataset schema, launch lines.
 
 The option tables in ``options/*.json`` are read from musubi-tuner's own argument parsers (0.3.4); keep every
-musubi-specific fact in this module and those files so a trainer update is one diff.
+musubi-specific fact in this module and those files so a trainer update is one diff. The WAN models behind
+the tasks (sizes, blocks, experts, boundaries) are ``kohyawan.wan``'s. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from kohyawan import wan
 from kohyawan.errors import ConfigError
 
 TRAIN_SCRIPT = "wan_train_network.py"
@@ -19,25 +21,26 @@ CACHE_LATENTS_SCRIPT = "wan_cache_latents.py"
 CACHE_TE_SCRIPT = "wan_cache_text_encoder_outputs.py"
 SCRIPTS = (CACHE_LATENTS_SCRIPT, CACHE_TE_SCRIPT, TRAIN_SCRIPT)
 
-# musubi --task values (WAN). No 5B task exists in musubi-tuner.
-TASKS = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B",
-         "t2v-1.3B-FC", "t2v-14B-FC", "i2v-14B-FC")
-DUAL_EXPERT_TASKS = ("t2v-A14B", "i2v-A14B")
-# Recommended expert split per task (design notes): boundary as a fraction of 1000 timesteps.
-TIMESTEP_BOUNDARY = {"t2v-A14B": 875, "i2v-A14B": 900}
-# Transformer blocks per model size; block swap can move at most blocks-1 of them.
-BLOCKS = {"14B": 40, "1.3B": 30}
+# musubi --task values (WAN), in musubi's order; the model each one trains is kohyawan.wan.TASKS.
+TASKS = tuple(wan.TASKS)
+DUAL_EXPERT_TASKS = tuple(task for task, model in wan.TASKS.items() if model.dual)
+# Recommended expert split per two-expert task: the boundary timestep, of 1000.
+TIMESTEP_BOUNDARY = {task: model.boundary for task, model in wan.TASKS.items() if model.boundary is not None}
 ATTENTION_FLAGS = ("sdpa", "xformers", "flash_attn", "flash3")
 INFERENCE_ONLY_ATTENTION = ("sage_attn",)
-VAE_FRAME_STRIDE = 4  # frame counts the trainer keeps are 4n+1
 
 
 def task_size(task: str) -> str:
-    return "1.3B" if "1.3B" in task else "14B"
+    return wan.TASKS[task].size
+
+
+def max_swap(dit: wan.Dit) -> int:
+    """musubi's offloader exchanges a GPU block with a CPU block in place, so one block always stays."""
+    return dit.layers - 1
 
 
 def max_blocks_to_swap(task: str) -> int:
-    return BLOCKS[task_size(task)] - 1
+    return max_swap(wan.TASKS[task].dit)
 
 
 @dataclass(frozen=True)
@@ -140,43 +143,60 @@ def _check_readable_string(value: str, where: str) -> None:
 
 
 def check_dataset_value(key: str, value: Any) -> Any:
+    """Validate one dataset key's value as musubi's schema takes it; return it normalised."""
     kind = DATASET_KEYS[key]
     where = f"dataset key '{key}'"
-    if kind == "res":
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value, value]
-        if (not isinstance(value, list) or len(value) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise ConfigError(f"{where} must be an integer or [width, height], got {value!r}")
-        if any(v <= 0 or v % 16 for v in value):
-            raise ConfigError(f"{where} must be a multiple of 16, got {value!r}")
-        return list(value)
-    if kind == "int_list":
-        if (not isinstance(value, list) or not value
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise ConfigError(f"{where} must be a list of integers, e.g. [17, 21], got {value!r}")
-        bad = [v for v in value if v < 1 or (v - 1) % VAE_FRAME_STRIDE]
-        if bad:
-            fixed = ", ".join(str((v - 1) // 4 * 4 + 1) for v in bad)
-            raise ConfigError(f"{where}: frame counts must be 4n+1 (1, 5, 9, ... 81); "
-                              f"{', '.join(map(str, bad))} would be cut to {fixed} by the trainer")
-        return sorted(set(value))
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if kind is str and not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    if kind is str:
-        _check_readable_string(value, where)
+    if kind in _DATASET_CHECKS:
+        return _DATASET_CHECKS[kind](value, where)
+    value = _check_typed(kind, value, where)
     if key == "frame_extraction" and value not in FRAME_EXTRACTIONS:
         raise ConfigError(f"{where} must be one of {', '.join(FRAME_EXTRACTIONS)}; got {value!r}")
     if key in ("batch_size", "num_repeats", "max_frames", "frame_stride", "frame_sample") and value < 1:
         raise ConfigError(f"{where} must be at least 1, got {value!r}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_resolution(value: Any, where: str) -> list[int]:
+    if _is_int(value):
+        value = [value, value]
+    if not isinstance(value, list) or len(value) != 2 or not all(_is_int(v) for v in value):
+        raise ConfigError(f"{where} must be an integer or [width, height], got {value!r}")
+    if any(v <= 0 or v % 16 for v in value):
+        raise ConfigError(f"{where} must be a multiple of 16, got {value!r}")
+    return list(value)
+
+
+def _check_frame_counts(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(_is_int(v) for v in value):
+        raise ConfigError(f"{where} must be a list of integers, e.g. [17, 21], got {value!r}")
+    bad = [v for v in value if v < 1 or wan.kept_frames(v) != v]
+    if bad:
+        fixed = ", ".join(str(wan.kept_frames(v)) for v in bad)
+        raise ConfigError(f"{where}: frame counts must be 4n+1 (1, 5, 9, ... 81); "
+                          f"{', '.join(map(str, bad))} would be cut to {fixed} by the trainer")
+    return sorted(set(value))
+
+
+_DATASET_CHECKS = {"res": _check_resolution, "int_list": _check_frame_counts}
+
+
+def _check_typed(kind: type, value: Any, where: str) -> Any:
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is int and not _is_int(value):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        _check_readable_string(value, where)
     return value
 
 

@@ -1,10 +1,11 @@
 """musubi-tuner's console grammar -> events, and failure classification from a log tail (pure).
 
-Learned from real output (design §2, shared/musubi-logs): stdout carries ``accelerator.print`` lines,
+Learned from the real trainer's console output: stdout carries ``accelerator.print`` lines,
 logging (``LEVEL:logger:message``) and tqdm go to stderr, tqdm redraws with ``\\r``. A bar redraw is
 often glued to the next logging line (``...?it/s]INFO:musubi_tuner...``), so one segment can hold two
 things; ``parse_line`` returns every event it finds. Every bar step is drawn twice (``update`` then
-``set_postfix``): the last draw of step n carries the average loss after step n.
+``set_postfix``): the last draw of step n carries the average loss after step n. Design:
+docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A learning-rate schedule that continues exactly across kohyawan's resumes.
 
 musubi-tuner rebuilds its scheduler from the *new* ``--max_train_steps`` on ``--resume`` and then
-restores the old scheduler's step counter into it, so a decaying schedule bends (design §2). kohyawan
+restores the old scheduler's step counter into it, so a decaying schedule bends. kohyawan
 passes this class instead: ``--lr_scheduler_type kohyawan_lr.ContinuedLR`` with ``--lr_scheduler_args``
 ``kind='cosine' total_steps=N warmup_steps=W start_step=S`` (and optionally ``lr_scale``,
 ``min_lr_ratio``, ``num_cycles``, ``power``, ``lr_end_ratio``, ``steps_per_update``). The factor depends only on the
@@ -9,7 +9,7 @@ absolute step ``start_step + steps taken in this process``, never on ``max_train
 a restored counter, because kohyawan knows the absolute step of the state it resumes from.
 
 This file is put on the trainer's PYTHONPATH by kohyawan; it needs only the standard library until the
-trainer asks for the class, which then imports torch (the trainer's own).
+trainer asks for the class, which then imports torch (the trainer's own). Design: docs/architecture.md.
 """
 
 from __future__ import annotations
