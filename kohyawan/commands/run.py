@@ -152,13 +152,13 @@ def runs():
 
 
 def _run_dir(runs_dir: Path | None, run_id: str) -> Path:
+    """The run folder, absolute: every path a resumed run records is built from it."""
     path = Path(run_id)
-    if (path / "run.json").is_file():
-        return path
-    path = _runs_dir(runs_dir) / run_id
+    if not (path / "run.json").is_file():
+        path = _runs_dir(runs_dir) / run_id
     if not (path / "run.json").is_file():
         raise BadInput(f"no run {run_id!r} in {_runs_dir(runs_dir)}")
-    return path
+    return Path(os.path.abspath(path))
 
 
 def _live_state(run_dir: Path, data: dict) -> str:
@@ -229,8 +229,11 @@ def show(run_id, runs_dir, as_json):
     _summary(data)
     c = console.out()
     c.print(f"  state: {data['state']}; {len(data['checkpoints'])} checkpoint(s):")
+    from kohyawan.run.ledger import locate
+
     for ck in data["checkpoints"]:
-        c.print(f"    step {ck['step']:>7}  {ck['path']}" + ("  (removed)" if ck.get("removed") else ""), markup=False)
+        c.print(f"    step {ck['step']:>7}  {locate(run_dir, ck['path'])}" + ("  (removed)" if ck.get("removed") else ""),
+                markup=False)
 
 
 @runs.command()

@@ -18,6 +18,7 @@ from pathlib import Path
 from kohyawan.errors import BadInput
 from kohyawan.lora.inspect import guess_expert, info_from_header
 from kohyawan.lora.io import LoraFileError, read_header, sha256_file
+from kohyawan.run.ledger import locate
 
 CANDIDATE_WINDOW = (0.60, 0.80)
 _STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d{8})$")
@@ -83,9 +84,7 @@ def _read_json(path: Path) -> dict | None:
 def _from_ledger(root: Path, ledger: dict) -> list[tuple[Path, dict]]:
     found = []
     for c in ledger.get("checkpoints", []):
-        path = Path(c["path"])
-        if not path.is_absolute():
-            path = root / path
+        path = locate(root, c["path"])
         found.append((path, {"step": c.get("step"), "epoch": c.get("epoch"), "attempt": c.get("attempt"),
                              "sha256": c.get("sha256")}))
     return found

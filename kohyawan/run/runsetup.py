@@ -73,6 +73,7 @@ def _record_dataset(led: Ledger, spec) -> None:
 
 def load_run(run_dir: Path, spec, opts: RunOptions) -> Run:
     led = Ledger.load(run_dir)
+    led.absolutize()  # an older run.json may hold paths relative to where it was started
     # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly
     for attempt in led.data.get("attempts", []):
         if attempt.get("outcome") is None:

@@ -1,0 +1,113 @@
+"""What a run records must not lie: paths that resolve from anywhere, the steps an attempt cut short really
+trained, the config each attempt ran with, checkpoints' epochs (issue 15). Real processes, simulated trainer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_helpers import env, make_dataset, run_cli, wait_for
+
+from kohyawan.run.checkpoints import list_checkpoints
+
+pytestmark = pytest.mark.slow
+
+KOHYAWAN = [sys.executable, "-m", "kohyawan"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _run_args(data, name, *extra):
+    """A run in the default runs folder (./runs, relative to the working directory)."""
+    return [*KOHYAWAN, "run", "--profile", "character", "--dataset", str(data), "--task", "t2v-1.3B",
+            "--name", name, "--rehearse", "--plain", "--interval", "1000", "--set", "max_train_epochs=5",
+            "--set", "save_every_n_steps=5", "--set", "resolution=[64,64]", *extra]
+
+
+def _cli(args, cwd, **extra_env):
+    return subprocess.run(args, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=180)
+
+
+def _saved_step(run_dir: Path):
+    try:
+        saves = [s for st in json.loads((run_dir / "run.json").read_text()).get("stages", [])
+                 for s in st.get("saves", [])]
+    except (OSError, ValueError):
+        return None
+    return max((s["step"] for s in saves), default=None)
+
+
+# --- item 1: every recorded path resolves the same way from any working directory -----------------------
+def test_resumed_run_in_the_default_relative_runs_folder_records_absolute_paths(data, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(_run_args(data, "st"), cwd=work, env=env(KOHYAWAN_REHEARSE_STEP_S="0.2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = work / "runs" / "st"
+    wait_for(lambda: _saved_step(run_dir))
+    assert _cli([*KOHYAWAN, "runs", "stop", "st"], work).returncode == 0
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    r = _cli([*KOHYAWAN, "runs", "resume", "st", "--plain"], work)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((run_dir / "run.json").read_text())
+    assert len(d["attempts"]) == 2 and d["status"] == "succeeded"
+    # the same listing from the run's parent, from inside the runs folder and from elsewhere
+    listings = [_cli([*KOHYAWAN, "checkpoints", where, "--json", "--no-effect"], cwd)
+                for where, cwd in (("runs/st", work), ("st", work / "runs"), (str(run_dir), tmp_path))]
+    assert all(r.returncode == 0 for r in listings), [r.stderr for r in listings]
+    docs = [json.loads(r.stdout) for r in listings]
+    assert docs[0] == docs[1] == docs[2]
+    assert [c["flags"] for c in docs[0]] == [[]] * len(docs[0]) and len(docs[0]) == len(d["checkpoints"])
+    assert any(c["candidate"] for c in docs[0]) and {c["attempt"] for c in docs[0]} == {1, 2}
+    steps = [c["step"] for c in docs[0]]
+    epochs = [c["epoch"] for c in docs[0]]
+    assert steps == sorted(steps) and epochs == sorted(epochs), (steps, epochs)
+    from kohyawan.run.ledger import recorded_paths
+
+    paths = [record[key] for record, key in recorded_paths(d)]
+    assert len(paths) > 10 and all(os.path.isabs(p) for p in paths), [p for p in paths if not os.path.isabs(p)]
+
+
+def _finished_run(data, tmp_path, name):
+    runs = tmp_path / "runs"
+    r = run_cli([*_run_args(data, name), "--runs-dir", str(runs)])
+    assert r.returncode == 0, r.stderr
+    return runs / name
+
+
+def test_older_relative_records_are_still_found_and_made_absolute(data, tmp_path):
+    from kohyawan.run.ledger import Ledger, recorded_paths
+
+    run_dir = _finished_run(data, tmp_path, "old")
+    doc = json.loads((run_dir / "run.json").read_text())
+    fields = recorded_paths(doc)
+    for i, (record, key) in enumerate(fields):  # how older kohyawan wrote them: relative to its cwd, or the run
+        rel = Path(record[key]).relative_to(run_dir)
+        record[key] = str(Path("runs", "old", rel) if i % 2 else rel)
+    (run_dir / "run.json").write_text(json.dumps(doc))
+    items = list_checkpoints(run_dir, effect=False)
+    assert items and all(i.flags == [] and Path(i.path).is_file() for i in items)
+    led = Ledger.load(run_dir)
+    assert led.absolutize() and not led.absolutize()
+    assert all(Path(record[key]).is_relative_to(run_dir) and Path(record[key]).exists()
+               for record, key in recorded_paths(led.data))
+
+
+def test_a_moved_run_folder_still_resolves_its_absolute_records(data, tmp_path):
+    from kohyawan.run.ledger import locate, recorded_paths
+
+    run_dir = _finished_run(data, tmp_path, "mv")
+    moved = tmp_path / "elsewhere" / "mv"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    doc = json.loads((moved / "run.json").read_text())
+    assert all(locate(moved, record[key]).is_relative_to(moved) for record, key in recorded_paths(doc))
+    assert all(i.flags == [] for i in list_checkpoints(moved, effect=False))
