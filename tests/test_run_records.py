@@ -111,3 +111,25 @@ def test_a_moved_run_folder_still_resolves_its_absolute_records(data, tmp_path):
     doc = json.loads((moved / "run.json").read_text())
     assert all(locate(moved, record[key]).is_relative_to(moved) for record, key in recorded_paths(doc))
     assert all(i.flags == [] for i in list_checkpoints(moved, effect=False))
+
+
+# --- item 9: an attempt cut short by a killed kohyawan is closed at the last step it reached --------------
+def test_attempt_of_a_killed_kohyawan_is_closed_at_the_last_step_its_metrics_and_saves_show(data, tmp_path):
+    runs = tmp_path / "runs"
+    args = [*_run_args(data, "k9", "--set", "save_every_n_steps=4"), "--runs-dir", str(runs)]
+    proc = subprocess.Popen(args, env=env(KOHYAWAN_REHEARSE_STEP_S="0.2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: (_saved_step(runs / "k9") or 0) >= 8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli([*KOHYAWAN, "runs", "resume", "k9", "--runs-dir", str(runs), "--plain"])
+    assert r.returncode == 0, r.stderr
+    d = json.loads((runs / "k9" / "run.json").read_text())
+    first, second = d["attempts"]
+    metrics = [json.loads(line) for line in (runs / "k9" / "metrics.jsonl").read_text().splitlines()]
+    reached = max(m["step"] for m in metrics if m["attempt"] == 1)
+    saved = [c["step"] for c in d["checkpoints"] if c["attempt"] == 1]
+    assert first["outcome"] == "interrupted" and max(saved) >= 8
+    assert first["steps"] == [0, max(reached, *saved)] and first["steps"][1] >= 8
+    assert second["steps"][0] == max(saved) and second["steps"][0] <= first["steps"][1]
+    assert second["outcome"] == "succeeded" and second["steps"][1] == 20

@@ -18,7 +18,7 @@ from pathlib import Path
 from kohyawan.errors import BadInput
 from kohyawan.lora.inspect import guess_expert, info_from_header
 from kohyawan.lora.io import LoraFileError, read_header, sha256_file
-from kohyawan.run.ledger import locate
+from kohyawan.run.ledger import locate, read_metrics
 
 CANDIDATE_WINDOW = (0.60, 0.80)
 _STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d{8})$")
@@ -65,7 +65,7 @@ def list_checkpoints(run_or_dir: Path, *, effect: bool = True) -> list[Checkpoin
     infos = [ck for ck, _ in described]
     total = (ledger or {}).get("total_steps") or _total_from_metadata(infos, [t for _, t in described])
     _mark_candidates(infos, total)
-    losses = _read_losses(root / "metrics.jsonl")
+    losses = _read_losses(root)
     if losses:
         _loss_trends(infos, losses)
     # per expert, by absolute step; a final file sorts after the numbered checkpoints
@@ -165,18 +165,13 @@ def _mark_candidates(infos: list[CheckpointInfo], total: int | None) -> None:
             i.candidate = lo * total <= i.step <= hi * total and "missing" not in i.flags
 
 
-def _read_losses(path: Path) -> dict[int, float]:
+def _read_losses(run_dir: Path) -> dict[int, float]:
     losses: dict[int, float] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return losses
-    for line in lines:
+    for rec in read_metrics(run_dir):
         try:
-            rec = json.loads(line)
             losses[int(rec["step"])] = float(rec["loss"])
         except (ValueError, KeyError, TypeError):
-            continue  # a half-written last line, or a record without loss
+            continue  # a record without loss
     return losses
 
 

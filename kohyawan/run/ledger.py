@@ -147,6 +147,30 @@ class Ledger:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=str) + "\n")
 
+    def last_step(self, attempt: int) -> int | None:
+        """The last absolute step attempt ``attempt`` is known to have reached: its newest metric or
+        checkpoint (what survives a kohyawan killed mid-attempt)."""
+        steps = [m.get("step") for m in read_metrics(self.dir) if m.get("attempt") == attempt]
+        steps += [c.get("step") for c in self.data.get("checkpoints", []) if c.get("attempt") == attempt]
+        return max((s for s in steps if isinstance(s, int)), default=None)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's records; a half-written last line (a killed writer) is left out."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

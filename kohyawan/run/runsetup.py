@@ -74,10 +74,13 @@ def _record_dataset(led: Ledger, spec) -> None:
 def load_run(run_dir: Path, spec, opts: RunOptions) -> Run:
     led = Ledger.load(run_dir)
     led.absolutize()  # an older run.json may hold paths relative to where it was started
-    # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly
+    # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly, at the
+    # last step its metrics and saves show
     for attempt in led.data.get("attempts", []):
         if attempt.get("outcome") is None:
+            first = attempt["steps"][0]
             attempt.update(outcome="interrupted", ended=attempt.get("ended") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           reason="the supervisor died (kohyawan was killed) during this attempt")
+                           reason="the supervisor died (kohyawan was killed) during this attempt",
+                           steps=[first, max(first, led.last_step(attempt["n"]) or first)])
     led.save()
     return Run(led, spec, opts)
