@@ -133,3 +133,41 @@ def test_attempt_of_a_killed_kohyawan_is_closed_at_the_last_step_its_metrics_and
     assert first["steps"] == [0, max(reached, *saved)] and first["steps"][1] >= 8
     assert second["steps"][0] == max(saved) and second["steps"][0] <= first["steps"][1]
     assert second["outcome"] == "succeeded" and second["steps"][1] == 20
+
+
+# --- item 10: every attempt names the config that ran ---------------------------------------------------
+def _toml(path: Path) -> dict:
+    import tomllib
+
+    flat = {}
+    for body in tomllib.loads(path.read_text()).values():
+        flat.update(body if isinstance(body, dict) else {})
+    return flat
+
+
+def test_every_attempt_launches_with_its_own_config_and_records_that_command(data, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli([*_run_args(data, "a10", "--start-rung", "base"), "--runs-dir", str(runs)],
+                KOHYAWAN_REHEARSE_FAULTS="oom@7", KOHYAWAN_REHEARSE_FAULT_STATE=str(tmp_path / "faults.json"))
+    assert r.returncode == 0, r.stderr
+    run_dir = runs / "a10"
+    d = json.loads((run_dir / "run.json").read_text())
+    assert [a["rungs"] for a in d["attempts"]] == [[], ["fp8_base"]]
+    for attempt in d["attempts"]:
+        adir = run_dir / "attempts" / f"{attempt['n']:02d}"
+        config = _toml(adir / "train.toml")
+        assert config["output_name"] == attempt["output_name"]
+        assert bool(config.get("fp8_base")) == ("fp8_base" in attempt["rungs"])
+        assert config["dataset_config"] == str(adir / "dataset.toml") and (adir / "dataset.toml").is_file()
+        plan = json.loads((adir / "plan.json").read_text())
+        argv = next(s["argv"] for s in plan["stages"] if s["name"] == "train")
+        assert argv[argv.index("--config_file") + 1] == str(adir / "train.toml")
+        assert f"Loading settings from {adir / 'train.toml'}" in (adir / "console.log").read_text()
+        assert str(adir / "train.toml") in (adir / "commands.sh").read_text()
+    # the run folder's own files stay the current plan, for a manual run: no attempt's settings in them
+    current = _toml(run_dir / "train.toml")
+    assert current["output_name"] == "character" and "resume" not in current and current["fp8_base"] is True
+    assert current["dataset_config"] == str(run_dir / "dataset.toml")
+    top = json.loads((run_dir / "plan.json").read_text())
+    argv = next(s["argv"] for s in top["stages"] if s["name"] == "train")
+    assert argv[argv.index("--config_file") + 1] == str(run_dir / "train.toml")

@@ -45,12 +45,13 @@ class Run:
             self.base_spec = rehearsal.rehearsal_models(spec, opts.runs_dir)
 
     # --- plan -----------------------------------------------------------------------------------------
-    def plan(self, spec):
+    def plan(self, spec, config_dir: Path | None = None):
+        """Render and write the plan: the run folder's current one, or (``config_dir``) an attempt's own."""
         from kohyawan.config import render
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
                                  launcher=self.opts.launcher, processes=self.opts.processes,
-                                 accelerate_args=tuple(self.opts.accelerate_args))
+                                 accelerate_args=tuple(self.opts.accelerate_args), config_dir=config_dir)
         render.write_plan(plan)
         return plan
 

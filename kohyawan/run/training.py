@@ -9,7 +9,6 @@ ladder decides the next move from the outcome; the decisions are the pure functi
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,20 +84,22 @@ class StageTrainer:
 
     # --- one attempt ----------------------------------------------------------------------------------
     def attempt(self, nxt: Next) -> AttemptEnd:
-        """Render this attempt's configs, bring the caches up to date for them, and train."""
+        """Render this attempt's configs, bring the caches up to date for them, and train.
+
+        The run folder's files become the current plan (what a manual run would use); the attempt trains
+        with its own copy in ``attempts/NN/``, which its command line names, so every recorded command
+        keeps meaning that attempt's settings."""
         spec = rungs.apply(self.run.base_spec, [self.by_name[n] for n in nxt.rungs if n in self.by_name])
         plan = self.run.plan(spec)
         for cache, forced in steps.cache_checks(plan.stages, nxt):
             self.run.cache_stage(cache, force=forced, quiet_skip=True)
-        stage = next(s for s in plan.stages if s.name == self.name)
         total = self.rec.setdefault("total_steps", plan.steps.total_steps)
         self.ledger.data["total_steps"] = total
         n = len(self.ledger.data["attempts"]) + 1
         adir = self.ledger.attempt_dir(n)
+        stage = next(s for s in self.run.plan(spec, config_dir=adir).stages if s.name == self.name)
         name = f"{stage.output_name}-a{n:02d}"
         self._write_config(stage, spec, nxt, total, n, name)
-        for fname in plan.files:
-            shutil.copyfile(self.run.dir / fname, adir / fname)
         self.ledger.start_attempt(rung=nxt.new_rung, changes=steps.rung_changes(self.vram, self.ram, nxt.rungs),
                                   resumed_from=nxt.resume_state or nxt.network_weights, first_step=nxt.start_step,
                                   stage=stage.name, output_name=name, rungs=list(nxt.rungs), lr_scale=nxt.lr_scale,
