@@ -171,3 +171,20 @@ def test_every_attempt_launches_with_its_own_config_and_records_that_command(dat
     top = json.loads((run_dir / "plan.json").read_text())
     argv = next(s["argv"] for s in top["stages"] if s["name"] == "train")
     assert argv[argv.index("--config_file") + 1] == str(run_dir / "train.toml")
+
+
+# --- item 7: config render, the run's scheduler and the trainer count the warm-up alike ------------------
+def test_rendered_warmup_is_the_warmup_the_runs_scheduler_uses(data, tmp_path):
+    runs, lr_log = tmp_path / "runs", tmp_path / "lr.jsonl"
+    # 0.13 x 20 steps = 2.6: the trainer truncates a ratio to 2 (rounding would say 3)
+    extra = ("--set", "lr_warmup_steps=0.13", "--set", 'lr_scheduler="cosine"', "--start-rung", "base")
+    r = run_cli([*_run_args(data, "w7", *extra), "--runs-dir", str(runs)], KOHYAWAN_REHEARSE_LR_LOG=str(lr_log))
+    assert r.returncode == 0, r.stderr
+    run_dir = runs / "w7"
+    rendered = _toml(run_dir / "train.toml")["lr_warmup_steps"]
+    args = _toml(run_dir / "attempts" / "01" / "train.toml")["lr_scheduler_args"]
+    scheduler = int(next(a for a in args if a.startswith("warmup_steps=")).split("=")[1])
+    lrs = [json.loads(line)["lr"] for line in lr_log.read_text().splitlines()]
+    peak = lrs.index(max(lrs))  # the LR climbs for the warm-up steps, then decays
+    plan = json.loads((run_dir / "plan.json").read_text())["steps"]
+    assert rendered == scheduler == peak == plan["warmup_steps"] == int(0.13 * 20) == 2
