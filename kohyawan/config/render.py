@@ -224,7 +224,7 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
         raise DatasetError("--dataset is required to render a plan")
     out_dir = Path(os.path.abspath(out_dir))
     files_dir = Path(os.path.abspath(config_dir)) if config_dir is not None else out_dir
-    warnings = list(spec.notes) + validate.check(spec)
+    warnings = list(dict.fromkeys([*spec.notes, *validate.check(spec)]))  # notes may hold the rules' already
     inv = inventory.scan(spec.dataset_dir, spec.dataset.get("caption_extension", ".txt"))
     if not inv.folders:
         raise DatasetError(f"no images or videos found in {spec.dataset_dir}")
