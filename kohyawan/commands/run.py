@@ -260,7 +260,7 @@ def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
 
     run_dir = _run_dir(runs_dir, run_id)
     if runlock.is_locked(run_dir):
-        raise WorkFailed(f"run {run_id} is being supervised by process {runlock.holder_pid(run_dir)}")
+        raise BadInput(runlock.held_message(run_dir))
     pgid = runlock.orphan(run_dir)
     if pgid:
         console.warn(f"stopping the orphaned trainer of {run_id} (process group {pgid})")

@@ -32,9 +32,10 @@ REHEARSAL_BANNER = "*** REHEARSAL: kohyawan's simulated trainer runs; NO TRAININ
 
 
 class Run:
-    def __init__(self, ledger: Ledger, spec, opts: RunOptions):
+    def __init__(self, ledger: Ledger, spec, opts: RunOptions, lock: RunLock | None = None):
         self.ledger, self.base_spec, self.opts = ledger, spec, opts
         self.dir = ledger.dir
+        self.lock = lock or RunLock(self.dir)  # taken by runsetup before run.json was touched, or by drive
         self.status = Status(run_id=ledger.data["id"], rehearsal=opts.rehearse)
         self.view = View(self.status, live=opts.live, interval_s=opts.plain_interval_s, quiet=opts.quiet)
         self.notifier = Notifier(opts.notify, run_id=ledger.data["id"], warn=self.view.say)
@@ -126,8 +127,9 @@ class Run:
 
     # --- the whole run -------------------------------------------------------------------------------------
     def drive(self) -> dict:
-        lock = RunLock(self.dir)
-        lock.acquire()
+        lock = self.lock
+        if not lock.held:
+            lock.acquire()
         previous_term = signal.signal(signal.SIGTERM, _term_as_interrupt)
         try:
             with self.view:
