@@ -188,3 +188,35 @@ def test_rendered_warmup_is_the_warmup_the_runs_scheduler_uses(data, tmp_path):
     peak = lrs.index(max(lrs))  # the LR climbs for the warm-up steps, then decays
     plan = json.loads((run_dir / "plan.json").read_text())["steps"]
     assert rendered == scheduler == peak == plan["warmup_steps"] == int(0.13 * 20) == 2
+
+
+# --- item 5: the resolution the media were prepared at is the plan's, in every command ---------------------
+def test_the_prepared_resolution_is_what_render_estimate_run_and_the_notes_use(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    src = make_dataset(tmp_path / "src")  # 64x64 stills: prepared at 48 (the profile says 512)
+    r = _cli([*KOHYAWAN, "dataset", "prepare", str(src), "--out", "data", "--resolution", "48", "--jobs", "1"], work)
+    assert r.returncode == 0, r.stderr
+    plan = ["--profile", "character", "--dataset", "data", "--task", "t2v-1.3B"]
+    shown = json.loads(_cli([*KOHYAWAN, "config", "show", *plan, "--json"], work).stdout)
+    value = next(v for v in shown["values"] if v["key"] == "dataset.resolution")
+    assert (value["value"], value["source"]) == ([48, 48], "dataset-report")
+    assert any("prepared at 48x48" in note for note in shown["notes"])
+
+    def estimate(*sets):
+        r = _cli([*KOHYAWAN, "estimate", *plan, "--vram", "24", "--json", *sets], work)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["rungs"], r.stderr
+
+    prepared, _ = estimate()
+    assert prepared == estimate("--set", "resolution=[48,48]")[0]
+    larger, warned = estimate("--set", "resolution=[512,512]")
+    assert larger != prepared and "differs from the 48x48 the media" in warned and "still trains at 48x48" in warned
+    r = _cli([*KOHYAWAN, "run", *plan, "--name", "p5", "--rehearse", "--plain", "--set", "max_train_epochs=2"], work)
+    assert r.returncode == 0, r.stderr
+    assert "resolution = [48, 48]" in (work / "runs" / "p5" / "dataset.toml").read_text()
+    r = _cli([*KOHYAWAN, "export", "runs/p5", "--name", "p5", "--kind", "character", "--client", "c", "--registry",
+              "reg"], work)
+    assert r.returncode == 0, r.stderr
+    (notes,) = (work / "reg").rglob("*training_notes.md")
+    assert "resolution `[48, 48]`" in notes.read_text()
