@@ -220,3 +220,39 @@ def test_the_prepared_resolution_is_what_render_estimate_run_and_the_notes_use(t
     assert r.returncode == 0, r.stderr
     (notes,) = (work / "reg").rglob("*training_notes.md")
     assert "resolution `[48, 48]`" in notes.read_text()
+
+
+# --- item 8: every checkpoint records its task and expert; lora inspect and checkpoints agree on epochs ---
+def _checkpoints(run_dir: Path) -> list[dict]:
+    r = run_cli([*KOHYAWAN, "checkpoints", str(run_dir), "--json", "--no-effect"])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _inspect(path: str) -> dict:
+    r = run_cli([*KOHYAWAN, "lora", "inspect", path, "--json"])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_checkpoints_record_task_and_expert_and_a_resumed_runs_epochs_are_absolute(data, tmp_path):
+    straight = _finished_run(data, tmp_path, "straight")
+    runs = tmp_path / "runs"
+    r = run_cli([*_run_args(data, "a8", "--start-rung", "base"), "--runs-dir", str(runs)],
+                KOHYAWAN_REHEARSE_FAULTS="oom@7", KOHYAWAN_REHEARSE_FAULT_STATE=str(tmp_path / "faults.json"))
+    assert r.returncode == 0, r.stderr
+    resumed = _checkpoints(runs / "a8")
+    assert {c["attempt"] for c in resumed} == {1, 2}
+    # what an uninterrupted run's own files say, step by step (the trainer's count, nothing resumed)
+    truth = {(c["step"], c["final"]): _inspect(c["path"])["metadata"] for c in _checkpoints(straight)}
+    assert all(meta["ss_steps"] == str(step) for (step, _), meta in truth.items())
+    for c in resumed:
+        info = _inspect(c["path"])
+        assert (info["task"], info["expert"], c["expert"]) == ("t2v-1.3B", "both", "both")
+        assert str(c["epoch"]) == truth[(c["step"], c["final"])]["ss_epoch"], c
+        assert (info["run"]["step"], info["run"]["epoch"], info["run"]["attempt"]) == (c["step"], c["epoch"],
+                                                                                     c["attempt"])
+        if c["attempt"] == 2:  # resumed: the file itself counts from the attempt's start
+            assert info["metadata"]["ss_steps"] != str(c["step"])
+    text = run_cli([*KOHYAWAN, "lora", "inspect", resumed[-1]["path"]]).stdout
+    assert "trained   task t2v-1.3B, expert both" in text and f"run       a8 ({runs / 'a8'}): step 20, epoch" in text

@@ -59,7 +59,7 @@ def render(out, trainer_dir, python, as_json, **kwargs):
     for name in plan.files:
         c.print(f"  {name}")
     approx = "" if steps.exact else " (approximate: clip lengths unknown)"
-    c.print(f"{steps.items} items at {_size(spec.dataset.get('resolution'))}, {steps.batches_per_epoch} steps per "
+    c.print(f"{steps.items} items at {_size(spec.dataset.get('resolution'))}, {steps.steps_per_epoch} steps per "
             f"epoch, {steps.epochs} epochs: "
             f"{steps.total_steps} steps per training run{approx}, warm-up {steps.warmup_steps}.")
     c.print(f"Next: bash {plan.out_dir / 'commands.sh'}")

@@ -27,7 +27,7 @@ from kohyawan.config.resources import templates_dir
 from kohyawan.config.spec import RunSpec
 from kohyawan.config.steps import Steps
 from kohyawan.config.tomlfmt import toml_key, toml_value
-from kohyawan.trainer import musubi
+from kohyawan.trainer import comment, musubi
 
 PLAN_VERSION = 1
 TRAIN_GROUP_ORDER = ("model", "wan", "network", "optimizer", "lr_scheduler", "training", "timestep",
@@ -144,8 +144,10 @@ def _train_values(spec: RunSpec, expert: str, out_dir: Path, config_dir: Path, o
     values["output_name"] = output_name
     if stp is not None and isinstance(values.get("lr_warmup_steps"), float):
         values["lr_warmup_steps"] = stp.warmup_steps
-    values.setdefault("training_comment", f"kohyawan {__version__}; task={spec.task}; expert={expert}; "
-                                          f"profile={spec.profile}" + (f"; variant={spec.variant}" if spec.variant else ""))
+    # every checkpoint the trainer writes carries this: the task and the expert (musubi records neither)
+    values["training_comment"] = comment.training_comment(__version__, task=spec.task, expert=expert,
+                                                          profile=spec.profile, variant=spec.variant,
+                                                          user=spec.train.get("training_comment"))
     for dest, value in values.items():
         musubi.check_train_value(dest, value)
     return values
@@ -280,7 +282,8 @@ def plan_document(spec: RunSpec, out_dir: Path, stages, stp: Steps, runs, warnin
         "variant": spec.variant, "task": spec.task, "expert": spec.expert,
         "dataset": str(Path(spec.dataset_dir).resolve()), "out_dir": str(out_dir),
         "models": spec.models.as_dict(), "values": values,
-        "steps": {"items": stp.items, "batches_per_epoch": stp.batches_per_epoch, "epochs": stp.epochs,
+        "steps": {"items": stp.items, "batches_per_epoch": stp.batches_per_epoch,
+                  "steps_per_epoch": stp.steps_per_epoch, "epochs": stp.epochs,
                   "total_steps": stp.total_steps, "warmup_steps": stp.warmup_steps, "exact": stp.exact},
         "runs": runs,
         "stages": [{"name": s.name, "argv": list(s.argv), "cwd": cwd} for s in stages],

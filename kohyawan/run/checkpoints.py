@@ -72,6 +72,33 @@ def list_checkpoints(run_or_dir: Path, *, effect: bool = True) -> list[Checkpoin
     return sorted(infos, key=lambda i: (i.expert or "", i.final, i.step or 0, i.epoch or 0, i.path))
 
 
+def run_record(path: Path) -> dict | None:
+    """What a run's ledger says of a LoRA file in its run folder (``checkpoints/`` or ``output/``): the
+    run's id and folder, the checkpoint's absolute step and epoch (those ``kohyawan checkpoints`` lists), its
+    attempt and stage; None for a file outside a run folder. The file's own ``ss_steps``/``ss_epoch`` count
+    from its attempt's start."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    for run_dir in (path.absolute().parent.parent, path.absolute().parent):
+        try:
+            ledger = _read_json(run_dir / "run.json")
+        except BadInput:
+            continue
+        for c in (ledger or {}).get("checkpoints", []):
+            if any(c.get(k) and _same_file(locate(run_dir, c[k]), path) for k in ("path", "trainer_path")):
+                return {"id": ledger.get("id"), "dir": str(run_dir), "step": c.get("step"), "epoch": c.get("epoch"),
+                        "attempt": c.get("attempt"), "stage": c.get("stage"), "final": bool(c.get("final"))}
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

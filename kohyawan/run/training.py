@@ -95,6 +95,7 @@ class StageTrainer:
             self.run.cache_stage(cache, force=forced, quiet_skip=True)
         total = self.rec.setdefault("total_steps", plan.steps.total_steps)
         self.ledger.data["total_steps"] = total
+        self.rec["steps_per_epoch"] = plan.steps.steps_per_epoch  # this attempt's (a rung may change frames)
         n = len(self.ledger.data["attempts"]) + 1
         adir = self.ledger.attempt_dir(n)
         stage = next(s for s in self.run.plan(spec, config_dir=adir).stages if s.name == self.name)
@@ -121,7 +122,8 @@ class StageTrainer:
 
     def _train(self, stage, nxt: Next, total: int, n: int, adir: Path) -> AttemptEnd:
         tracker = Tracker(self.ledger, attempt=n, stage=stage.name, base_name=stage.output_name,
-                          start_step=nxt.start_step, total_steps=total, on_save=self._on_save)
+                          start_step=nxt.start_step, total_steps=total, on_save=self._on_save,
+                          steps_per_epoch=self.rec.get("steps_per_epoch"))
         self.run.show_attempt(stage.name, n, nxt, total)
         result, monitor = self.run.supervise(self.run.argv(stage), adir / "console.log", stage=stage.name,
                                              tracker=tracker, attempt=n)
