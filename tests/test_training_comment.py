@@ -39,3 +39,15 @@ def test_inspect_reads_task_and_expert_from_the_trainers_comment(tmp_path):
 def test_no_metadata_warns_that_checkpoints_will_not_record_the_task(tmp_path):
     plan = _plan(tmp_path, expert="both", sets=("no_metadata=true",))
     assert any("will not record the task and expert" in w for w in plan.warnings)
+
+
+def test_export_of_a_bare_checkpoint_finds_the_task_in_the_trainers_comment(tmp_path, kohyawan_argv):
+    import subprocess
+
+    text = comment.training_comment("9.9", task="t2v-1.3B", expert="both", profile="character")
+    path = write_lora(tmp_path / "sarah-step00000010.safetensors", task="t2v-1.3B", rank=2, blocks=range(30),
+                      metadata={comment.METADATA_KEY: text, "ss_steps": "10"})
+    r = subprocess.run([*kohyawan_argv, "export", str(path), "--name", "sarah", "--kind", "character", "--client",
+                        "c", "--registry", str(tmp_path / "reg")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "task t2v-1.3B" in r.stdout + r.stderr
