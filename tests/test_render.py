@@ -191,7 +191,7 @@ def test_render_cli_writes_and_reports(tmp_path):
         "--out", str(tmp_path / "cfg")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["commands.sh", "dataset.toml", "plan.json", "train.toml"]
-    assert "4 items, 4 steps per epoch, 20 epochs: 80 steps per training run, warm-up 4." in result.output
+    assert "4 items at 512x512, 4 steps per epoch, 20 epochs: 80 steps per training run, warm-up 4." in result.output
     doc = json.loads((tmp_path / "cfg" / "plan.json").read_text())
     assert doc["version"] == 1 and doc["task"] == "t2v-A14B" and doc["expert"] == "both"
     assert [s["name"] for s in doc["stages"]] == ["cache_latents", "cache_text_encoder", "train"]

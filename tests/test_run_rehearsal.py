@@ -233,7 +233,7 @@ def test_runs_stop_and_never_two_supervisors(data, tmp_path):
     proc = _start(data, runs, "stop")
     wait_for(lambda: _saved_state(runs, "stop"))
     again = run_cli([sys.executable, "-m", "kohyawan", "runs", "resume", "stop", "--runs-dir", str(runs)])
-    assert again.returncode == 1 and "being supervised" in again.stderr
+    assert again.returncode == 2 and "being supervised" in again.stderr
     r = run_cli([sys.executable, "-m", "kohyawan", "runs", "stop", "stop", "--runs-dir", str(runs)])
     assert r.returncode == 0
     proc.communicate(timeout=60)

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from kohyawan.run import preflight
-from kohyawan.errors import BadInput, ToolMissing, WorkFailed
+from kohyawan.errors import BadInput, ToolMissing
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.notify import Notifier
 from kohyawan.run.runlock import RunLock
@@ -113,7 +113,7 @@ def test_attempt_config_drops_epochs_and_overrides_last():
 
 def test_one_supervisor_per_run(tmp_path):
     with RunLock(tmp_path):
-        with pytest.raises(WorkFailed, match="already being supervised"):
+        with pytest.raises(BadInput, match="already being supervised"):  # bad usage: exit 2
             RunLock(tmp_path).acquire()
     RunLock(tmp_path).acquire()
 

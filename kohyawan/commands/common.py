@@ -48,7 +48,20 @@ def plan_options(*, dataset_required: bool = False):
 
 
 def resolve_spec(profile, dataset, task, expert, variant, dit, dit_high_noise, vae, t5, sets):
-    """Resolve the RunSpec from plan options, with the project file's [kohyawan] defaults."""
+    """Resolve the RunSpec from plan options, with the project file's [kohyawan] defaults, and validate it
+    with the rules ``config render`` applies (model files aside: the commands that need them check them
+    when they build the plan). Every command that takes plan options refuses the same plans; the rules'
+    warnings join the spec's notes."""
+    from dataclasses import replace
+
+    from kohyawan.config import validate
+
+    spec = _resolve(profile, dataset, task, expert, variant, dit, dit_high_noise, vae, t5, sets)
+    warnings = [w for w in validate.check(spec, need_models=False) if w not in spec.notes]
+    return replace(spec, notes=(*spec.notes, *warnings))
+
+
+def _resolve(profile, dataset, task, expert, variant, dit, dit_high_noise, vae, t5, sets):
     from kohyawan.config import profiles
 
     project_file = profiles.find_project_file()

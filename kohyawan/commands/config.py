@@ -59,7 +59,8 @@ def render(out, trainer_dir, python, as_json, **kwargs):
     for name in plan.files:
         c.print(f"  {name}")
     approx = "" if steps.exact else " (approximate: clip lengths unknown)"
-    c.print(f"{steps.items} items, {steps.batches_per_epoch} steps per epoch, {steps.epochs} epochs: "
+    c.print(f"{steps.items} items at {_size(spec.dataset.get('resolution'))}, {steps.steps_per_epoch} steps per "
+            f"epoch, {steps.epochs} epochs: "
             f"{steps.total_steps} steps per training run{approx}, warm-up {steps.warmup_steps}.")
     c.print(f"Next: bash {plan.out_dir / 'commands.sh'}")
 
@@ -71,7 +72,8 @@ def render(out, trainer_dir, python, as_json, **kwargs):
 def show(origin, as_json, **kwargs):
     """Show every resolved value of a profile (with --origin: where it comes from).
 
-    Layers, lowest first: base < profile < variant < dataset-size rules < kohyawan.toml < --set.
+    Layers, lowest first: base < profile < variant < dataset-size rules < model files < what `dataset
+    prepare` recorded (the resolution; source "dataset-report") < kohyawan.toml < --set.
 
     \b
     Example:
@@ -101,6 +103,12 @@ def show(origin, as_json, **kwargs):
     click.echo("\n".join(lines))
     for note in spec.notes:
         console.warn(note)
+
+
+def _size(resolution) -> str:
+    """A dataset resolution (an int or [W, H]) as WxH."""
+    w, h = resolution if isinstance(resolution, (list, tuple)) else (resolution, resolution)
+    return f"{w}x{h}"
 
 
 def _show(value) -> str:

@@ -56,12 +56,13 @@ def _local_gpu():
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
               help="GPU to estimate for: a key or name from the GPU table (rtx4090, a100-40gb, 'NVIDIA H100 80GB "
                    "HBM3', ...). Default: this machine's GPU.")
-@click.option("--vram", "vram", type=float, default=None, metavar="GB",
+@click.option("--vram", "vram", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
               help="GPU memory to fit into, in GiB (overrides the GPU's own size).")
-@click.option("--ram", "ram", type=float, default=None, metavar="GB", help="Host RAM to fit into, in GiB.")
-@click.option("--margin", type=float, default=None, metavar="GB",
+@click.option("--ram", "ram", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
+              help="Host RAM to fit into, in GiB.")
+@click.option("--margin", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="VRAM kept free as a safety margin (default: the profile's watchdog.vram_margin_gb, 1.5).")
-@click.option("--steps", "steps_override", type=int, default=None, metavar="N",
+@click.option("--steps", "steps_override", type=click.IntRange(min=1), default=None, metavar="N",
               help="Total optimizer steps (default: counted from --dataset like the trainer does).")
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run ledgers to learn from (default: kohyawan.toml's runs_dir, else ./runs). Observed VRAM and s/step on the same GPU correct "

@@ -51,15 +51,21 @@ def lora():
 def inspect(file: Path, as_json: bool):
     """What a LoRA file is: model, rank, alpha, dtype, tasks it loads on, metadata (header only).
 
+    The task and expert come from kohyawan's metadata or the training comment kohyawan gives the trainer;
+    for a file in a kohyawan run folder, the run's absolute step and epoch (those 'kohyawan checkpoints'
+    lists) are shown too.
+
     \b
     Example:
       kohyawan lora inspect sarah.safetensors --json
     """
     from kohyawan.lora.inspect import read_info
+    from kohyawan.run.checkpoints import run_record
 
     info = read_info(file)
+    run = run_record(file)  # in a run folder: its ledger's absolute step and epoch, as `checkpoints` lists them
     if as_json:
-        print_json(info.to_dict())
+        print_json({**info.to_dict(), "run": run})
         return
     rank = str(info.rank) if info.rank is not None else "mixed " + ",".join(map(str, info.ranks))
     alpha = f"{info.alpha:g}" if info.alpha is not None else (",".join(f"{a:g}" for a in info.alphas) or "none (scale 1)")
@@ -73,6 +79,7 @@ def inspect(file: Path, as_json: bool):
         f"size      {size}",
         f"loads on  {', '.join(info.compatible_tasks) or 'no known task (run lora verify --task T for details)'}",
         f"trained   task {info.task or 'not recorded'}, expert {info.expert or 'not recorded'}",
+        *_run_line(run, info.metadata),
         f"metadata  {len(info.metadata)} keys",
     ]
     for key in sorted(info.metadata):
@@ -80,6 +87,16 @@ def inspect(file: Path, as_json: bool):
             value = info.metadata[key]
             lines.append(f"  {key} = {value if len(value) <= 100 else value[:97] + '...'}")
     click.echo("\n".join(lines))
+
+
+def _run_line(run: dict | None, metadata: dict) -> list[str]:
+    """Where the file sits in a run: its absolute step and epoch (and why the file's own may differ)."""
+    if not run:
+        return []
+    own = (metadata.get("ss_steps"), metadata.get("ss_epoch")) == (str(run["step"]), str(run["epoch"]))
+    return [f"run       {run['id']} ({run['dir']}): step {run['step']}, epoch {run['epoch']}, attempt {run['attempt']}"
+            + ("" if own else " (absolute, as 'kohyawan checkpoints' lists it; the file's own ss_steps/ss_epoch "
+                              "count from its attempt's start)")]
 
 
 @lora.command()

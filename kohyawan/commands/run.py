@@ -40,7 +40,7 @@ def _launch_options(func):
                      help="Webhook for success, failure, ladder steps and alerts (Slack/Discord; repeatable)."),
         click.option("--recache", is_flag=True, help="Rebuild latent and text-encoder caches even if up to date."),
         click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel."),
-        click.option("--interval", type=float, default=30.0, show_default=True,
+        click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
                      help="Seconds between plain progress lines."),
         click.option("--json", "as_json", is_flag=True, help="Print run.json when the run ends."),
     ]
@@ -204,7 +204,8 @@ def show(run_id, runs_dir, as_json):
 @click.option("--trainer-dir", type=_DIR, default=None, help="Override the stored trainer checkout.")
 @click.option("--python", "python", default=None, help="Override the stored trainer python.")
 @click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel.")
-@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between plain lines.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds between plain lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json when the run ends.")
 def resume(run_id, runs_dir, trainer_dir, python, plain, interval, as_json):
     """Continue a run whose supervisor died or that was stopped, from its last saved state.

@@ -1,8 +1,9 @@
 """Finding, layering and resolving profiles into a RunSpec, with the origin of every value.
 
 Layers, lowest first: built-in ``base`` < profile (and the profiles it extends) < variant < the guide's
-dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < project file
-(``kohyawan.toml``) < ``--set`` on the command line. Profiles are looked up in the built-in folder, then
+dataset-size rules < what the model files require (an fp16 DiT trains in fp16) < what the dataset was
+prepared at (``dataset prepare``'s report.json: the resolution) < project file (``kohyawan.toml``) <
+``--set`` on the command line. Profiles are looked up in the built-in folder, then
 the user's folder (``$XDG_CONFIG_HOME/kohyawan/profiles``), then the project's ``profiles/`` folder (next
 to its ``kohyawan.toml``); a later folder's profile of the same name replaces an
 earlier one.
@@ -186,6 +187,38 @@ def _apply_model_rules(layers: Layers, models: Models | None, expert: str, notes
                      f"musubi-tuner trains such a DiT only in {wanted}")
 
 
+PREPARED = "dataset-report"  # the origin of a value taken from what ``dataset prepare`` recorded
+
+
+def _apply_prepared_resolution(layers: Layers, inv: inventory.Inventory) -> Any:
+    """The trainer trains at the size the media were prepared at (with bucket_no_upscale it never scales
+    them up): the plan says so, rather than the profile's resolution. Returns the value it replaced."""
+    side, before = inv.prepared_resolution, layers.dataset.get("resolution")
+    if side is not None:
+        layers.set("dataset.resolution", [side, side], PREPARED)
+    return before
+
+
+def _note_prepared_resolution(layers: Layers, inv: inventory.Inventory, replaced: Any, notes: list[str]) -> None:
+    """Say which resolution is used when it is not the profile's: the prepared one, or the user's over it."""
+    side, wanted, source = inv.prepared_resolution, layers.dataset.get("resolution"), \
+        layers.origin.get("dataset.resolution")
+    if side is None or wanted == replaced == [side, side]:
+        return
+    if source == PREPARED:
+        notes.append(f"resolution {replaced} -> {wanted}: the media in {inv.root} were prepared at {side}x{side} "
+                     f"({inventory.REPORT})")
+        return
+    if wanted == [side, side]:
+        return
+    area = wanted[0] * wanted[1] if isinstance(wanted, list) else wanted * wanted
+    kept = area > side * side and layers.dataset.get("enable_bucket") and layers.dataset.get("bucket_no_upscale")
+    effect = (f"with bucket_no_upscale the trainer still trains at {side}x{side}" if kept
+              else f"the trainer resizes them to {wanted}")
+    notes.append(f"resolution {wanted} ({'--set' if source == 'set' else source}) differs from the {side}x{side} the "
+                 f"media in {inv.root} were prepared at ({inventory.REPORT}): {effect}")
+
+
 def _imply_head_extraction(layers: Layers, notes: list[str]) -> None:
     """A user who sets target_frames wants clips cut to those lengths: that needs frame_extraction head."""
     user = lambda key: layers.origin.get(key, "").startswith(("set", "project:"))  # noqa: E731
@@ -224,7 +257,10 @@ def resolve(profile: str, *, variant: str | None = None, task: str = "t2v-A14B",
         inv = _inventory(dataset_dir, layers)
         _apply_size_rules(layers, inv, notes)
     _apply_model_rules(layers, models, expert, notes)
+    replaced = _apply_prepared_resolution(layers, inv) if inv is not None else None
     _merge_user_settings(layers, project_file, sets)
+    if inv is not None:
+        _note_prepared_resolution(layers, inv, replaced, notes)
     _imply_head_extraction(layers, notes)
     for kind in ("vram", "ram"):
         rungs.validate_names(layers.extra.get("ladder", {}).get(kind, []), f"[ladder] {kind}")

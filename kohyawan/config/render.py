@@ -26,7 +26,7 @@ from kohyawan.config.resources import templates_dir
 from kohyawan.config.spec import RunSpec
 from kohyawan.config.steps import Steps
 from kohyawan.config.tomlfmt import toml_key, toml_value
-from kohyawan.trainer import musubi
+from kohyawan.trainer import comment, musubi
 
 PLAN_VERSION = 1
 TRAIN_GROUP_ORDER = ("model", "wan", "network", "optimizer", "lr_scheduler", "training", "timestep",
@@ -52,6 +52,11 @@ class Plan:
     steps: Steps | None
     document: dict
     warnings: tuple[str, ...] = ()
+    config_dir: Path | None = None  # where the files go and what the commands name, when not out_dir
+
+    @property
+    def files_dir(self) -> Path:
+        return self.config_dir or self.out_dir
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +119,8 @@ def _runs(spec: RunSpec) -> list[tuple[str, str]]:
     return [(f"train_{spec.expert}", spec.expert)]
 
 
-def _train_values(spec: RunSpec, expert: str, out_dir: Path, output_name: str, stp: Steps | None) -> dict:
+def _train_values(spec: RunSpec, expert: str, out_dir: Path, config_dir: Path, output_name: str,
+                  stp: Steps | None) -> dict:
     values = dict(spec.train)
     roles = validate.model_roles(spec)
     values["task"] = spec.task
@@ -132,13 +138,15 @@ def _train_values(spec: RunSpec, expert: str, out_dir: Path, output_name: str, s
         values.setdefault("preserve_distribution_shape", True)
     values["vae"] = str(roles["vae"])
     values["t5"] = str(roles["t5"])
-    values["dataset_config"] = str(out_dir / "dataset.toml")
+    values["dataset_config"] = str(config_dir / "dataset.toml")
     values["output_dir"] = str(out_dir / "output")
     values["output_name"] = output_name
     if stp is not None and isinstance(values.get("lr_warmup_steps"), float):
         values["lr_warmup_steps"] = stp.warmup_steps
-    values.setdefault("training_comment", f"kohyawan {__version__}; task={spec.task}; expert={expert}; "
-                                          f"profile={spec.profile}" + (f"; variant={spec.variant}" if spec.variant else ""))
+    # every checkpoint the trainer writes carries this: the task and the expert (musubi records neither)
+    values["training_comment"] = comment.training_comment(__version__, task=spec.task, expert=expert,
+                                                          profile=spec.profile, variant=spec.variant,
+                                                          user=spec.train.get("training_comment"))
     for dest, value in values.items():
         musubi.check_train_value(dest, value)
     return values
@@ -160,9 +168,9 @@ def train_toml(spec: RunSpec, values: Mapping[str, Any], expert: str) -> str:
 
 # -- commands --------------------------------------------------------------------------------------
 
-def _cache_stages(spec: RunSpec, out_dir: Path, trainer_dir: Path | None, python: str) -> list[Stage]:
+def _cache_stages(spec: RunSpec, config_dir: Path, trainer_dir: Path | None, python: str) -> list[Stage]:
     roles = validate.model_roles(spec)
-    dataset_toml = str(out_dir / "dataset.toml")
+    dataset_toml = str(config_dir / "dataset.toml")
     latents = [python, musubi.script_path(trainer_dir, musubi.CACHE_LATENTS_SCRIPT),
                "--dataset_config", dataset_toml, "--vae", str(roles["vae"])]
     if wan.TASKS[spec.task].start_image:
@@ -208,11 +216,16 @@ def _pairs(parts: list[str]) -> list[str]:
 # -- the plan --------------------------------------------------------------------------------------
 
 def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None, python: str = "python",
-               launcher: str = "accelerate", processes: int = 1, accelerate_args: tuple[str, ...] = ()) -> Plan:
+               launcher: str = "accelerate", processes: int = 1, accelerate_args: tuple[str, ...] = (),
+               config_dir: Path | None = None) -> Plan:
+    """The plan of ``spec`` with its outputs and caches in ``out_dir``; its files (and every path the
+    commands give the trainer for them) in ``config_dir`` when given (a run's attempt folder), else
+    ``out_dir`` too."""
     if spec.dataset_dir is None:
         raise DatasetError("--dataset is required to render a plan")
     out_dir = Path(os.path.abspath(out_dir))
-    warnings = list(spec.notes) + validate.check(spec)
+    files_dir = Path(os.path.abspath(config_dir)) if config_dir is not None else out_dir
+    warnings = list(dict.fromkeys([*spec.notes, *validate.check(spec)]))  # notes may hold the rules' already
     inv = inventory.scan(spec.dataset_dir, spec.dataset.get("caption_extension", ".txt"))
     if not inv.folders:
         raise DatasetError(f"no images or videos found in {spec.dataset_dir}")
@@ -224,7 +237,7 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
     files: dict[str, str] = {}
     files["dataset.toml"], _ = dataset_config(spec, out_dir, inv)
     base_name = spec.train.get("output_name") or "_".join(filter(None, [spec.profile, spec.variant]))
-    stages = _cache_stages(spec, out_dir, trainer_dir, python)
+    stages = _cache_stages(spec, files_dir, trainer_dir, python)
     runs_doc = []
     multi = ("--multi_gpu", "--num_processes", str(processes)) if processes > 1 else ()
     prefix = musubi.launch_prefix(launcher, python, spec.train.get("mixed_precision", "bf16"),
@@ -232,9 +245,9 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
     for stage_name, expert in _runs(spec):
         output_name = base_name if expert == "both" else f"{base_name}_{expert}"
         config_name = "train.toml" if stage_name == "train" else f"{stage_name}.toml"
-        values = _train_values(spec, expert, out_dir, output_name, stp)
+        values = _train_values(spec, expert, out_dir, files_dir, output_name, stp)
         files[config_name] = train_toml(spec, values, expert)
-        config_path = str(out_dir / config_name)
+        config_path = str(files_dir / config_name)
         argv = (*prefix, musubi.script_path(trainer_dir, musubi.TRAIN_SCRIPT), "--config_file", config_path)
         stages.append(Stage(stage_name, argv, expert, values["output_dir"], output_name, config_path))
         runs_doc.append({"stage": stage_name, "expert": expert, "config_file": config_path,
@@ -249,7 +262,8 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
                                            cd_target=cd_target, stages=lines)
     document = plan_document(spec, out_dir, stages, stp, runs_doc, warnings, cwd, sorted(files))
     files["plan.json"] = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    return Plan(spec, out_dir, files, tuple(stages), stp, document, tuple(warnings))
+    return Plan(spec, out_dir, files, tuple(stages), stp, document, tuple(warnings),
+                files_dir if config_dir is not None else None)
 
 
 def plan_document(spec: RunSpec, out_dir: Path, stages, stp: Steps, runs, warnings, cwd, files) -> dict:
@@ -267,7 +281,8 @@ def plan_document(spec: RunSpec, out_dir: Path, stages, stp: Steps, runs, warnin
         "variant": spec.variant, "task": spec.task, "expert": spec.expert,
         "dataset": str(Path(spec.dataset_dir).resolve()), "out_dir": str(out_dir),
         "models": spec.models.as_dict(), "values": values,
-        "steps": {"items": stp.items, "batches_per_epoch": stp.batches_per_epoch, "epochs": stp.epochs,
+        "steps": {"items": stp.items, "batches_per_epoch": stp.batches_per_epoch,
+                  "steps_per_epoch": stp.steps_per_epoch, "epochs": stp.epochs,
                   "total_steps": stp.total_steps, "warmup_steps": stp.warmup_steps, "exact": stp.exact},
         "runs": runs,
         "stages": [{"name": s.name, "argv": list(s.argv), "cwd": cwd} for s in stages],
@@ -279,12 +294,12 @@ def plan_document(spec: RunSpec, out_dir: Path, stages, stp: Steps, runs, warnin
 def write_plan(plan: Plan) -> list[Path]:
     """Write every file atomically; commands.sh is executable. Returns the paths written."""
     try:
-        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        plan.files_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create {plan.out_dir}: {exc.strerror}") from None
+        raise ConfigError(f"cannot create {plan.files_dir}: {exc.strerror}") from None
     written = []
     for name, text in plan.files.items():
-        path = plan.out_dir / name
+        path = plan.files_dir / name
         atomic.write_text(path, text, mode=0o755 if name.endswith(".sh") else 0o644)
         written.append(path)
     return written

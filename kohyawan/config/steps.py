@@ -23,6 +23,7 @@ class Steps:
     total_steps: int
     warmup_steps: int
     exact: bool          # False when clip lengths were unknown (no prepare report)
+    steps_per_epoch: int = 0  # optimisation steps: batches / gradient accumulation / processes, rounded up
 
 
 def longest_clip(dataset: Mapping) -> int:
@@ -75,6 +76,13 @@ def count(inv: Inventory, dataset: Mapping, train: Mapping, processes: int = 1) 
     else:
         total = train.get("max_train_steps", 1600)
         epochs = math.ceil(total / per_epoch) if per_epoch else 0
-    warmup = train.get("lr_warmup_steps", 0)
-    warmup_steps = round(warmup * total) if isinstance(warmup, float) else int(warmup)
-    return Steps(items, batches, epochs, total, warmup_steps, exact)
+    return Steps(items, batches, epochs, total, warmup_steps(train.get("lr_warmup_steps", 0), total, processes), exact,
+                 per_epoch)
+
+
+def warmup_steps(warmup: int | float | None, total_steps: int, processes: int = 1) -> int:
+    """Scheduler warm-up steps as musubi-tuner counts them: a float is a ratio of its scheduler's steps
+    (``max_train_steps`` x processes), truncated; an int is taken as it is. The rendered config and the
+    run's LR continuation both count with this, so they agree with each other and with the trainer."""
+    warmup = warmup or 0
+    return int(warmup * total_steps * processes) if isinstance(warmup, float) else int(warmup)

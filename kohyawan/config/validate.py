@@ -87,6 +87,9 @@ def _warnings(spec: RunSpec) -> list[str]:
             and "target_frames" in d:
         warnings.append("target_frames has no effect with frame_extraction = full (each clip is used whole, up to "
                         "max_frames); set frame_extraction = \"head\" to cut clips to target_frames")
+    if spec.train.get("no_metadata"):
+        warnings.append("no_metadata: the trainer then saves only minimal metadata, so the checkpoints will not record "
+                        "the task and expert kohyawan gives it in training_comment")
     if d.get("batch_size", 1) > 1 and spec.expert == "both":
         warnings.append("batch_size above 1 with both experts resident needs far more VRAM; see kohyawan estimate")
     return warnings

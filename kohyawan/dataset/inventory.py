@@ -1,8 +1,9 @@
 """What a training dataset folder holds, as far as planning needs to know (no decoding).
 
 A dataset is in the trainer's layout: media with a same-name caption beside each. ``dataset prepare`` writes
-``images/`` and ``videos/`` subfolders and a ``report.json`` that records each clip's frame count; a folder
-made by hand may hold media directly. Frame counts are known only from the report.
+``images/`` and ``videos/`` subfolders and a ``report.json`` that records each clip's frame count and the
+resolution the media were prepared at; a folder made by hand may hold media directly. Frame counts and the
+prepared resolution are known only from the report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from kohyawan.dataset.layout import REPORT
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -28,6 +31,8 @@ class MediaFolder:
 class Inventory:
     root: Path
     folders: tuple[MediaFolder, ...]
+    # the size ``dataset prepare`` made the media (a square's side; with --keep-aspect the side of the area)
+    prepared_resolution: int | None = None
 
     @property
     def images(self) -> int:
@@ -46,14 +51,27 @@ def _media(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
 
 
-def _report_frames(root: Path) -> dict[str, int]:
-    """Output path (relative to root) -> frames, from a prepare report when present."""
+def _read_report(root: Path) -> dict:
+    """The prepare report of a dataset folder, or {} (none, or unreadable: nothing is known from it)."""
     try:
-        report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+        report = json.loads((root / REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _prepared_resolution(report: dict) -> int | None:
+    settings = report.get("settings")
+    value = settings.get("resolution") if isinstance(settings, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _report_frames(report: dict) -> dict[str, int]:
+    """Output path (relative to root) -> frames, from a prepare report."""
     frames = {}
-    for item in report.get("items", []) if isinstance(report, dict) else []:
+    for item in report.get("items", []) or []:
+        if not isinstance(item, dict):
+            continue
         # One source can give several clips of different lengths: each clip's own length is in "clips".
         for clip in item.get("clips", []) or []:
             if isinstance(clip, dict) and isinstance(clip.get("frames"), int):
@@ -64,7 +82,8 @@ def _report_frames(root: Path) -> dict[str, int]:
 def scan(root: Path, caption_extension: str = ".txt") -> Inventory:
     root = Path(root)
     candidates = [root / "images", root / "videos", root]
-    report = _report_frames(root)
+    prepared = _read_report(root)
+    report = _report_frames(prepared)
     folders = []
     for folder in candidates:
         if not folder.is_dir():
@@ -80,7 +99,7 @@ def scan(root: Path, caption_extension: str = ".txt") -> Inventory:
                 if all(r in report for r in rel):
                     frames = tuple(report[r] for r in rel)
             folders.append(MediaFolder(folder, kind, len(files), uncaptioned, frames))
-    return Inventory(root, tuple(folders))
+    return Inventory(root, tuple(folders), _prepared_resolution(prepared))
 
 
 def fingerprint(folder: Path) -> tuple[str, float] | None:

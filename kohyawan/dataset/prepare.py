@@ -95,6 +95,9 @@ def prepare(src: Path, dest: Path, settings: Settings, *, jobs: int | None = Non
     jobs = max(1, jobs or os.cpu_count() or 1)
     progress = progress or Progress(enabled=False)
     sources, ignored = scan.scan(src)
+    if not sources:  # bad input, refused before anything is written
+        raise DatasetError(f"no images or videos in {src}" + (f" ({len(ignored)} other file(s) ignored)" if ignored
+                                                               else "") + ": nothing to prepare")
     dest.mkdir(parents=True, exist_ok=True)
     with manifest.locked(dest):
         return _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignored)

@@ -10,6 +10,7 @@ from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
 from kohyawan.lora.io import ITEMSIZE, SHORT_DTYPE, Header, read_header
 from kohyawan.lora.verify import require_lora, verify_header
+from kohyawan.trainer import comment
 
 # A file whose tensors are this far from a full LoRA of its rank is flagged (partial or padded files).
 SIZE_TOLERANCE = 0.10
@@ -33,7 +34,7 @@ class LoraInfo:
     compatible_tasks: list[str]      # tasks on which every key loads
     expected_bytes: int | None       # tensor bytes of a full LoRA of this rank and dtype for the model
     size_ok: bool | None
-    task: str | None                 # kohyawan.task
+    task: str | None                 # kohyawan.task, else the training comment kohyawan gave the trainer
     expert: str | None               # kohyawan.expert, else guessed (see guess_expert)
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -81,8 +82,13 @@ def info_from_header(header: Header) -> LoraInfo:
         dtype=dtype, naming=namings.pop() if len(namings) == 1 else "mixed",
         model=f"wan-{model_size}" if model_size else None, image_attn=image_attn, blocks=blocks,
         compatible_tasks=compatible, expected_bytes=expected, size_ok=size_ok,
-        task=meta.get(M.TASK), expert=guess_expert(meta, header.path.name), metadata=dict(meta),
+        task=recorded_task(meta), expert=guess_expert(meta, header.path.name), metadata=dict(meta),
     )
+
+
+def recorded_task(metadata: dict[str, str]) -> str | None:
+    """The task a LoRA was trained for: kohyawan's key, else the training comment kohyawan gave the trainer."""
+    return metadata.get(M.TASK) or comment.facts(metadata).get("task")
 
 
 def _alpha_values(header: Header) -> list[float | None]:
@@ -130,11 +136,12 @@ def _reference_task(size: str, image_attn: bool) -> str | None:
 
 
 def guess_expert(metadata: dict[str, str], file_name: str) -> str | None:
-    """Which WAN 2.2 expert a LoRA is for: kohyawan's key, else 'high'/'low' in the file name, else the
-    timestep range musubi records for single-expert runs (``modelspec.timestep_range``)."""
-    value = metadata.get(M.EXPERT)
-    if value in M.EXPERTS:
-        return value
+    """Which WAN 2.2 expert a LoRA is for: kohyawan's key or the training comment kohyawan gave the trainer,
+    else 'high'/'low' in the file name, else the timestep range musubi records for single-expert runs
+    (``modelspec.timestep_range``)."""
+    for value in (metadata.get(M.EXPERT), comment.facts(metadata).get("expert")):
+        if value in M.EXPERTS:
+            return value
     import re
 
     stem = file_name.rsplit(".", 1)[0].lower()

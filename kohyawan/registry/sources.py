@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from kohyawan.dataset import inventory
 from kohyawan.errors import BadInput
+from kohyawan.lora.inspect import recorded_task
 from kohyawan.registry import lora_check, lorafile
 
 _STEP = re.compile(r"(?P<name>.+)-step(?P<step>\d{8})")
@@ -301,7 +302,7 @@ def settings(source: Source, meta: Mapping[str, str]) -> dict[str, Any]:
     plan, run = source.plan, source.run
     train, ds_cfg = _plan_sections(plan)
     return {
-        "task": _pick(run, plan, "task") or meta.get(lora_check.META_TASK),
+        "task": _pick(run, plan, "task") or recorded_task(meta),
         "profile": _pick(run, plan, "profile") or meta.get(lora_check.META_PROFILE),
         "variant": _pick(run, plan, "variant"),
         "hyperparameters": _hyperparameters(train, meta),

@@ -18,6 +18,7 @@ from pathlib import Path
 from kohyawan.errors import BadInput
 from kohyawan.lora.inspect import guess_expert, info_from_header
 from kohyawan.lora.io import LoraFileError, read_header, sha256_file
+from kohyawan.run.ledger import locate, read_metrics
 
 CANDIDATE_WINDOW = (0.60, 0.80)
 _STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d{8})$")
@@ -64,11 +65,38 @@ def list_checkpoints(run_or_dir: Path, *, effect: bool = True) -> list[Checkpoin
     infos = [ck for ck, _ in described]
     total = (ledger or {}).get("total_steps") or _total_from_metadata(infos, [t for _, t in described])
     _mark_candidates(infos, total)
-    losses = _read_losses(root / "metrics.jsonl")
+    losses = _read_losses(root)
     if losses:
         _loss_trends(infos, losses)
     # per expert, by absolute step; a final file sorts after the numbered checkpoints
     return sorted(infos, key=lambda i: (i.expert or "", i.final, i.step or 0, i.epoch or 0, i.path))
+
+
+def run_record(path: Path) -> dict | None:
+    """What a run's ledger says of a LoRA file in its run folder (``checkpoints/`` or ``output/``): the
+    run's id and folder, the checkpoint's absolute step and epoch (those ``kohyawan checkpoints`` lists), its
+    attempt and stage; None for a file outside a run folder. The file's own ``ss_steps``/``ss_epoch`` count
+    from its attempt's start."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    for run_dir in (path.absolute().parent.parent, path.absolute().parent):
+        try:
+            ledger = _read_json(run_dir / "run.json")
+        except BadInput:
+            continue
+        for c in (ledger or {}).get("checkpoints", []):
+            if any(c.get(k) and _same_file(locate(run_dir, c[k]), path) for k in ("path", "trainer_path")):
+                return {"id": ledger.get("id"), "dir": str(run_dir), "step": c.get("step"), "epoch": c.get("epoch"),
+                        "attempt": c.get("attempt"), "stage": c.get("stage"), "final": bool(c.get("final"))}
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _read_json(path: Path) -> dict | None:
@@ -83,9 +111,7 @@ def _read_json(path: Path) -> dict | None:
 def _from_ledger(root: Path, ledger: dict) -> list[tuple[Path, dict]]:
     found = []
     for c in ledger.get("checkpoints", []):
-        path = Path(c["path"])
-        if not path.is_absolute():
-            path = root / path
+        path = locate(root, c["path"])
         found.append((path, {"step": c.get("step"), "epoch": c.get("epoch"), "attempt": c.get("attempt"),
                              "sha256": c.get("sha256")}))
     return found
@@ -168,18 +194,13 @@ def _mark_candidates(infos: list[CheckpointInfo], total: int | None) -> None:
             i.candidate = lo * total <= i.step <= hi * total and "missing" not in i.flags
 
 
-def _read_losses(path: Path) -> dict[int, float]:
+def _read_losses(run_dir: Path) -> dict[int, float]:
     losses: dict[int, float] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return losses
-    for line in lines:
+    for rec in read_metrics(run_dir):
         try:
-            rec = json.loads(line)
             losses[int(rec["step"])] = float(rec["loss"])
         except (ValueError, KeyError, TypeError):
-            continue  # a half-written last line, or a record without loss
+            continue  # a record without loss
     return losses
 
 

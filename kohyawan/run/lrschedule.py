@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from kohyawan.config.steps import warmup_steps
 from kohyawan.trainer.pyshim.kohyawan_lr import KINDS, lr_factor
 
 SCHEDULER_CLASS = "kohyawan_lr.ContinuedLR"
@@ -36,8 +37,7 @@ def supported(train: Mapping[str, Any]) -> tuple[bool, str]:
 def _kwargs(train: Mapping[str, Any], total_steps: int, num_processes: int) -> dict[str, Any]:
     kind = train.get("lr_scheduler") or "constant"
     n = total_steps * num_processes  # musubi: num_training_steps = max_train_steps * num_processes
-    warm = train.get("lr_warmup_steps") or 0
-    warm = int(warm * n) if isinstance(warm, float) else int(warm)
+    warm = warmup_steps(train.get("lr_warmup_steps"), total_steps, num_processes)
     kw: dict[str, Any] = {"kind": kind, "total_steps": n, "warmup_steps": warm}
     if kind == "cosine_with_restarts":
         kw["num_cycles"] = float(train.get("lr_scheduler_num_cycles") or 1)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawan.errors import BadInput, WorkFailed
+from kohyawan.run.ledger import locate
 
 RUN_ID = r"[\w.-]+"
 RESUME_LOG = "resume.log"   # output of a resume started in the background (kohyawan ui)
@@ -27,12 +28,11 @@ _TAIL_BYTES = 16384
 def find_run(runs_dir: Path, run_id: str) -> Path:
     """The folder of run ``run_id`` (a folder path, or an id under ``runs_dir``); BadInput when none."""
     path = Path(run_id)
-    if (path / "run.json").is_file():
-        return path
-    path = Path(runs_dir) / run_id
+    if not (path / "run.json").is_file():
+        path = Path(runs_dir) / run_id
     if not (path / "run.json").is_file():
         raise BadInput(f"no run {run_id!r} in {runs_dir}")
-    return path
+    return Path(os.path.abspath(path))   # absolute: every path a resumed run records is built from it
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def show_lines(run_dir: Path | None, data: dict, *, with_checkpoints: bool = Tru
                                              if state == "running" else "")
                      + f"; {len(data.get('checkpoints') or [])} checkpoint(s):")
         for ck in data.get("checkpoints") or []:
-            lines.append(f"    step {ck['step']:>7}  {ck['path']}" + ("  (removed)" if ck.get("removed") else ""))
+            lines.append(f"    step {ck['step']:>7}  {locate(run_dir, ck['path'])}" + ("  (removed)" if ck.get("removed") else ""))
     return lines
 
 
@@ -213,7 +213,7 @@ def ensure_resumable(run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     if runlock.is_locked(run_dir):
-        raise WorkFailed(f"run {run_dir.name} is being supervised by process {runlock.holder_pid(run_dir)}")
+        raise BadInput(runlock.held_message(run_dir))
     data = read_run(run_dir)
     if data["status"] == "succeeded":
         raise BadInput(f"run {run_dir.name} already succeeded")

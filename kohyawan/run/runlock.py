@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from kohyawan.errors import WorkFailed
+from kohyawan.errors import BadInput
 from kohyawan.files import locks
 from kohyawan.run.supervise import group_alive
 
@@ -23,12 +23,15 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self._lock = locks.FileLock(self.path)
 
+    @property
+    def held(self) -> bool:
+        return self._lock.held
+
     def acquire(self) -> None:
+        """Take the run folder; a run another kohyawan holds is refused as bad usage (never two trainers)."""
         if not self._lock.try_acquire():
             self._lock.release()
-            holder = holder_pid(self.path.parent)
-            raise WorkFailed(f"run {self.path.parent.name} is already being supervised"
-                             + (f" by process {holder}" if holder else "") + "; never two trainers for one run")
+            raise BadInput(held_message(self.path.parent))
         self._lock.record_pid()
 
     def release(self) -> None:
@@ -40,6 +43,12 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def held_message(run_dir: Path) -> str:
+    holder = holder_pid(run_dir)
+    return (f"run {Path(run_dir).name} is already being supervised" + (f" by process {holder}" if holder else "")
+            + "; never two trainers for one run")
 
 
 def is_locked(run_dir: Path) -> bool:

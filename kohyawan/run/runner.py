@@ -32,9 +32,10 @@ REHEARSAL_BANNER = "*** REHEARSAL: kohyawan's simulated trainer runs; NO TRAININ
 
 
 class Run:
-    def __init__(self, ledger: Ledger, spec, opts: RunOptions):
+    def __init__(self, ledger: Ledger, spec, opts: RunOptions, lock: RunLock | None = None):
         self.ledger, self.base_spec, self.opts = ledger, spec, opts
         self.dir = ledger.dir
+        self.lock = lock or RunLock(self.dir)  # taken by runsetup before run.json was touched, or by drive
         self.status = Status(run_id=ledger.data["id"], rehearsal=opts.rehearse)
         self.view = View(self.status, live=opts.live, interval_s=opts.plain_interval_s, quiet=opts.quiet)
         self.notifier = Notifier(opts.notify, run_id=ledger.data["id"], warn=self.view.say)
@@ -45,12 +46,13 @@ class Run:
             self.base_spec = rehearsal.rehearsal_models(spec, opts.runs_dir)
 
     # --- plan -----------------------------------------------------------------------------------------
-    def plan(self, spec):
+    def plan(self, spec, config_dir: Path | None = None):
+        """Render and write the plan: the run folder's current one, or (``config_dir``) an attempt's own."""
         from kohyawan.config import render
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
                                  launcher=self.opts.launcher, processes=self.opts.processes,
-                                 accelerate_args=tuple(self.opts.accelerate_args))
+                                 accelerate_args=tuple(self.opts.accelerate_args), config_dir=config_dir)
         render.write_plan(plan)
         return plan
 
@@ -125,8 +127,9 @@ class Run:
 
     # --- the whole run -------------------------------------------------------------------------------------
     def drive(self) -> dict:
-        lock = RunLock(self.dir)
-        lock.acquire()
+        lock = self.lock
+        if not lock.held:
+            lock.acquire()
         previous_term = signal.signal(signal.SIGTERM, _term_as_interrupt)
         try:
             with self.view:

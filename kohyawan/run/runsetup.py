@@ -15,6 +15,7 @@ from kohyawan.errors import BadInput
 from kohyawan.run import preflight, rehearsal
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.options import RunOptions
+from kohyawan.run.runlock import RunLock
 from kohyawan.run.runner import Run
 
 
@@ -34,16 +35,20 @@ def new_run(spec, request: dict, opts: RunOptions) -> Run:
     for warning in plan.warnings:
         console.warn(warning)
     preflight.dataset(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"), warn=console.warn)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rank = min(spec.train.get("network_dim", 32), 4) if opts.rehearse else spec.train.get("network_dim", 32)
     outputs = sum(1 for s in plan.stages if s.name.startswith("train"))
-    preflight.disk(run_dir, preflight.disk_needed(spec.task, spec.train, plan.steps.total_steps, plan.steps.epochs,
-                                                  outputs, rank))
-    led = Ledger.create(run_dir, run_id=run_id, profile=spec.profile, task=spec.task,
-                        total_steps=plan.steps.total_steps, variant=spec.variant, expert=spec.expert,
-                        rehearsal=opts.rehearse, request=request, options=opts.to_document())
-    _record_dataset(led, spec)
-    return Run(led, spec, opts)
+    preflight.disk(opts.runs_dir, preflight.disk_needed(spec.task, spec.train, plan.steps.total_steps,
+                                                        plan.steps.epochs, outputs, rank))
+    lock = _claim(run_dir)
+    try:
+        led = Ledger.create(run_dir, run_id=run_id, profile=spec.profile, task=spec.task,
+                            total_steps=plan.steps.total_steps, variant=spec.variant, expert=spec.expert,
+                            rehearsal=opts.rehearse, request=request, options=opts.to_document())
+        _record_dataset(led, spec)
+    except BaseException:
+        lock.release()
+        raise
+    return Run(led, spec, opts, lock)
 
 
 def _new_run_dir(runs_dir: Path, run_id: str) -> Path:
@@ -51,8 +56,25 @@ def _new_run_dir(runs_dir: Path, run_id: str) -> Path:
         raise BadInput(f"run name {run_id!r}: use letters, digits, '.', '-' and '_'")
     run_dir = runs_dir / run_id
     if (run_dir / "run.json").exists():
-        raise BadInput(f"run {run_id} already exists in {runs_dir}; continue it with 'kohyawan runs resume {run_id}'")
+        raise BadInput(_exists(run_dir))
     return run_dir
+
+
+def _exists(run_dir: Path) -> str:
+    return (f"run {run_dir.name} already exists in {run_dir.parent}; continue it with "
+            f"'kohyawan runs resume {run_dir.name}'")
+
+
+def _claim(run_dir: Path) -> RunLock:
+    """The new run folder, taken under its lock before run.json is written: of two runs of one name started
+    together, the second is refused (bad usage) and writes nothing."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    if (run_dir / "run.json").exists():
+        lock.release()
+        raise BadInput(_exists(run_dir))
+    return lock
 
 
 def _check_data_parallel(opts: RunOptions) -> None:
@@ -72,11 +94,27 @@ def _record_dataset(led: Ledger, spec) -> None:
 
 
 def load_run(run_dir: Path, spec, opts: RunOptions) -> Run:
+    """Reopen a run folder under its lock (a run another kohyawan supervises is refused) and close what its
+    dead supervisor left open."""
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        return Run(_reopen(run_dir), spec, opts, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _reopen(run_dir: Path) -> Ledger:
     led = Ledger.load(run_dir)
-    # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly
+    led.absolutize()  # an older run.json may hold paths relative to where it was started
+    # an attempt left open was cut short with its supervisor (kohyawan killed): close it honestly, at the
+    # last step its metrics and saves show
     for attempt in led.data.get("attempts", []):
         if attempt.get("outcome") is None:
+            first = attempt["steps"][0]
             attempt.update(outcome="interrupted", ended=attempt.get("ended") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           reason="the supervisor died (kohyawan was killed) during this attempt")
+                           reason="the supervisor died (kohyawan was killed) during this attempt",
+                           steps=[first, max(first, led.last_step(attempt["n"]) or first)])
     led.save()
-    return Run(led, spec, opts)
+    return led

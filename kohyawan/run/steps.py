@@ -134,6 +134,20 @@ def attempt_outcome(*, stopped_for: str | None, stop_reason: str | None, exit_co
     return failure.outcome, failure.line, finished
 
 
+def checkpoint_epoch(step: int, steps_per_epoch: int | None, kind: str) -> int | None:
+    """The epoch of a checkpoint saved at absolute ``step``, counted as musubi-tuner counts ``ss_epoch`` in an
+    uninterrupted run: the epochs finished before the one a step checkpoint (``kind`` "step") falls in, those
+    finished at an epoch checkpoint ("epoch"), all of them for the final one ("final"). None when the
+    steps per epoch are unknown."""
+    if not steps_per_epoch:
+        return None
+    if kind == "step":
+        return (step - 1) // steps_per_epoch
+    if kind == "epoch":
+        return step // steps_per_epoch
+    return -(-step // steps_per_epoch)
+
+
 def earlier_outcomes(attempts: Sequence[Mapping], stage: str) -> list[str]:
     """Outcomes of this stage's attempts before the last one, oldest first."""
     return [a["outcome"] for a in attempts if a.get("stage") == stage][:-1]

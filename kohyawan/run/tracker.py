@@ -20,6 +20,7 @@ from typing import Callable
 
 from kohyawan.run.ladder import Saved
 from kohyawan.run.ledger import Ledger
+from kohyawan.run.steps import checkpoint_epoch
 from kohyawan.trainer.musubi_log import Event
 
 _STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
@@ -31,13 +32,14 @@ _SAVE_DONE = {"progress", "state", "epoch", "model_saved", "removed", "checkpoin
 class Tracker:
     def __init__(self, ledger: Ledger, *, attempt: int, stage: str, base_name: str, start_step: int,
                  total_steps: int, clock: Callable[[], float] = time.time,
-                 on_save: Callable[[Saved], None] | None = None):
+                 on_save: Callable[[Saved], None] | None = None, steps_per_epoch: int | None = None):
         self.ledger = ledger
         self.attempt = attempt
         self.stage = stage
         self.base_name = base_name
         self.start = start_step
         self.total = total_steps
+        self.steps_per_epoch = steps_per_epoch  # the plan's: checkpoints get absolute epochs (steps.checkpoint_epoch)
         self.clock = clock
         self.on_save = on_save or (lambda saved: None)
         self.local = 0                 # the trainer's own step counter
@@ -126,10 +128,11 @@ class Tracker:
             return
         name = os.path.basename(path)
         m = _STEP_FILE.search(name)
-        local = int(m.group(1)) if m else self.local
-        epoch = int(_EPOCH_FILE.search(name).group(1)) if _EPOCH_FILE.search(name) and not m else self.epoch
-        step = self.start + local
-        final = not m and not _EPOCH_FILE.search(name)
+        kind = "step" if m else "epoch" if _EPOCH_FILE.search(name) else "final"
+        step = self.start + (int(m.group(1)) if m else self.local)
+        final = kind == "final"
+        # absolute, as an uninterrupted run's file would say it (the trainer's own counts restart on resume)
+        epoch = checkpoint_epoch(step, self.steps_per_epoch, kind)
         link = self._link(path, step, final)
         self.weights_at[step] = str(link)
         # a state saved at the same step may already be on the books (epoch-end order differs)

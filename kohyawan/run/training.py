@@ -9,7 +9,6 @@ ladder decides the next move from the outcome; the decisions are the pure functi
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,20 +84,23 @@ class StageTrainer:
 
     # --- one attempt ----------------------------------------------------------------------------------
     def attempt(self, nxt: Next) -> AttemptEnd:
-        """Render this attempt's configs, bring the caches up to date for them, and train."""
+        """Render this attempt's configs, bring the caches up to date for them, and train.
+
+        The run folder's files become the current plan (what a manual run would use); the attempt trains
+        with its own copy in ``attempts/NN/``, which its command line names, so every recorded command
+        keeps meaning that attempt's settings."""
         spec = rungs.apply(self.run.base_spec, [self.by_name[n] for n in nxt.rungs if n in self.by_name])
         plan = self.run.plan(spec)
         for cache, forced in steps.cache_checks(plan.stages, nxt):
             self.run.cache_stage(cache, force=forced, quiet_skip=True)
-        stage = next(s for s in plan.stages if s.name == self.name)
         total = self.rec.setdefault("total_steps", plan.steps.total_steps)
         self.ledger.data["total_steps"] = total
+        self.rec["steps_per_epoch"] = plan.steps.steps_per_epoch  # this attempt's (a rung may change frames)
         n = len(self.ledger.data["attempts"]) + 1
         adir = self.ledger.attempt_dir(n)
+        stage = next(s for s in self.run.plan(spec, config_dir=adir).stages if s.name == self.name)
         name = f"{stage.output_name}-a{n:02d}"
         self._write_config(stage, spec, nxt, total, n, name)
-        for fname in plan.files:
-            shutil.copyfile(self.run.dir / fname, adir / fname)
         self.ledger.start_attempt(rung=nxt.new_rung, changes=steps.rung_changes(self.vram, self.ram, nxt.rungs),
                                   resumed_from=nxt.resume_state or nxt.network_weights, first_step=nxt.start_step,
                                   stage=stage.name, output_name=name, rungs=list(nxt.rungs), lr_scale=nxt.lr_scale,
@@ -120,7 +122,8 @@ class StageTrainer:
 
     def _train(self, stage, nxt: Next, total: int, n: int, adir: Path) -> AttemptEnd:
         tracker = Tracker(self.ledger, attempt=n, stage=stage.name, base_name=stage.output_name,
-                          start_step=nxt.start_step, total_steps=total, on_save=self._on_save)
+                          start_step=nxt.start_step, total_steps=total, on_save=self._on_save,
+                          steps_per_epoch=self.rec.get("steps_per_epoch"))
         self.run.show_attempt(stage.name, n, nxt, total)
         result, monitor = self.run.supervise(self.run.argv(stage), adir / "console.log", stage=stage.name,
                                              tracker=tracker, attempt=n)
