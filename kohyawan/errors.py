@@ -50,5 +50,10 @@ class ToolMissing(BadInput):
     """An external program (ffmpeg, the trainer) that is needed and not found."""
 
 
+class Busy(BadInput):
+    """What was asked for is held by another process (a run another kohyawan supervises): bad usage, exit 2;
+    the web UI answers 409."""
+
+
 class Interrupted(KohyawanError):
     exit_code = 130

@@ -88,7 +88,7 @@ def test_stop_and_resume_from_the_page(tmp_path):
         # the server's own environment makes the resumed (detached) trainer fast
         with UiServer("--runs-dir", str(tmp_path / "runs"), KOHYAWAN_REHEARSE_STEP_S="0.02") as server:
             status, body = post(server, "/runs/0/sr/resume")
-            assert status == 409 and "is being supervised by process" in body
+            assert status == 409 and "is already being supervised by process" in body
             status, body = post(server, "/runs/0/sr/stop")
             assert status == 200 and f"asked kohyawan (pid {proc.pid}) to stop run sr" in body
             assert proc.wait(timeout=90) == 130

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kohyawan.errors import BadInput, WorkFailed
+from kohyawan.errors import BadInput, Busy, WorkFailed
 from kohyawan.run.ledger import locate
 
 RUN_ID = r"[\w.-]+"
@@ -213,7 +213,7 @@ def ensure_resumable(run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     if runlock.is_locked(run_dir):
-        raise BadInput(runlock.held_message(run_dir))
+        raise Busy(runlock.held_message(run_dir))
     data = read_run(run_dir)
     if data["status"] == "succeeded":
         raise BadInput(f"run {run_dir.name} already succeeded")

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from kohyawan.errors import BadInput
+from kohyawan.errors import BadInput, Busy
 from kohyawan.files import locks
 from kohyawan.run.supervise import group_alive
 
@@ -31,7 +31,7 @@ class RunLock:
         """Take the run folder; a run another kohyawan holds is refused as bad usage (never two trainers)."""
         if not self._lock.try_acquire():
             self._lock.release()
-            raise BadInput(held_message(self.path.parent))
+            raise Busy(held_message(self.path.parent))
         self._lock.record_pid()
 
     def release(self) -> None:

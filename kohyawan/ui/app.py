@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from kohyawan import __version__
-from kohyawan.errors import BadInput, KohyawanError, WorkFailed
+from kohyawan.errors import BadInput, Busy, KohyawanError, WorkFailed
 from kohyawan.ui.config import Conflict, Forbidden, NotFound, UiConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -24,7 +24,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 def status_of(exc: KohyawanError) -> int:
     from kohyawan.registry.roles import NotAllowed
 
-    for kind, status in ((NotFound, 404), (Forbidden, 403), (NotAllowed, 403), (Conflict, 409), (BadInput, 400),
+    for kind, status in ((NotFound, 404), (Forbidden, 403), (NotAllowed, 403), (Conflict, 409), (Busy, 409), (BadInput, 400),
                          (WorkFailed, 409)):
         if isinstance(exc, kind):
             return status
