@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from kohyawan.errors import BadInput, Busy
+from kohyawan.errors import Busy
 from kohyawan.files import locks
 from kohyawan.run.supervise import group_alive
 
