@@ -26,6 +26,22 @@ def _runs_dir(value: Path | None) -> Path:
     return Path(settings.get("runs_dir", "runs"))
 
 
+def cache_store(cache_dir: Path | None, runs_dir: Path | None) -> Path:
+    """The cache store: --cache-dir, else the project file's cache_dir, else RUNS_DIR/.cache (absolute)."""
+    if cache_dir is None:
+        from kohyawan.cachestore.keys import STORE_IN_RUNS_DIR
+        from kohyawan.config import profiles
+
+        configured = profiles.project_settings(profiles.find_project_file()).get("cache_dir")
+        cache_dir = Path(configured) if configured else _runs_dir(runs_dir) / STORE_IN_RUNS_DIR
+    return Path(os.path.abspath(cache_dir.expanduser()))
+
+
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir", type=_DIR, default=None,
+    help="The cache store shared by runs (default: the project file's cache_dir, else RUNS_DIR/.cache).")
+
+
 def _launch_options(func):
     options = [
         click.option("--runs-dir", type=_DIR, default=None, help="Where run folders go (default ./runs)."),
@@ -41,6 +57,7 @@ def _launch_options(func):
         click.option("--notify", multiple=True, metavar="URL",
                      help="Webhook for success, failure, ladder steps and alerts (Slack/Discord; repeatable)."),
         click.option("--recache", is_flag=True, help="Rebuild latent and text-encoder caches even if up to date."),
+        CACHE_DIR_OPTION,
         click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel."),
         click.option("--interval", type=float, default=30.0, show_default=True,
                      help="Seconds between plain progress lines."),
@@ -90,6 +107,8 @@ def _summary(data: dict) -> None:
                 + (f" [rung {a['rung']}]" if a.get("rung") else "") + (f" - {brief(a['reason'])}" if a.get("reason") else ""), markup=False)
     if data.get("final"):
         c.print(f"  final: {data['final']['path']}")
+    for cache in data.get("caches") or []:
+        c.print(f"  cache: {cache['cache_directory']} ({cache.get('kind')}s of {cache.get('media')})", markup=False)
 
 
 @click.command()
@@ -106,12 +125,13 @@ def _summary(data: dict) -> None:
 @click.option("--data-parallel", is_flag=True, default=None,
               help="Train this one run on every GPU in --gpus (accelerate --multi_gpu, DDP); steps per epoch "
                    "are divided as the trainer divides them.")
-def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
-        interval, as_json, name, rehearse, gpu_memory, start_rung, data_parallel, **plan_kwargs):
+def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, cache_dir,
+        plain, interval, as_json, name, rehearse, gpu_memory, start_rung, data_parallel, **plan_kwargs):
     """Train a LoRA and babysit it: caches, training, OOM fallback ladder, exact resume.
 
-    Stages: preflight, latent caching, text-encoder caching (each skipped when its caches are complete and
-    newer than their inputs), training (each expert in turn for --expert sequential), verification. On a
+    Stages: preflight, latent caching, text-encoder caching (in the cache store that runs share: each item
+    is cached once, and a stage whose caches are complete is skipped), training (each expert in turn for
+    --expert sequential), verification. On a
     CUDA out-of-memory error the next rung of the profile's [ladder] is applied and training resumes from
     the last saved state, with steps, checkpoint numbers and the learning rate continuing exactly.
 
@@ -133,7 +153,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     given = {"name": name, "trainer_dir": trainer_dir, "python": python, "launcher": launcher,
              "accelerate_args": accelerate_args, "gpus": gpus, "max_attempts": max_attempts, "notify": notify,
              "rehearse": rehearse, "gpu_memory_gb": gpu_memory, "start_rung": start_rung,
-             "data_parallel": data_parallel}
+             "data_parallel": data_parallel, "cache_dir": cache_store(cache_dir, runs_dir)}
     opts = _options(given, runs_dir=runs_dir, recache=recache, plain=plain, interval=interval)
     job = runsetup.new_run(spec, request, opts)
     if not as_json:
