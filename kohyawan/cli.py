@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "comfy": "kohyawan.commands.comfy:comfy",
     "sweep": "kohyawan.commands.batch:sweep",
     "batch": "kohyawan.commands.batch:batch",
+    "cache": "kohyawan.commands.cache:cache",
 }
 
 

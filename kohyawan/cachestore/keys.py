@@ -38,18 +38,18 @@ _identities: dict[tuple, dict] = {}
 
 
 def model_identity(path: os.PathLike | str | None) -> dict[str, Any] | None:
-    """A model file's identity: its name, size and a digest of sampled content (None: no file given)."""
+    """A model file's identity: its size and a digest of sampled content, whatever it is named and wherever
+    it lies (None: no file given; a file not there yet is known by its path)."""
     if path is None:
         return None
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
     except OSError:
-        return {"name": os.path.basename(real), "missing": True}
+        return {"path": real, "missing": True}
     memo = (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
     if memo not in _identities:
-        _identities[memo] = {"name": os.path.basename(real), "bytes": st.st_size,
-                             "sample": _sample_digest(real, st.st_size)}
+        _identities[memo] = {"bytes": st.st_size, "sample": _sample_digest(real, st.st_size)}
     return dict(_identities[memo])
 
 

@@ -110,6 +110,7 @@ def inspect(folder: Path) -> FolderInfo:
         use = _read_json(path)
         if isinstance(use, dict) and use.get("run_dir"):
             runs.append({**use, "refers": refers(use["run_dir"], folder)})
+    runs.sort(key=lambda r: (str(r.get("first_used")), str(r.get("run_id"))))
     stamps = [r["last_used"] for r in runs if r.get("last_used")]
     last = max(stamps) if stamps else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(folder.stat().st_mtime))
     return FolderInfo(folder, size, files, _read_json(folder / KEY_DOCUMENT), items, runs, last,

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from kohyawan import console
-from kohyawan.commands.common import plan_options, resolve_spec
+from kohyawan.commands.common import CACHE_DIR_OPTION, cache_store, plan_options, resolve_spec
 from kohyawan.errors import BadInput, Interrupted, WorkFailed
 
 _DIR = click.Path(path_type=Path, file_okay=False)
@@ -24,22 +24,6 @@ def _runs_dir(value: Path | None) -> Path:
 
     settings = profiles.project_settings(profiles.find_project_file())
     return Path(settings.get("runs_dir", "runs"))
-
-
-def cache_store(cache_dir: Path | None, runs_dir: Path | None) -> Path:
-    """The cache store: --cache-dir, else the project file's cache_dir, else RUNS_DIR/.cache (absolute)."""
-    if cache_dir is None:
-        from kohyawan.cachestore.keys import STORE_IN_RUNS_DIR
-        from kohyawan.config import profiles
-
-        configured = profiles.project_settings(profiles.find_project_file()).get("cache_dir")
-        cache_dir = Path(configured) if configured else _runs_dir(runs_dir) / STORE_IN_RUNS_DIR
-    return Path(os.path.abspath(cache_dir.expanduser()))
-
-
-CACHE_DIR_OPTION = click.option(
-    "--cache-dir", type=_DIR, default=None,
-    help="The cache store shared by runs (default: the project file's cache_dir, else RUNS_DIR/.cache).")
 
 
 def _launch_options(func):

@@ -206,6 +206,9 @@ def _cache_stages(spec: RunSpec, out_dir: Path, trainer_dir: Path | None, python
     return [Stage("cache_latents", tuple(latents)), Stage("cache_text_encoder", tuple(text))]
 
 
+STORE_NOTE = ("The caches are kohyawan's shared cache store: --skip_existing encodes only items not cached yet.\n"
+              "# After replacing a media file or editing a caption under the same name, delete that item's cache\n"
+              "# files there first ('kohyawan run' checks this itself).")
 STAGE_TITLES = {"cache_latents": "1. Cache latents (needs the VAE)",
                 "cache_text_encoder": "2. Cache text-encoder outputs (needs umT5-XXL)",
                 "train": "3. Train", "train_high": "3. Train the high-noise expert",
@@ -278,7 +281,8 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
         '"${MUSUBI_TUNER_DIR:?set MUSUBI_TUNER_DIR to your musubi-tuner checkout}"'
     files["commands.sh"] = render_template("commands.sh.j2", profile=spec.profile, variant=spec.variant,
                                            task=spec.task, expert=spec.expert, trainer_dir=cwd,
-                                           cd_target=cd_target, stages=lines)
+                                           cd_target=cd_target, stages=lines,
+                                           cache_note=STORE_NOTE if cache_store is not None else None)
     document = plan_document(spec, out_dir, stages, stp, runs_doc, warnings, cwd, sorted(files))
     document["caches"] = caches
     files["plan.json"] = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
