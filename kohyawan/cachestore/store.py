@@ -90,7 +90,7 @@ class FolderInfo:
     def document(self) -> dict[str, Any]:
         key = self.key or {}
         return {"folder": str(self.path), "bytes": self.bytes, "files": self.files, "kind": key.get("kind"),
-                "media": key.get("media"), "settings": (key.get("latent") or {}).get("settings"),
+                "media": key.get("media"), "latent": key.get("latent"), "text": key.get("text"),
                 "latent_items": self.items.get("cache_latents", 0), "text_items": self.items.get("cache_text_encoder", 0),
                 "runs": self.runs, "referred": self.referred, "last_used": self.last_used, "in_use": self.in_use}
 

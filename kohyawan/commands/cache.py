@@ -44,9 +44,14 @@ def _settings(doc: dict) -> str:
     parts = [f"{reso[0]}x{reso[1]}" if isinstance(reso, list) else f"{reso}x{reso}" if reso else "960x544"]
     if s.get("enable_bucket"):
         parts.append("bucketed")
-    if "target_frames" in s or "frame_extraction" in s:
-        parts.append(f"frames {s.get('target_frames', [1])} {s.get('frame_extraction', 'head')}")
-    return " ".join(parts)
+    mode = s.get("frame_extraction")
+    if mode == "full":
+        parts.append(f"full clips up to {s.get('max_frames', 129)} frames")
+    elif mode or "target_frames" in s:
+        parts.append(f"{mode or 'head'} {s.get('target_frames', [1])} frames")
+    if doc.get("i2v"):
+        parts.append("+ image latents (i2v)")
+    return ", ".join(parts)
 
 
 @cache.command("list")
@@ -75,7 +80,7 @@ def list_caches(cache_dir, runs_dir, as_json):
         runs = [u["run_id"] for u in r["runs"]]
         state = "in use" if r["in_use"] else "kept by a run" if r["referred"] else "no run refers to it"
         c.print(f"{Path(r['folder']).name}  {_human(r['bytes'])}  {r['kind'] or '?'}s of {r['media'] or '?'}", markup=False)
-        c.print(f"    {_settings(r)}; {r['latent_items']} latent / {r['text_items']} text item(s); last used "
+        c.print(f"    {_settings(r['latent'] or {})}; {r['latent_items']} latent / {r['text_items']} text item(s); last used "
                 f"{r['last_used']}; {state}; runs: {', '.join(runs) or 'none recorded'}", markup=False)
     total = sum(r["bytes"] for r in rows)
     c.print(f"{len(rows)} folder(s), {_human(total)} in {root}", markup=False)
