@@ -46,13 +46,7 @@ def describe(cf: CacheFolder) -> None:
     path = cf.path / KEY_DOCUMENT
     doc = {k: v for k, v in cf.document().items() if k != "dataset"}
     if _read_json(path) != doc:
-        atomic.write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", mode=0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        atomic.write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
 def record_use(folder: Path, run_dir: Path, run_id: str) -> None:
