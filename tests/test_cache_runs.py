@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -351,3 +352,39 @@ def test_cache_list_and_prune(tmp_path, log):
     assert not Path(row["folder"]).exists() and not list((runs / ".cache").iterdir())
     bad = run_cli([*cli, "prune", "--runs-dir", str(runs), "--older-than", "soon"])
     assert bad.returncode == 2 and bad.stderr.startswith("error: --older-than 'soon'")
+
+
+def test_a_run_waiting_for_a_folder_stops_cleanly_on_ctrl_c_and_resumes(tmp_path, log):
+    import signal
+
+    from kohyawan.cachestore.lease import Leases
+
+    data = make_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert run_cli(base_args(data, runs, "a")).returncode == 0
+    (folder,) = _store_folders(runs)
+    writer = Leases()
+    assert writer.try_all([folder], shared=False)          # another run writing into it, for as long as we like
+    try:
+        proc = subprocess.Popen(base_args(data, runs, "b"), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        lines = []
+
+        def read():
+            for line in proc.stderr:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        wait_for(lambda: any("cache_latents: waiting for" in line for line in lines))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        writer.release_all()
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    assert ledger(runs, "b")["status"] == "stopped"
+    r = run_cli([sys.executable, "-m", "kohyawan", "runs", "resume", "b", "--runs-dir", str(runs), "--plain"])
+    assert r.returncode == 0, r.stderr
+    assert len(log.starts(LATENTS)) == 1                    # the resumed run found the cache complete
