@@ -2,11 +2,9 @@
 trainer, whose cache scripts log every start and every item they encode (KOHYAWAN_REHEARSE_CACHE_LOG)."""
 
 import json
-import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_dataset, make_models
 from kohyawan.cachestore import folder as cf
-from kohyawan.cachestore import keys, store
+from kohyawan.cachestore import store
 from kohyawan.cachestore.lease import EXCLUSIVE, SHARED, Leases
 from kohyawan.config import profiles, render
 from kohyawan.config.spec import Models
@@ -263,3 +263,41 @@ def test_ages(age, seconds):
     from kohyawan.commands.cache import parse_age
 
     assert parse_age(age) == seconds
+
+
+# --- the simulated scripts follow musubi's --skip_existing / --keep_cache rules ------------------------------
+
+def _script(tmp_path, script, *extra, log=None):
+    env = {**os.environ, **FAST, **({"KOHYAWAN_REHEARSE_CACHE_LOG": str(log)} if log else {})}
+    model = ["--vae", str(tmp_path / "v")] if script == "wan_cache_latents.py" else ["--t5", str(tmp_path / "t")]
+    return subprocess.run([sys.executable, str(trainer_dir() / script), "--dataset_config",
+                           str(tmp_path / "dataset.toml"), *model, *extra], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_simulated_scripts_skip_existing_files_even_cut_ones_and_remove_what_is_not_in_the_dataset(tmp_path):
+    data, folder, ds = _cached(tmp_path)
+    log = tmp_path / "log.jsonl"
+    cut = folder / "img 0_0064x0064_wan.safetensors"
+    with open(cut, "r+b") as fh:
+        fh.truncate(50)
+    stray = folder / "gone_0064x0064_wan.safetensors"
+    stray.write_bytes(b"x")
+    stray_text = folder / "gone_wan_te.safetensors"
+    stray_text.write_bytes(b"x")
+    r = _script(tmp_path, "wan_cache_latents.py", "--skip_existing", "--keep_cache", log=log)
+    assert r.returncode == 0 and "Keep cache file not in the dataset" in r.stderr and stray.exists()
+    assert cut.stat().st_size == 50               # --skip_existing asks only whether the file exists
+    r = _script(tmp_path, "wan_cache_latents.py", "--skip_existing", log=log)
+    assert r.returncode == 0 and f"Removed old cache file: {stray}" in r.stderr and not stray.exists()
+    assert "encoded 0 item(s), skipped 3 existing, removed 1 old cache file(s)" in r.stderr
+    r = _script(tmp_path, "wan_cache_latents.py", log=log)      # without it every item is encoded again
+    assert "encoded 3 item(s)" in r.stderr and cf.whole(cut)[0]
+    with open(folder / "img 1_wan_te.safetensors", "r+b") as fh:
+        fh.truncate(50)
+    r = _script(tmp_path, "wan_cache_text_encoder_outputs.py", log=log)   # musubi reads an old file to merge it
+    assert r.returncode == 1 and "SafetensorError" in r.stderr
+    r = _script(tmp_path, "wan_cache_text_encoder_outputs.py", "--skip_existing", log=log)
+    assert r.returncode == 0 and not stray_text.exists() and "encoded 0 item(s)" in r.stderr
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events.count("start") == 5 and events.count("encoded") == 3 + 1   # img 0 of the failed text run
