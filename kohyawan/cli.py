@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "kohyawan.commands.batch:sweep",
     "batch": "kohyawan.commands.batch:batch",
     "ui": "kohyawan.commands.ui:ui",
+    "cache": "kohyawan.commands.cache:cache",
 }
 
 

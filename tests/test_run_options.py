@@ -7,25 +7,35 @@ import click
 
 from kohyawan.run.options import RunOptions
 
-# run.json's options object as kohyawan has always written it: these keys, in this order
+# run.json's options object as kohyawan has always written it: these keys, in this order (new keys are
+# added at the end: cache_dir came with the shared cache store)
 KEYS = ["trainer_dir", "python", "launcher", "accelerate_args", "gpus", "max_attempts", "notify", "rehearse",
-        "gpu_memory_gb", "start_rung", "data_parallel"]
+        "gpu_memory_gb", "start_rung", "data_parallel", "cache_dir"]
 
 
 def test_the_stored_options_keep_their_keys_order_and_json_form(tmp_path):
     opts = RunOptions(runs_dir=tmp_path, name="x", trainer_dir=Path("/opt/musubi"), python="/opt/py",
                       accelerate_args=("--mixed_precision=bf16",), gpus="0,1", max_attempts=3,
-                      notify=("http://hook",), gpu_memory_gb=12.0, data_parallel=True, recache=True, quiet=True)
+                      notify=("http://hook",), gpu_memory_gb=12.0, data_parallel=True, recache=True, quiet=True,
+                      cache_dir=Path("/srv/runs/.cache"))
     doc = opts.to_document()
     assert list(doc) == KEYS
     assert json.dumps(doc) == (
         '{"trainer_dir": "/opt/musubi", "python": "/opt/py", "launcher": "accelerate", "accelerate_args": '
         '["--mixed_precision=bf16"], "gpus": "0,1", "max_attempts": 3, "notify": ["http://hook"], "rehearse": false, '
-        '"gpu_memory_gb": 12.0, "start_rung": "auto", "data_parallel": true}')
+        '"gpu_memory_gb": 12.0, "start_rung": "auto", "data_parallel": true, "cache_dir": "/srv/runs/.cache"}')
     assert RunOptions(runs_dir=tmp_path).to_document() == {
         "trainer_dir": None, "python": "python", "launcher": "accelerate", "accelerate_args": [], "gpus": None,
         "max_attempts": None, "notify": [], "rehearse": False, "gpu_memory_gb": None, "start_rung": "auto",
-        "data_parallel": False}
+        "data_parallel": False, "cache_dir": None}
+
+
+def test_a_run_json_from_before_the_cache_store_resumes_with_its_own_caches(tmp_path):
+    before = {k: None for k in KEYS[:-1]}   # options as runs wrote them before cache_dir existed
+    opts = RunOptions.resolve(tmp_path, {"trainer_dir": None, "python": None}, before)
+    assert opts.cache_dir is None            # None: the run folder's own cache/, as the run was started
+    stored = RunOptions.resolve(tmp_path, {}, {"cache_dir": "/srv/runs/.cache"})
+    assert stored.cache_dir == Path("/srv/runs/.cache")
 
 
 def test_stored_options_round_trip_and_session_options_are_not_stored(tmp_path):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -298,7 +299,9 @@ def test_fewer_frames_rung_rebuilds_latent_caches_before_resuming(tmp_path):
     assert r.returncode == 0, r.stderr
     d = ledger(runs, "frames")
     assert [a["rung"] for a in d["attempts"]] == [None, "fewer_frames"]
-    caches = sorted(p.name for p in (runs / "frames" / "cache").glob("*/*_wan.safetensors"))
+    # the rung's attempt trained from cache folders (in the shared store) holding only the fewer frames
+    rung_plan = json.loads((runs / "frames" / "attempts" / "02" / "plan.json").read_text())
+    caches = sorted(p.name for c in rung_plan["caches"] for p in Path(c["cache_directory"]).glob("*_wan.safetensors"))
     assert caches and all("-017_" not in c for c in caches if c.startswith("clip"))
     assert any("-005_" in c or "-009_" in c for c in caches)
 

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 from kohyawan.batch.manifest import Job, Manifest
 
 _MODEL_FLAGS = {"dit": "--dit", "dit_high_noise": "--dit-high-noise", "vae": "--vae", "t5": "--t5"}
+BATCH_STORE = ".kohyawan-cache"       # a batch's default cache store, beside its manifest
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,15 @@ class Launch:
     python: str | None = None          # the trainer environment's python
     notify: tuple[str, ...] = ()
     kohyawan: tuple[str, ...] = ()     # how to call kohyawan; default: this interpreter's ``-m kohyawan``
+    cache_dir: Path | None = None      # the cache store every job shares (None: each run's default)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, runs_dir: Path, kohyawan: Sequence[str] = ()) -> "Launch":
+        """A batch's jobs share one cache store: the manifest's ``cache_dir``, else one beside the manifest,
+        so next month's batch (a new batch folder, a new runs folder) caches only what changed."""
         return cls(runs_dir=runs_dir, rehearse=manifest.rehearse, trainer=manifest.trainer,
-                   python=manifest.python, notify=manifest.notify, kohyawan=tuple(kohyawan))
+                   python=manifest.python, notify=manifest.notify, kohyawan=tuple(kohyawan),
+                   cache_dir=manifest.cache_dir or manifest.path.parent / BATCH_STORE)
 
     def base(self) -> list[str]:
         return list(self.kohyawan) or [sys.executable, "-m", "kohyawan"]
@@ -56,6 +61,8 @@ def run_argv(job: Job, launch: Launch, attempt: int = 1) -> list[str]:
     argv = launch.base() + ["run", "--profile", job.profile, "--dataset", str(job.dataset), "--task", job.task,
                             "--expert", job.expert, "--runs-dir", str(launch.runs_dir),
                             "--name", run_name(job, attempt), "--plain", "--json"]
+    if launch.cache_dir is not None:
+        argv += ["--cache-dir", str(launch.cache_dir)]
     if job.variant:
         argv += ["--variant", job.variant]
     for role, path in sorted(job.models.items()):

@@ -33,7 +33,7 @@ _SHARED: dict[str, tuple[type, ...]] = {
 }
 DEFAULT_KEYS: dict[str, tuple[type, ...]] = {
     **_SHARED, "trainer": (str,), "python": (str,), "registry": (str,), "notify": (list, str),
-    "rehearse": (bool,), "runs_dir": (str,),
+    "rehearse": (bool,), "runs_dir": (str,), "cache_dir": (str,),
 }
 JOB_KEYS: dict[str, tuple[type, ...]] = {**_SHARED, "name": (str,), "dataset": (str,), "notes": (str,)}
 SLURM_KEYS: dict[str, tuple[type, ...]] = {
@@ -42,7 +42,7 @@ SLURM_KEYS: dict[str, tuple[type, ...]] = {
     "sbatch_args": (list,),
 }
 TOP_KEYS = ("defaults", "slurm", "jobs")
-_PATH_KEYS = ("dit", "dit_high_noise", "vae", "t5", "dataset", "trainer", "registry", "runs_dir")
+_PATH_KEYS = ("dit", "dit_high_noise", "vae", "t5", "dataset", "trainer", "registry", "runs_dir", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Manifest:
     rehearse: bool
     runs_dir: Path | None
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
 
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
@@ -163,7 +164,7 @@ def load(path: Path, *, check_plans: bool = True) -> Manifest:
                     registry=_path(base, defaults["registry"]) if "registry" in defaults else None,
                     notify=notify, rehearse=rehearse,
                     runs_dir=_path(base, defaults["runs_dir"]) if "runs_dir" in defaults else None,
-                    slurm=slurm)
+                    slurm=slurm, cache_dir=_path(base, defaults["cache_dir"]) if "cache_dir" in defaults else None)
 
 
 def _read(path: Path) -> dict:

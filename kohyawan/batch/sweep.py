@@ -47,6 +47,7 @@ class SweepRequest:
     grid_strength: float = 1.0
     comfyui: Path | None = None          # copy the LoRAs into this ComfyUI folder for the grid
     server: str | None = None            # run the grid on this ComfyUI server
+    cache_dir: Path | None = None        # the cache store (None: the runs' default, RUNS_DIR/.cache)
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
@@ -106,7 +107,8 @@ def run(req: SweepRequest, say: Callable[[str], None] = lambda m: None) -> dict[
     slots = gpus_mod.parse_gpus(req.gpus)
     folder = Path(req.runs_dir).absolute() / name
     launch = jobs_mod.Launch(runs_dir=Path(req.runs_dir).absolute(), rehearse=req.rehearse, trainer=req.trainer,
-                             python=req.python, kohyawan=req.kohyawan)
+                             python=req.python, kohyawan=req.kohyawan,
+                             cache_dir=Path(req.cache_dir).absolute() if req.cache_dir else None)
     with BatchLock(folder):
         q = Queue(folder)
         try:

@@ -37,13 +37,16 @@ def _say(message: str) -> None:
 @click.option("--grid-strength", type=float, default=1.0, show_default=True, help="LoRA strength in the grid.")
 @click.option("--comfyui", type=_DIR, default=None, help="ComfyUI folder: copy the variants' LoRAs into models/loras.")
 @click.option("--server", default=None, help="ComfyUI URL: run the grid there and make a contact sheet.")
+@click.option("--cache-dir", type=_DIR, default=None,
+              help="The cache store the variants share (default: the project file's cache_dir, else RUNS_DIR/.cache).")
 @click.option("--json", "as_json", is_flag=True, help="Print sweep.json.")
 def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_dir, python, grid_prompts,
-          grid_strength, comfyui, server, as_json, **plan):
+          grid_strength, comfyui, server, cache_dir, as_json, **plan):
     """Train one run per variant with the same data and seed, then compare them.
 
     With several GPUs the variants train in parallel, one per GPU (CUDA_VISIBLE_DEVICES per run); otherwise
-    one after another. The table compares final and best loss, time, peak VRAM, attempts (ladder steps)
+    one after another. Every variant uses the same cache folders (variants change training settings only),
+    so the dataset is cached once. The table compares final and best loss, time, peak VRAM, attempts (ladder steps)
     and candidate checkpoints (60-80 % of training); RUNS_DIR/NAME/sweep.json has it all. Running the same
     command with the same --name again continues an interrupted sweep. With --grid-prompts, a ComfyUI test
     grid (one column per variant, base model first, same seed per row) is written to RUNS_DIR/NAME/grid;
@@ -71,7 +74,7 @@ def sweep(variants, gpus, runs_dir, name, seed, rehearse, gpu_memory, trainer_di
         expert=plan["expert"] or settings.get("expert", "both"), models=models, sets=tuple(plan["sets"]),
         seed=seed, gpus=gpus, rehearse=rehearse, gpu_memory=gpu_memory,
         trainer=trainer_dir.resolve() if trainer_dir else None, python=python, grid_prompts=grid_prompts,
-        grid_strength=grid_strength, comfyui=comfyui, server=server)
+        grid_strength=grid_strength, comfyui=comfyui, server=server, cache_dir=cache_dir)
     try:
         doc = sweep_mod.run(req, say=_say)
     except KeyboardInterrupt:

@@ -13,6 +13,27 @@ from kohyawan.config.spec import EXPERT_MODES, TASKS, Models
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help="The cache store runs share (default: the project file's cache_dir, else RUNS_DIR/.cache).")
+
+
+def cache_store(cache_dir: Path | None, runs_dir: Path | None = None) -> Path:
+    """The cache store, absolute: --cache-dir, else the project file's cache_dir, else RUNS_DIR/.cache with
+    RUNS_DIR from --runs-dir or the project file (default ./runs)."""
+    import os
+
+    if cache_dir is None:
+        from kohyawan.cachestore.keys import STORE_IN_RUNS_DIR
+        from kohyawan.config import profiles
+
+        settings = profiles.project_settings(profiles.find_project_file())
+        if settings.get("cache_dir"):
+            cache_dir = Path(settings["cache_dir"])
+        else:
+            cache_dir = Path(runs_dir or settings.get("runs_dir", "runs")) / STORE_IN_RUNS_DIR
+    return Path(os.path.abspath(Path(cache_dir).expanduser()))
+
 
 def plan_options(*, dataset_required: bool = False):
     """Decorator adding --profile, --dataset, --task, --expert, --variant, model files and --set."""

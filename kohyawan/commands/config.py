@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kohyawan import console
-from kohyawan.commands.common import plan_options, spec_from_kwargs
+from kohyawan.commands.common import CACHE_DIR_OPTION, cache_store, plan_options, spec_from_kwargs
 
 
 @click.group()
@@ -28,11 +28,14 @@ def config():
               help="musubi-tuner checkout; commands.sh then runs there (else $MUSUBI_TUNER_DIR).")
 @click.option("--python", "python", default="python", show_default=True,
               help="Python of the trainer's environment, as written in the commands.")
+@CACHE_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json instead of a summary.")
-def render(out, trainer_dir, python, as_json, **kwargs):
+def render(out, trainer_dir, python, cache_dir, as_json, **kwargs):
     """Write the exact files and commands musubi-tuner needs for this plan.
 
-    Nothing is written unless every value, model file and combination is valid.
+    Nothing is written unless every value, model file and combination is valid. Each dataset's
+    cache_directory is its folder in the cache store that kohyawan runs use, so a run of commands.sh
+    fills (or reuses) the same caches a 'kohyawan run' would.
 
     \b
     Example:
@@ -46,8 +49,13 @@ def render(out, trainer_dir, python, as_json, **kwargs):
 
     spec = spec_from_kwargs(kwargs)
     plan = render_mod.build_plan(spec, out, trainer_dir=trainer_dir.resolve() if trainer_dir else None,
-                                 python=python)
+                                 python=python, cache_store=cache_store(cache_dir))
     render_mod.write_plan(plan)
+    from kohyawan.cachestore import store
+    from kohyawan.cachestore.keys import CacheFolder
+
+    for cache in plan.document["caches"]:
+        store.describe(CacheFolder.from_document(cache))
     for warning in plan.warnings:
         console.warn(warning)
     if as_json:
@@ -62,6 +70,8 @@ def render(out, trainer_dir, python, as_json, **kwargs):
     c.print(f"{steps.items} items at {_size(spec.dataset.get('resolution'))}, {steps.steps_per_epoch} steps per "
             f"epoch, {steps.epochs} epochs: "
             f"{steps.total_steps} steps per training run{approx}, warm-up {steps.warmup_steps}.")
+    for cache in plan.document["caches"]:
+        c.print(f"Cache: {cache['cache_directory']}", markup=False)
     c.print(f"Next: bash {plan.out_dir / 'commands.sh'}")
 
 

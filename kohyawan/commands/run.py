@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kohyawan import console
-from kohyawan.commands.common import plan_options, resolve_spec
+from kohyawan.commands.common import CACHE_DIR_OPTION, cache_store, plan_options, resolve_spec
 from kohyawan.errors import BadInput, Interrupted, WorkFailed
 
 _DIR = click.Path(path_type=Path, file_okay=False)
@@ -39,6 +39,7 @@ def _launch_options(func):
         click.option("--notify", multiple=True, metavar="URL",
                      help="Webhook for success, failure, ladder steps and alerts (Slack/Discord; repeatable)."),
         click.option("--recache", is_flag=True, help="Rebuild latent and text-encoder caches even if up to date."),
+        CACHE_DIR_OPTION,
         click.option("--plain", is_flag=True, help="Plain progress lines instead of the live panel."),
         click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
                      help="Seconds between plain progress lines."),
@@ -98,12 +99,13 @@ def _summary(data: dict) -> None:
 @click.option("--data-parallel", is_flag=True, default=None,
               help="Train this one run on every GPU in --gpus (accelerate --multi_gpu, DDP); steps per epoch "
                    "are divided as the trainer divides them.")
-def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, plain,
-        interval, as_json, name, rehearse, gpu_memory, start_rung, data_parallel, **plan_kwargs):
+def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_attempts, notify, recache, cache_dir,
+        plain, interval, as_json, name, rehearse, gpu_memory, start_rung, data_parallel, **plan_kwargs):
     """Train a LoRA and babysit it: caches, training, OOM fallback ladder, exact resume.
 
-    Stages: preflight, latent caching, text-encoder caching (each skipped when its caches are complete and
-    newer than their inputs), training (each expert in turn for --expert sequential), verification. On a
+    Stages: preflight, latent caching, text-encoder caching (in the cache store that runs share: each item
+    is cached once, and a stage whose caches are complete is skipped), training (each expert in turn for
+    --expert sequential), verification. On a
     CUDA out-of-memory error the next rung of the profile's [ladder] is applied and training resumes from
     the last saved state, with steps, checkpoint numbers and the learning rate continuing exactly.
 
@@ -125,7 +127,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     given = {"name": name, "trainer_dir": trainer_dir, "python": python, "launcher": launcher,
              "accelerate_args": accelerate_args, "gpus": gpus, "max_attempts": max_attempts, "notify": notify,
              "rehearse": rehearse, "gpu_memory_gb": gpu_memory, "start_rung": start_rung,
-             "data_parallel": data_parallel}
+             "data_parallel": data_parallel, "cache_dir": cache_store(cache_dir, runs_dir)}
     opts = _options(given, runs_dir=runs_dir, recache=recache, plain=plain, interval=interval)
     job = runsetup.new_run(spec, request, opts)
     if not as_json:

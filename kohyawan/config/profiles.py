@@ -26,7 +26,8 @@ from kohyawan.config.spec import EXPERT_MODES, TASKS, Layers, Models, RunSpec, _
 PROJECT_FILE = "kohyawan.toml"
 VARIANTS_FILE = "variants.toml"
 NOT_PROFILES = {VARIANTS_FILE, "gpus.toml"}
-PROJECT_SETTINGS = ("profile", "task", "expert", "variant", "registry", "runs_dir", "trainer_dir", "python")
+PROJECT_SETTINGS = ("profile", "task", "expert", "variant", "registry", "runs_dir", "trainer_dir", "python",
+                    "cache_dir")
 
 # The guide's dataset-size rules: (lowest sample count, network dim range, epoch range).
 SIZE_RULES = ((800, (96, 128), (8, 12)), (400, (64, 96), (10, 15)), (200, (48, 64), (12, 18)),

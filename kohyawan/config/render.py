@@ -3,6 +3,9 @@
 Files: ``dataset.toml`` (musubi dataset config), one training TOML per training run (``train.toml``, or
 ``train_high.toml`` / ``train_low.toml`` when experts train separately), ``commands.sh`` and ``plan.json``.
 Every TOML is rendered through ``templates/`` and parsed back to prove it says exactly what was meant.
+Each dataset's ``cache_directory`` is a folder of the cache store (``kohyawan.cachestore.keys``: named by
+what its files depend on, shared by every run, sweep and batch using the store) or, without a store, the
+run folder's own ``cache/`` (how runs were laid out before the store; they keep it on resume).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Mapping
 import jinja2
 
 from kohyawan import __version__, wan
+from kohyawan.cachestore import keys as cache_keys
 from kohyawan.files import atomic, toml
 from kohyawan.dataset import inventory
 from kohyawan.config import steps as steps_mod, validate
@@ -84,24 +88,42 @@ def _parse_back(name: str, text: str, intended: Mapping[str, Any]) -> None:
 
 # -- dataset ---------------------------------------------------------------------------------------
 
-def dataset_config(spec: RunSpec, out_dir: Path, inv: inventory.Inventory) -> tuple[str, dict]:
+def dataset_config(spec: RunSpec, out_dir: Path, inv: inventory.Inventory,
+                   cache_store: Path | None = None) -> tuple[str, dict, list[dict]]:
+    """The dataset TOML, what it parses to, and plan.json's ``caches`` (one entry per dataset)."""
     general = {k: spec.dataset[k] for k in musubi.DATASET_GENERAL_KEYS if k in spec.dataset}
-    datasets = []
+    datasets, caches = [], []
     video_only = {k: v for k, v in spec.dataset.items() if k in musubi.VIDEO_DATASET_KEYS
                   and k not in musubi.DATASET_GENERAL_KEYS}
+    roles = validate.model_roles(spec)
     for i, folder in enumerate(inv.folders):
         entry: dict[str, Any] = {f"{folder.kind}_directory": str(folder.path.resolve())}
         name = folder.path.name if folder.path != inv.root else f"{folder.kind}s"
-        entry["cache_directory"] = str(out_dir / "cache" / f"{i:02d}_{_safe(name)}")
         if folder.kind == "video":
             entry.update(video_only)
-        datasets.append(entry)
+        if cache_store is None:
+            cache = {"dataset": i, "kind": folder.kind, "media": entry[f"{folder.kind}_directory"],
+                     "cache_directory": str(out_dir / "cache" / f"{i:02d}_{_safe(name)}")}
+        else:
+            label = f"{inv.root.resolve().name}-{name}" if folder.path != inv.root else inv.root.resolve().name
+            cache = cache_keys.folder_for(cache_store, i, label, entry, general, vae=roles.get("vae"),
+                                          t5=roles.get("t5"), i2v=encodes_image_latents(spec),
+                                          fp8_t5=bool(spec.train.get("fp8_t5"))).document()
+        caches.append(cache)
+        datasets.append({**{k: v for k, v in entry.items() if k.endswith("_directory")},
+                         "cache_directory": cache["cache_directory"],
+                         **{k: v for k, v in entry.items() if not k.endswith("_directory")}})
     text = render_template("dataset.toml.j2", profile=spec.profile, variant=spec.variant,
                            source_dir=str(inv.root.resolve()), general=general, datasets=datasets)
     parsed = toml.loads(text)
     if parsed != {"general": general, "datasets": datasets}:
         raise AssertionError("dataset.toml does not read back as intended")  # a kohyawan bug
-    return text, parsed
+    return text, parsed, caches
+
+
+def encodes_image_latents(spec: RunSpec) -> bool:
+    """Tasks whose latent caching also encodes the start image (``--i2v``): see ``wan.TASKS``."""
+    return wan.TASKS[spec.task].start_image
 
 
 def _safe(name: str) -> str:
@@ -168,12 +190,16 @@ def train_toml(spec: RunSpec, values: Mapping[str, Any], expert: str) -> str:
 
 # -- commands --------------------------------------------------------------------------------------
 
-def _cache_stages(spec: RunSpec, config_dir: Path, trainer_dir: Path | None, python: str) -> list[Stage]:
+def _cache_stages(spec: RunSpec, config_dir: Path, trainer_dir: Path | None, python: str,
+                  skip_existing: bool) -> list[Stage]:
+    """Both caching commands. With a shared store they skip items already cached (``--skip_existing``)
+    and never pass ``--keep_cache``: training globs the cache folder, so the cache files of media no
+    longer in the dataset must go, and the scripts remove them (see docs/architecture.md, "Caches")."""
     roles = validate.model_roles(spec)
     dataset_toml = str(config_dir / "dataset.toml")
     latents = [python, musubi.script_path(trainer_dir, musubi.CACHE_LATENTS_SCRIPT),
                "--dataset_config", dataset_toml, "--vae", str(roles["vae"])]
-    if wan.TASKS[spec.task].start_image:
+    if encodes_image_latents(spec):
         latents.append("--i2v")
     if spec.train.get("vae_cache_cpu"):
         latents.append("--vae_cache_cpu")
@@ -181,9 +207,15 @@ def _cache_stages(spec: RunSpec, config_dir: Path, trainer_dir: Path | None, pyt
             "--dataset_config", dataset_toml, "--t5", str(roles["t5"]), "--batch_size", "16"]
     if spec.train.get("fp8_t5"):
         text.append("--fp8_t5")
+    if skip_existing:
+        latents.append("--skip_existing")
+        text.append("--skip_existing")
     return [Stage("cache_latents", tuple(latents)), Stage("cache_text_encoder", tuple(text))]
 
 
+STORE_NOTE = ("The caches are kohyawan's shared cache store: --skip_existing encodes only items not cached yet.\n"
+              "# After replacing a media file or editing a caption under the same name, delete that item's cache\n"
+              "# files there first ('kohyawan run' checks this itself).")
 STAGE_TITLES = {"cache_latents": "1. Cache latents (needs the VAE)",
                 "cache_text_encoder": "2. Cache text-encoder outputs (needs umT5-XXL)",
                 "train": "3. Train", "train_high": "3. Train the high-noise expert",
@@ -217,10 +249,10 @@ def _pairs(parts: list[str]) -> list[str]:
 
 def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None, python: str = "python",
                launcher: str = "accelerate", processes: int = 1, accelerate_args: tuple[str, ...] = (),
-               config_dir: Path | None = None) -> Plan:
+               config_dir: Path | None = None, cache_store: Path | None = None) -> Plan:
     """The plan of ``spec`` with its outputs and caches in ``out_dir``; its files (and every path the
     commands give the trainer for them) in ``config_dir`` when given (a run's attempt folder), else
-    ``out_dir`` too."""
+    ``out_dir`` too. ``cache_store``: the shared cache store's folder (None: the run folder's ``cache/``)."""
     if spec.dataset_dir is None:
         raise DatasetError("--dataset is required to render a plan")
     out_dir = Path(os.path.abspath(out_dir))
@@ -235,9 +267,9 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
                             f"{spec.dataset.get('caption_extension', '.txt')} caption")
     stp = steps_mod.count(inv, spec.dataset, spec.train, processes)
     files: dict[str, str] = {}
-    files["dataset.toml"], _ = dataset_config(spec, out_dir, inv)
+    files["dataset.toml"], _, caches = dataset_config(spec, out_dir, inv, cache_store)
     base_name = spec.train.get("output_name") or "_".join(filter(None, [spec.profile, spec.variant]))
-    stages = _cache_stages(spec, files_dir, trainer_dir, python)
+    stages = _cache_stages(spec, files_dir, trainer_dir, python, skip_existing=cache_store is not None)
     runs_doc = []
     multi = ("--multi_gpu", "--num_processes", str(processes)) if processes > 1 else ()
     prefix = musubi.launch_prefix(launcher, python, spec.train.get("mixed_precision", "bf16"),
@@ -259,8 +291,10 @@ def build_plan(spec: RunSpec, out_dir: Path, *, trainer_dir: Path | None = None,
         '"${MUSUBI_TUNER_DIR:?set MUSUBI_TUNER_DIR to your musubi-tuner checkout}"'
     files["commands.sh"] = render_template("commands.sh.j2", profile=spec.profile, variant=spec.variant,
                                            task=spec.task, expert=spec.expert, trainer_dir=cwd,
-                                           cd_target=cd_target, stages=lines)
+                                           cd_target=cd_target, stages=lines,
+                                           cache_note=STORE_NOTE if cache_store is not None else None)
     document = plan_document(spec, out_dir, stages, stp, runs_doc, warnings, cwd, sorted(files))
+    document["caches"] = caches
     files["plan.json"] = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     return Plan(spec, out_dir, files, tuple(stages), stp, document, tuple(warnings),
                 files_dir if config_dir is not None else None)

@@ -1,10 +1,12 @@
-"""Exclusive ``flock`` locks on a file: take one with or without waiting, record the holder's pid, probe
-whether a holder exists and read its pid, release.
+"""``flock`` locks on a file, exclusive or shared: take one with or without waiting, record the holder's
+pid, probe whether a holder exists and read its pid, release.
 
 flock is advisory and the kernel drops it when its holder dies, however it dies: a lock file left behind
 by a killed process is free again, so a free lock with a pid still written in it means a dead holder.
 The run folder's lock, the batch folder's lock, the dataset writer's and the registry's lock and the
-rehearsal stand-in models' lock all use this module (see docs/architecture.md).
+rehearsal stand-in models' lock all use this module, and so do the cache store's folders, the one user of
+shared locks: runs that train from a cache folder share it, a run that writes into it holds it alone
+(see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ _PID_BYTES = 32
 
 class FileLock:
     """One lock file. ``open`` creates it (errors from the file system propagate as they are), then
-    ``try_acquire``/``acquire`` take the exclusive lock; ``release`` (or leaving the ``with``) drops it."""
+    ``try_acquire``/``acquire`` take the lock, exclusive unless ``shared``; ``release`` (or leaving the
+    ``with``) drops it."""
 
     def __init__(self, path: Path, mode: int = 0o644):
         self.path = Path(path)
@@ -36,11 +39,12 @@ class FileLock:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
         return self
 
-    def try_acquire(self) -> bool:
-        """Take the lock now; False when another process holds it (other OSErrors propagate)."""
+    def try_acquire(self, *, shared: bool = False) -> bool:
+        """Take the lock now; False when another process holds it (exclusively, or at all when asking for
+        it exclusively); other OSErrors propagate."""
         self.open()
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in _HELD_ELSEWHERE:
                 return False
@@ -49,17 +53,19 @@ class FileLock:
         return True
 
     def acquire(self, timeout: float | None = None, *, on_wait: Callable[[], None] | None = None,
-                poll_s: float = 0.05) -> bool:
+                poll_s: float = 0.05, shared: bool = False) -> bool:
         """Wait for the lock: without a timeout until it is free, else at most ``timeout`` seconds
         (False when it stayed held). ``on_wait`` is called once, when the lock is first found held."""
         if timeout is None:
+            if on_wait is not None and not self.try_acquire(shared=shared):
+                on_wait()
             self.open()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             self.held = True
             return True
         deadline = time.monotonic() + timeout
         told = False
-        while not self.try_acquire():
+        while not self.try_acquire(shared=shared):
             if time.monotonic() > deadline:
                 return False
             if not told and on_wait is not None:
@@ -125,3 +131,21 @@ def holder(path: Path) -> int | None:
     if not is_held(path):
         return None
     return recorded_pid(path) or -1
+
+
+def in_use(path: Path) -> bool:
+    """Any process holds the lock on ``path``, shared or exclusive (a missing file is a free lock). The
+    probe asks for it exclusively for an instant, so unlike ``is_held`` it sees shared holders, and two of
+    these probes at the same moment may see each other: use it for reports, never to decide alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

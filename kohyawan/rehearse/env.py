@@ -11,6 +11,8 @@ KOHYAWAN_REHEARSE_FAULTS      comma list of KIND@STEP: oom, host_oom, stall, nan
 KOHYAWAN_REHEARSE_FAULT_STATE a JSON file: each fault listed there fires once across processes
                               (unset: a fault fires in every attempt)
 KOHYAWAN_REHEARSE_LR_LOG      a file: one JSON line per step with the learning rate used
+KOHYAWAN_REHEARSE_CACHE_LOG   a file: the cache scripts append one JSON line per start, item encoded and end
+KOHYAWAN_REHEARSE_CACHE_KILL  N: a cache script cuts its N-th written file in half and kills itself (SIGKILL)
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class RunOptions:
     gpu_memory_gb: float | None = _stored()
     start_rung: str = _stored("auto")  # "auto": the first rung the estimator says fits; "base": the profile's
     data_parallel: bool = _stored(False)  # one run on every GPU in --gpus (accelerate --multi_gpu)
+    cache_dir: Path | None = _stored()  # the shared cache store; None: the run folder's own cache/ (older runs)
     # this invocation only
     recache: bool = False
     live: bool | None = None
@@ -81,7 +82,7 @@ def _to_json(value: Any) -> Any:
 
 
 def _from_json(name: str, value: Any) -> Any:
-    if name == "trainer_dir":
+    if name in ("trainer_dir", "cache_dir"):
         return Path(value)
     if isinstance(value, (list, tuple)):
         return tuple(value)

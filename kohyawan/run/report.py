@@ -179,6 +179,8 @@ def show_lines(run_dir: Path | None, data: dict, *, with_checkpoints: bool = Tru
         lines.append("  " + attempt_line(a, state=state, live_step=row["step"] if row else None))
     if data.get("final"):
         lines.append(f"  final: {data['final']['path']}")
+    for cache in data.get("caches") or []:
+        lines.append(f"  cache: {cache['cache_directory']} ({cache.get('kind')}s of {cache.get('media')})")
     if row:
         lines.append(f"  state: {state}" + (f", {row['stage']} step {row['step']}/{row['total_steps']}"
                                              if state == "running" else "")

@@ -41,6 +41,8 @@ class Run:
         self.notifier = Notifier(opts.notify, run_id=ledger.data["id"], warn=self.view.say)
         self.gpu: GpuSampler | None = None
         self.wd_cfg = dict(spec.extra.get("watchdog", {}))
+        self.caching = caches.Caching(self)
+        self.cache_folders: list | None = None   # the store folders of the current plan (None: RUN/cache/)
         if opts.rehearse:
             rehearsal.use_simulator(opts)
             self.base_spec = rehearsal.rehearsal_models(spec, opts.runs_dir)
@@ -52,8 +54,10 @@ class Run:
 
         plan = render.build_plan(spec, self.dir, trainer_dir=self.opts.trainer_dir, python=self.opts.python,
                                  launcher=self.opts.launcher, processes=self.opts.processes,
-                                 accelerate_args=tuple(self.opts.accelerate_args), config_dir=config_dir)
+                                 accelerate_args=tuple(self.opts.accelerate_args), config_dir=config_dir,
+                                 cache_store=self.opts.cache_dir)
         render.write_plan(plan)
+        self.cache_folders = caches.plan_folders(plan.document) if self.opts.cache_dir else None
         return plan
 
     def argv(self, stage) -> list[str]:
@@ -95,9 +99,14 @@ class Run:
 
     # --- stages ---------------------------------------------------------------------------------------------
     def cache_stage(self, stage, force: bool, quiet_skip: bool = False) -> None:
-        dataset_toml = self.dir / "dataset.toml"
+        """Skip the caching stage when its caches are complete, else bring them up to date
+        (``kohyawan.run.caches``: the shared store, or the run folder's own caches of an older run)."""
+        if self.cache_folders is not None:
+            self.caching.stage(stage, self.cache_folders, force=force, quiet_skip=quiet_skip)
+            return
+        dataset_toml = caches.dataset_config_of(stage.argv)
         model = stage.argv[stage.argv.index("--vae" if stage.name == "cache_latents" else "--t5") + 1]
-        why = "forced (--recache)" if force else caches.missing(stage.name, dataset_toml, model)
+        why = "forced (--recache)" if force else caches.legacy_missing(stage.name, dataset_toml, model)
         record = stage_record(self.ledger.data, stage.name)
         if why is None:
             if not quiet_skip:
@@ -105,6 +114,11 @@ class Run:
                 self.ledger.save()
                 self.view.say(f"{stage.name}: skipped (caches complete and up to date)")
             return
+        self.run_cache_script(stage, why, record)
+        caches.legacy_mark_done(stage.name, dataset_toml, model)
+
+    def run_cache_script(self, stage, why: str, record: dict) -> None:
+        """Run one caching script under supervision; a failure or an interruption stops the run."""
         self.status.stage = stage.name
         self.view.say(f"{stage.name}: running ({why})")
         record.update(status="running", reason=why)
@@ -118,7 +132,6 @@ class Run:
             reason = result.stop_reason or classify_failure(result.tail, result.exit_code).line
             record.update(status="failed", reason=reason, exit_code=result.exit_code, log=str(log))
             raise Stop("failed", f"{stage.name} failed: {reason} (log: {log})")
-        caches.mark_done(stage.name, dataset_toml, model)
         record.update(status="done", reason=why, log=str(log))
         self.ledger.save()
 
@@ -140,6 +153,7 @@ class Run:
                 self.status.stage = self.ledger.data["status"]
                 self.view.refresh(force=True)
         finally:
+            self.caching.release()
             signal.signal(signal.SIGTERM, previous_term)
             lock.release()
         return self.ledger.data

@@ -31,7 +31,7 @@ def new_run(spec, request: dict, opts: RunOptions) -> Run:
     run_dir = _new_run_dir(opts.runs_dir, run_id)
     _check_data_parallel(opts)
     plan = render.build_plan(spec, run_dir, trainer_dir=opts.trainer_dir, python=opts.python, launcher=opts.launcher,
-                             processes=opts.processes)
+                             processes=opts.processes, cache_store=opts.cache_dir)
     for warning in plan.warnings:
         console.warn(warning)
     preflight.dataset(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"), warn=console.warn)

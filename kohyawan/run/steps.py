@@ -101,10 +101,13 @@ def resume_points(saves: Iterable[Saved], bad_from_step: int | None) -> tuple[Sa
 
 
 # --- one attempt -------------------------------------------------------------------------------------
-def cache_checks(stages: Iterable[Any], nxt: Next) -> list[tuple[Any, bool]]:
+def cache_checks(stages: Iterable[Any], nxt: Next, keyed: bool = False) -> list[tuple[Any, bool]]:
     """Before every attempt each caching stage is checked against this attempt's dataset config (a rung may
-    change frames or resolution): (stage, forced) with the latent caches forced by a rung that needs it."""
-    return [(st, nxt.recache and st.name == "cache_latents") for st in stages if st.name.startswith("cache")]
+    change frames or resolution): (stage, forced). In the cache store (``keyed``) such a rung's latents have
+    a folder of their own, found complete or filled by the check, so nothing is forced (going back to an
+    earlier setting finds its folder again); a run folder's own caches are forced by a rung that needs it."""
+    return [(st, nxt.recache and st.name == "cache_latents" and not keyed)
+            for st in stages if st.name.startswith("cache")]
 
 
 def attempt_overrides(output_name: str, total: int, nxt: Next) -> dict[str, Any]:

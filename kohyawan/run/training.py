@@ -91,7 +91,7 @@ class StageTrainer:
         keeps meaning that attempt's settings."""
         spec = rungs.apply(self.run.base_spec, [self.by_name[n] for n in nxt.rungs if n in self.by_name])
         plan = self.run.plan(spec)
-        for cache, forced in steps.cache_checks(plan.stages, nxt):
+        for cache, forced in steps.cache_checks(plan.stages, nxt, keyed=self.run.cache_folders is not None):
             self.run.cache_stage(cache, force=forced, quiet_skip=True)
         total = self.rec.setdefault("total_steps", plan.steps.total_steps)
         self.ledger.data["total_steps"] = total

@@ -16,8 +16,10 @@ from typing import Any, Callable, Mapping
 from kohyawan import wan
 from kohyawan.files import toml
 
-IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-VIDEO_EXT = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".gif")
+# musubi's media_utils lists each extension in lower and in upper case, and matches them exactly (".Png" is
+# not an image to it); JPEG-XL only with a plugin installed, which kohyawan does not assume.
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
+VIDEO_EXT = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
 
 
 @dataclass
@@ -189,24 +191,66 @@ Facts = Callable[[str, bool], "tuple[int, tuple[int, int]] | None"]
 
 
 def sources(ds: DatasetCfg) -> list[tuple[str, str | None]]:
-    sources: list[tuple[str, str | None]] = []
+    """(media path, caption) of every item the scripts read, in musubi's order. An image folder lists only
+    images with a caption file beside them (musubi's ``glob_images`` drops the others, so neither cache
+    script nor training ever sees them); a video folder lists every video (one without a caption makes
+    text-encoder caching fail)."""
+    found: list[tuple[str, str | None]] = []
     if ds.jsonl:
         with open(ds.jsonl, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     rec = json.loads(line)
-                    sources.append((rec.get("image_path") or rec.get("video_path"), rec.get("caption")))
+                    found.append((rec.get("image_path") or rec.get("video_path"), rec.get("caption")))
     elif ds.media_dir:
         exts = IMAGE_EXT if ds.is_image else VIDEO_EXT
+        exts = {*exts, *(e.upper() for e in exts)}
         for path in sorted(glob.glob(os.path.join(glob.escape(ds.media_dir), "*"))):
-            if path.lower().endswith(exts):
-                cap_path = os.path.splitext(path)[0] + ds.caption_extension
-                caption = None
-                if os.path.exists(cap_path):
-                    with open(cap_path, encoding="utf-8") as f:
-                        caption = f.read().strip()
-                sources.append((path, caption))
-    return sources
+            if os.path.splitext(path)[1] in exts:
+                found.append((path, read_caption(caption_path(path, ds))))
+        if ds.is_image and ds.caption_extension:
+            found = [(path, caption) for path, caption in found if caption is not None]
+    return found
+
+
+def caption_path(media: str, ds: DatasetCfg) -> str:
+    return os.path.splitext(media)[0] + ds.caption_extension
+
+
+def read_caption(path: str) -> str | None:
+    """A caption file's text as musubi reads it (stripped), None when there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def item_key(media: str) -> str:
+    """The item key musubi names an item's cache files by: the media file's name without its extension."""
+    return os.path.splitext(os.path.basename(media))[0]
+
+
+LATENT_SUFFIX = "_wan.safetensors"
+TEXT_SUFFIX = "_wan_te.safetensors"
+
+
+def cache_file_key(name: str, is_image: bool) -> str | None:
+    """The item key of a cache file name, parsed as musubi's training dataset parses it (None: not one).
+    Latents: ``KEY_WxH_wan`` for images, ``KEY_START-FRAMES_WxH_wan`` for videos; text: ``KEY_wan_te``."""
+    if name.endswith(TEXT_SUFFIX):
+        return name[: -len(TEXT_SUFFIX)] or None
+    if not name.endswith(LATENT_SUFFIX):
+        return None
+    tokens = name.split("_")
+    size = tokens[-2] if len(tokens) >= 3 else ""
+    if "x" not in size or not all(part.isdigit() for part in size.split("x", 1)):
+        return None
+    if is_image:
+        return "_".join(tokens[:-2]) or None
+    if len(tokens) < 4 or "-" not in tokens[-3]:
+        return None
+    return "_".join(tokens[:-3]) or None
 
 
 def items(ds: DatasetCfg, facts: Facts | None = None) -> list[Item]:
@@ -215,8 +259,8 @@ def items(ds: DatasetCfg, facts: Facts | None = None) -> list[Item]:
     out = []
     w, h = ds.resolution
     for media, caption in sources(ds):
-        stem = os.path.splitext(os.path.basename(media))[0]
-        te = os.path.join(ds.cache_directory, f"{stem}_wan_te.safetensors")
+        stem = item_key(media)
+        te = os.path.join(ds.cache_directory, f"{stem}{TEXT_SUFFIX}")
         known = facts(media, ds.is_image) if facts else None
         if ds.is_image:  # the cache name carries the image's own size; training uses its bucket
             size = known[1] if known else image_size(media, ds.resolution)
