@@ -324,3 +324,38 @@ def test_accelerate_arguments_are_in_the_plan_that_ran(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "--num_machines=1" in (runs / "acc" / "commands.sh").read_text()
     assert "succeeded" == ledger(runs, "acc")["status"] and ledger(runs, "acc").get("reason") is None
+
+
+def test_host_ram_ladder_goes_all_the_way_then_names_what_is_needed(data, tmp_path):
+    """Killed by the kernel mid-training in every attempt: one step after the other (fewer workers, fp8 weights,
+    block swap 20, 10, 0), and only then a stop that says how much host RAM the smallest setting needs."""
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "walk", "--set", "blocks_to_swap=25"), KOHYAWAN_REHEARSE_FAULTS="host_oom@3")
+    assert r.returncode == 1
+    d = ledger(runs, "walk")
+    assert [(a["outcome"], a["rung"]) for a in d["attempts"]] == [
+        ("oom_ram", None), ("oom_ram", "fewer_workers"), ("oom_ram", "fp8_base"), ("oom_ram", "fewer_blocks_to_swap=20"),
+        ("oom_ram", "fewer_blocks_to_swap=10"), ("oom_ram", "fewer_blocks_to_swap=0")]
+    assert d["attempts"][-1]["changes"]["train.blocks_to_swap"] == 0
+    assert d["reason"].startswith("train: out of host RAM and the ladder is exhausted: needs ~")
+    assert "GiB host RAM while training (estimate; 64 GiB here) at the smallest setting that fits the GPU " \
+           "(max_data_loader_n_workers=1, fp8_base=True, blocks_to_swap=0)" in d["reason"]
+
+
+def test_killed_while_loading_the_experts_fp8_then_no_swap(tmp_path):
+    """WAN 2.2 with both experts in bf16 and 30 blocks swapped loads ~57 GiB into host RAM first: with 20 GiB
+    only fp8 (half) and then no block swap at all (the DiTs load straight to the GPU) lower that peak."""
+    runs = tmp_path / "runs"
+    data = make_dataset(tmp_path / "data")
+    args = [a if a != "t2v-1.3B" else "t2v-A14B" for a in base_args(data, runs, "load", "--set", "blocks_to_swap=30",
+                                                                    "--gpu-memory", "48", "--start-rung", "base")]
+    r = run_cli(args, KOHYAWAN_REHEARSE_RAM_GB="20")
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "load")
+    assert [(a["outcome"], a["rung"], a["steps"]) for a in d["attempts"]] == [
+        ("oom_ram", None, [0, 0]), ("oom_ram", "fp8_base", [0, 0]), ("succeeded", "fewer_blocks_to_swap=0", [0, 20])]
+    r = run_cli([a.replace("load", "small") if a == "load" else a for a in args] + ["--gpu-memory", "24"],
+                KOHYAWAN_REHEARSE_RAM_GB="20")
+    assert r.returncode == 1
+    reason = ledger(runs, "small")["reason"]
+    assert "while the DiTs load (estimate; 20 GiB here)" in reason and "or use a GPU with 34 GiB or more" in reason

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 
 from kohyawan.estimate import allocator
 from kohyawan.estimate.observations import load_observations
-from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, estimate_values, first_fitting_rung
+from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, estimate_values, ladder_estimates
+from kohyawan.run import rungs as rungs_mod
 from kohyawan.run.ladder import RungLike
 
 
@@ -35,19 +36,25 @@ def margin_of(spec) -> float:
 
 def estimated_start(base, vram: Sequence[RungLike], opts, data: dict, say: Callable[[str], None]) -> list[str]:
     """The rungs to start with (none when the GPU's size is unknown); records in run.json's ``data`` what
-    the estimate said."""
+    the estimate said, and says what it learnt from earlier runs on this GPU up to the start position."""
     gib = (data.get("gpu") or {}).get("total_gib")
     if gib is None:
         say("estimate: GPU size unknown, starting at the profile's settings")
         return []
     margin = margin_of(base)
-    index, rung, est = first_fitting_rung(base, gib, margin_gb=margin, **estimate_kwargs(base, opts, data))
+    ladder = ladder_estimates(base, vram, rungs_mod.apply, vram_gib=gib, margin_gib=margin,
+                              **estimate_kwargs(base, opts, data))
+    index = ladder.first_fit
+    est = ladder.estimates[index]          # -1: nothing fits, the last rung's estimate
+    learnt: dict[str, list[str]] = {}
+    for e in ladder.estimates[:index + 1 if index >= 0 else None]:
+        for note in e.corrections.notes:
+            learnt.setdefault(note, []).append(e.label)
     data["estimate"] = {"gpu_gib": gib, "margin_gib": margin, "start_index": index,
-                        "predicted_peak_gib": round(est.vram_gib, 2),
-                        "corrections": list(est.corrections.notes)}
-    for note in est.corrections.notes:
-        say(f"estimate: learnt from earlier runs: {note}")
-    say(start_message(index, rung.name if rung else None, est.vram_gib, gib))
+                        "predicted_peak_gib": round(est.vram_gib, 2), "corrections": list(learnt)}
+    for note, labels in learnt.items():
+        say(f"estimate: learnt from earlier runs on this GPU: {note} (for {', '.join(labels)})")
+    say(start_message(index, ladder.rungs[index - 1].name if index > 0 else None, est.vram_gib, gib))
     return start_rungs(index, vram)
 
 
