@@ -162,3 +162,30 @@ def test_on_a_gpu_the_monitor_measures_the_trainers_own_vram(tmp_path):
     if monitor.peak_vram:  # None where NVML lists the host's pids (a container with its own pid namespace)
         assert 2.0 <= monitor.peak_vram < 4.0
     assert [g["total_gib"] for g in nvml.probe_gpus(nvml.real_nvml())][0] == pytest.approx(status.vram_total, rel=0.01)
+
+
+def test_a_data_parallel_attempt_records_a_peak_per_gpu(tmp_path):
+    """One sampler reading per GPU of a two-process run: run.json gets each GPU's peak, metrics.jsonl each step's
+    reading per GPU, and the attempt's peak is the fuller GPU's."""
+    import json
+
+    led = Ledger.create(tmp_path / "run", run_id="r", profile="character", task="t2v-1.3B", total_steps=10)
+    tracker = Tracker(led, attempt=1, stage="train", base_name="c", start_step=0, total_steps=10)
+    status = Status(run_id="r")
+    fake = FakeNvml([FakeGpu(pci="00000000:02:00.0", uuid="GPU-b"), FakeGpu(pci="00000000:01:00.0", uuid="GPU-a")])
+    monitor = AttemptMonitor({"sample_seconds": 0.1}, tracker=tracker, status=status,
+                             view=View(status, live=False, quiet=True), notifier=Notifier([]),
+                             gpu=GpuSampler("0,1", processes=2, nvml=fake, order="PCI_BUS_ID"))
+    sup = Supervisor([sys.executable, "-c", TRAINER], log_path=tmp_path / "console.log", on_event=monitor.on_event,
+                     on_tick=monitor.on_tick, on_line=monitor.on_line, tick_s=monitor.tick_s)
+    monitor.supervisor = sup
+    sup.start()
+    fake.gpus[1].owners = {sup.pid: 2 * GIB}      # cuda:0 is bus 01: NVML's index 1
+    fake.gpus[0].owners = {sup.pid: 3 * GIB}
+    assert sup.run().stopped_for == "nan"
+    assert [(g["cuda"], g["index"], g["uuid"], g["peak_gb"]) for g in monitor.gpu_peaks()] == [
+        (0, 1, "GPU-a", 2.0), (1, 0, "GPU-b", 3.0)]
+    assert monitor.peak_vram == 3.0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["vram_gb_each"] == [2.0, 3.0] for r in rows if r.get("vram_gb_each"))
+    assert any(r.get("vram_gb_each") for r in rows)

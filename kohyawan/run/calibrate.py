@@ -97,6 +97,7 @@ class CalibrationRun(Run):
     def __init__(self, ledger: Ledger, spec, opts, mode: str, rung: str | None):
         super().__init__(ledger, spec, opts)
         self.mode, self.rung = mode, rung
+        self.trainer: StageTrainer | None = None
 
     def _stages(self) -> None:
         led = self.ledger
@@ -106,7 +107,7 @@ class CalibrationRun(Run):
             for st in plan.stages:
                 if st.name.startswith("cache"):
                     self.cache_stage(st, force=self.opts.recache)
-            trainer = StageTrainer(self, next(s.name for s in plan.stages if s.name.startswith("train")))
+            self.trainer = trainer = StageTrainer(self, next(s.name for s in plan.stages if s.name.startswith("train")))
             trainer.prepare()
             steps.open_record(trainer.rec)
             probes = self._planned(trainer)
@@ -138,7 +139,7 @@ class CalibrationRun(Run):
         data = self.ledger.data
         est = estimate_spec(spec, gpu=known_gpu(self.gpu_name), margin_gib=startrung.margin_of(spec),
                             vram_gib=(data.get("gpu") or {}).get("total_gib"),
-                            **startrung.estimate_kwargs(spec, self.opts, data))
+                            **startrung.estimate_kwargs(self.opts, data))
         return {"vram_gib": round(est.vram_gib, 2), "ram_gib": round(est.ram_gib, 2),
                 "s_per_step": None if est.s_per_step is None else round(est.s_per_step, 3),
                 "corrections": list(est.corrections.notes)}
@@ -164,7 +165,6 @@ class CalibrationRun(Run):
         data = self.ledger.data
         attempts = {a["n"]: a for a in data["attempts"]}
         times = step_times(self.dir)
-        trainer = StageTrainer(self, data["stages"][-1]["name"]) if data.get("stages") else None
         rows = []
         for probe in data["calibration"]["probes"]:
             a = attempts.get(probe["attempt"], {})
@@ -173,17 +173,11 @@ class CalibrationRun(Run):
                 "vram_gib": a.get("peak_vram_gb"), "allocated_gib": alloc.get("allocated"),
                 "reserved_gib": alloc.get("reserved"), "ram_gib": a.get("peak_ram_gb"),
                 "s_per_step": steady_rate(times.get(probe["attempt"], [])), "per_gpu": a.get("peak_vram_by_gpu")},
-                "next_estimate": self.estimate(self._spec_of(trainer, probe["rungs"]))})
+                "next_estimate": self.estimate(self.trainer.spec_with(probe["rungs"]))})
         return {"version": 1, "id": data["id"], "path": str(self.dir), "status": data["status"],
                 "reason": data.get("reason"), "rehearsal": bool(data.get("rehearsal")), "gpu": data.get("gpu"),
                 "alloc_conf": data.get("alloc_conf"), "steps": data["calibration"]["steps"],
                 "sample": data["calibration"]["sample"], "probes": rows}
-
-    def _spec_of(self, trainer: StageTrainer | None, names):
-        if trainer is None:
-            return self.base_spec
-        trainer.prepare()
-        return trainer.spec_with(names)
 
     def _discard_outputs(self) -> None:
         """A 3-step LoRA is nobody's model: its files go, the ledger says so."""

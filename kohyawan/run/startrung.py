@@ -17,7 +17,7 @@ from kohyawan.run import rungs as rungs_mod
 from kohyawan.run.ladder import RungLike
 
 
-def estimate_kwargs(base, opts, data: dict) -> dict[str, Any]:
+def estimate_kwargs(opts, data: dict) -> dict[str, Any]:
     """What the estimate needs to speak for this run: what was learnt on its GPU (runs and calibrations in
     the runs folder) and whether the trainer runs with expandable segments."""
     gpu_name = (data.get("gpu") or {}).get("name")
@@ -43,7 +43,7 @@ def estimated_start(base, vram: Sequence[RungLike], opts, data: dict, say: Calla
         return []
     margin = margin_of(base)
     ladder = ladder_estimates(base, vram, rungs_mod.apply, vram_gib=gib, margin_gib=margin,
-                              **estimate_kwargs(base, opts, data))
+                              **estimate_kwargs(opts, data))
     index = ladder.first_fit
     est = ladder.estimates[index]          # -1: nothing fits, the last rung's estimate
     learnt: dict[str, list[str]] = {}

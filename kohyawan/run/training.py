@@ -18,7 +18,7 @@ from kohyawan.run import hostram, lrschedule, rungs, steps
 from kohyawan.run.attemptconfig import attempt_config
 from kohyawan.run.ladder import Next, Saved, decide
 from kohyawan.run.monitor import AttemptMonitor
-from kohyawan.run.startrung import estimate_kwargs, estimated_start
+from kohyawan.run.startrung import estimate_kwargs, estimated_start, margin_of
 from kohyawan.run.steps import Stop
 from kohyawan.run.tracker import Tracker
 from kohyawan.trainer.pyshim import kohyawan_mem
@@ -118,7 +118,8 @@ class StageTrainer:
         self._write_config(stage, spec, nxt, total, n, name)
         for fname in plan.files:
             shutil.copyfile(self.run.dir / fname, adir / fname)
-        self.ledger.start_attempt(rung=nxt.new_rung, changes=steps.rung_changes(self.vram, self.rungs_of(nxt.rungs), nxt.rungs),
+        changes = steps.rung_changes(self.vram, self.rungs_of(nxt.rungs), nxt.rungs)
+        self.ledger.start_attempt(rung=nxt.new_rung, changes=changes,
                                   resumed_from=nxt.resume_state or nxt.network_weights, first_step=nxt.start_step,
                                   stage=stage.name, output_name=name, rungs=list(nxt.rungs), lr_scale=nxt.lr_scale,
                                   console_log=str(adir / "console.log"))
@@ -171,10 +172,11 @@ class StageTrainer:
         bad = steps.bad_from(end.outcome, wd.bad_loss, end.tracker.absolute, wd.cfg)
         latest, good = steps.resume_points(present(steps.saves_of(rec)), bad)
         previous = steps.earlier_outcomes(self.ledger.data["attempts"], self.name)
-        ram = self.ram_plan(end) if end.outcome == "oom_ram" else hostram.RamPlan(tuple(self.ram), "", "")
-        nxt = decide(end.outcome, failure_line=end.reason, vram=self.vram, ram=ram.steps, applied=rec["rungs"],
-                     lr_scale=rec["lr_scale"], attempts_made=len(previous) + 1, max_attempts=self.max_attempts,
-                     saved=latest, good_saved=good, previous=previous, ram_exhausted=ram.exhausted)
+        ram = self.ram_plan(end) if end.outcome == "oom_ram" else None
+        nxt = decide(end.outcome, failure_line=end.reason, vram=self.vram, ram=ram.steps if ram else (),
+                     applied=rec["rungs"], lr_scale=rec["lr_scale"], attempts_made=len(previous) + 1,
+                     max_attempts=self.max_attempts, saved=latest, good_saved=good, previous=previous,
+                     ram_exhausted=ram.exhausted if ram else "")
         rec.update(rungs=list(nxt.rungs), lr_scale=nxt.lr_scale)
         self.ledger.update_attempt(next=nxt.reason)
         if nxt.action == "stop":
@@ -187,14 +189,13 @@ class StageTrainer:
         self.run.notifier.send("ladder", text, outcome=end.outcome, rung=nxt.new_rung)
         return nxt
 
-
     def ram_plan(self, end: AttemptEnd) -> hostram.RamPlan:
         """The host-RAM rungs worth trying from the settings in effect, judged for the phase that failed."""
         current = self.spec_with(self.rec["rungs"])
         phase = "load" if end.tracker.first_step_seen is None else "train"
         data, opts = self.ledger.data, self.run.opts
-        kwargs = estimate_kwargs(current, opts, data)
-        margin = float(current.extra.get("watchdog", {}).get("vram_margin_gb", 1.5))
+        kwargs = estimate_kwargs(opts, data)
+        margin = margin_of(current)
         fresh = [r for r in rungs.ram_rungs(current) if r.name not in self.rec["rungs"]]   # a name is taken once
         found = hostram.plan(current, fresh, phase=phase, margin_gib=margin,
                              vram_gib=(data.get("gpu") or {}).get("total_gib"), ram_gib=self.run.host_ram_gib(),
