@@ -359,3 +359,17 @@ def test_killed_while_loading_the_experts_fp8_then_no_swap(tmp_path):
     assert r.returncode == 1
     reason = ledger(runs, "small")["reason"]
     assert "while the DiTs load (estimate; 20 GiB here)" in reason and "or use a GPU with 34 GiB or more" in reason
+
+
+def test_the_cpu_allocator_refusing_pinned_memory_turns_it_off_first(data, tmp_path):
+    """Then the host-RAM model's steps, one per attempt, until the 1.3B model's peak fits 5 GiB (for so small a
+    model the steady state, not the load, is the peak: fewer workers count)."""
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "pin", "--set", "blocks_to_swap=25", "--set", "use_pinned_memory_for_block_swap=true",
+                          "--start-rung", "base"), KOHYAWAN_REHEARSE_RAM_GB="5")
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "pin")
+    assert [(a["outcome"], a["rung"]) for a in d["attempts"]] == [
+        ("oom_ram", None), ("oom_ram", "no_pinned_memory"), ("oom_ram", "fewer_workers"), ("oom_ram", "fp8_base"),
+        ("succeeded", "fewer_blocks_to_swap=20")]
+    assert "DefaultCPUAllocator" in d["attempts"][0]["reason"] and "SIGKILL" in d["attempts"][1]["reason"]

@@ -21,6 +21,7 @@ from kohyawan.run.monitor import AttemptMonitor
 from kohyawan.run.startrung import estimate_kwargs, estimated_start, margin_of
 from kohyawan.run.steps import Stop
 from kohyawan.run.tracker import Tracker
+from kohyawan.trainer.musubi_log import CPU_ALLOCATOR_REFUSED
 from kohyawan.trainer.pyshim import kohyawan_mem
 
 STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
@@ -199,7 +200,7 @@ class StageTrainer:
         fresh = [r for r in rungs.ram_rungs(current) if r.name not in self.rec["rungs"]]   # a name is taken once
         found = hostram.plan(current, fresh, phase=phase, margin_gib=margin,
                              vram_gib=(data.get("gpu") or {}).get("total_gib"), ram_gib=self.run.host_ram_gib(),
-                             pinned_refused="DefaultCPUAllocator" in (end.reason or ""),
+                             pinned_refused=CPU_ALLOCATOR_REFUSED in (end.reason or ""),
                              need=lambda s: hostram.need_of(s, **kwargs))
         for rung in found.steps:
             self.by_name.setdefault(rung.name, rung)
