@@ -141,7 +141,7 @@ class CalibrationRun(Run):
                             vram_gib=(data.get("gpu") or {}).get("total_gib"),
                             **startrung.estimate_kwargs(self.opts, data))
         return {"vram_gib": round(est.vram_gib, 2), "ram_gib": round(est.ram_gib, 2),
-                "s_per_step": None if est.s_per_step is None else round(est.s_per_step, 3),
+                "s_per_step": _r3(est.s_per_step),
                 "corrections": list(est.corrections.notes)}
 
     def _probe(self, trainer: StageTrainer, probe: dict) -> None:
@@ -172,7 +172,7 @@ class CalibrationRun(Run):
             rows.append({**probe, "measured": {
                 "vram_gib": a.get("peak_vram_gb"), "allocated_gib": alloc.get("allocated"),
                 "reserved_gib": alloc.get("reserved"), "ram_gib": a.get("peak_ram_gb"),
-                "s_per_step": steady_rate(times.get(probe["attempt"], [])), "per_gpu": a.get("peak_vram_by_gpu")},
+                "s_per_step": _r3(steady_rate(times.get(probe["attempt"], []))), "per_gpu": a.get("peak_vram_by_gpu")},
                 "next_estimate": self.estimate(self.trainer.spec_with(probe["rungs"]))})
         return {"version": 1, "id": data["id"], "path": str(self.dir), "status": data["status"],
                 "reason": data.get("reason"), "rehearsal": bool(data.get("rehearsal")), "gpu": data.get("gpu"),
@@ -185,6 +185,10 @@ class CalibrationRun(Run):
             shutil.rmtree(folder, ignore_errors=True)
         for entry in self.ledger.data.get("checkpoints", []):
             entry["removed"] = True
+
+
+def _r3(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def known_gpu(name: str | None):
