@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "runs": "kohyawan.commands.run:runs",
     "doctor": "kohyawan.commands.doctor:doctor",
     "estimate": "kohyawan.commands.estimate:estimate",
+    "calibrate": "kohyawan.commands.calibrate:calibrate",
     "checkpoints": "kohyawan.commands.lora:checkpoints",
     "lora": "kohyawan.commands.lora:lora",
     "export": "kohyawan.commands.registry:export",

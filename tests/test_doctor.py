@@ -65,6 +65,15 @@ class FakeNvml:
     def processes(self, handle):
         return list(self.devices[handle][3])
 
+    def uuid(self, handle):
+        return f"GPU-{handle:08d}-0000-0000-0000-000000000000"
+
+    def pci_bus_id(self, handle):
+        return f"00000000:{handle + 1:02X}:00.0"
+
+    def mig_devices(self, handle):
+        return []
+
 
 def gpu_check(*devices):
     return host.check_gpus(nvml.probe_gpus(FakeNvml(devices)))
@@ -217,11 +226,13 @@ def test_model_checks_without_files_are_skipped_and_missing_files_fail(tmp_path)
 
 def test_run_checks_with_a_fake_gpu_and_the_json_schema(tmp_path):
     nv = FakeNvml([("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, [])])
-    report = result.summarise(checklist.run_checks(nvml=nv, runs_dir=tmp_path, comfyui=None))
+    report = result.summarise(checklist.run_checks(nvml=nv, runs_dir=tmp_path, comfyui=None, environ={}))
     assert report["version"] == 1 and set(report["counts"]) == set(result.STATUSES)
     ids = [c["id"] for c in report["checks"]]
-    assert ids[:3] == ["gpu", "ram", "cpu"] and "disk_runs" in ids and "ffmpeg" in ids and "tokenizer" in ids
-    assert report["checks"][0]["status"] == "ok"
+    assert ids[:4] == ["gpu", "gpu_visible", "ram", "cpu"] and "disk_runs" in ids and "ffmpeg" in ids
+    assert "tokenizer" in ids and report["checks"][0]["status"] == "ok"
+    visible = report["checks"][1]
+    assert visible["status"] == "ok" and visible["summary"].startswith("cuda:0 = nvidia-smi 0 NVIDIA H100 80GB HBM3")
     for c in report["checks"]:
         assert set(c) == {"id", "title", "status", "summary", "fix", "details"} and c["status"] in result.STATUSES
         if c["status"] in ("warn", "fail"):

@@ -1,6 +1,7 @@
 """kohyawan run against the simulated trainer: real processes end to end (no mocked Popen)."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -327,3 +328,54 @@ def test_accelerate_arguments_are_in_the_plan_that_ran(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "--num_machines=1" in (runs / "acc" / "commands.sh").read_text()
     assert "succeeded" == ledger(runs, "acc")["status"] and ledger(runs, "acc").get("reason") is None
+
+
+def test_host_ram_ladder_goes_all_the_way_then_names_what_is_needed(data, tmp_path):
+    """Killed by the kernel mid-training in every attempt: one step after the other (fewer workers, fp8 weights,
+    block swap 20, 10, 0), and only then a stop that says how much host RAM the smallest setting needs."""
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "walk", "--set", "blocks_to_swap=25"), KOHYAWAN_REHEARSE_FAULTS="host_oom@3")
+    assert r.returncode == 1
+    d = ledger(runs, "walk")
+    assert [(a["outcome"], a["rung"]) for a in d["attempts"]] == [
+        ("oom_ram", None), ("oom_ram", "fewer_workers"), ("oom_ram", "fp8_base"), ("oom_ram", "fewer_blocks_to_swap=20"),
+        ("oom_ram", "fewer_blocks_to_swap=10"), ("oom_ram", "fewer_blocks_to_swap=0")]
+    assert d["attempts"][-1]["changes"]["train.blocks_to_swap"] == 0
+    assert d["reason"].startswith("train: out of host RAM and the ladder is exhausted: needs ~")
+    assert "GiB host RAM while training (estimate; 64 GiB here) at the smallest setting that fits the GPU " \
+           "(max_data_loader_n_workers=1, fp8_base=True, blocks_to_swap=0)" in d["reason"]
+
+
+def test_killed_while_loading_the_experts_fp8_then_no_swap(tmp_path):
+    """WAN 2.2 with both experts in bf16 and 30 blocks swapped loads ~57 GiB into host RAM first: with 20 GiB
+    only fp8 (half) and then no block swap at all (the DiTs load straight to the GPU) lower that peak."""
+    runs = tmp_path / "runs"
+    data = make_dataset(tmp_path / "data")
+    args = [a if a != "t2v-1.3B" else "t2v-A14B" for a in base_args(data, runs, "load", "--set", "blocks_to_swap=30",
+                                                                    "--gpu-memory", "48", "--start-rung", "base")]
+    r = run_cli(args, KOHYAWAN_REHEARSE_RAM_GB="20")
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "load")
+    assert [(a["outcome"], a["rung"], a["steps"]) for a in d["attempts"]] == [
+        ("oom_ram", None, [0, 0]), ("oom_ram", "fp8_base", [0, 0]), ("succeeded", "fewer_blocks_to_swap=0", [0, 20])]
+    r = run_cli([a.replace("load", "small") if a == "load" else a for a in args] + ["--gpu-memory", "24"],
+                KOHYAWAN_REHEARSE_RAM_GB="20")
+    assert r.returncode == 1
+    reason = ledger(runs, "small")["reason"]
+    assert "while the DiTs load (estimate; 20 GiB here)" in reason
+    bigger = re.search(r"or use a GPU with (\d+) GiB or more, where no block swap is needed", reason)
+    assert bigger and int(bigger.group(1)) > 24        # the figure itself: test_hostram, from the estimate
+
+
+def test_the_cpu_allocator_refusing_pinned_memory_turns_it_off_first(data, tmp_path):
+    """Then the host-RAM model's steps, one per attempt, until the 1.3B model's peak fits 5 GiB (for so small a
+    model the steady state, not the load, is the peak: fewer workers count)."""
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "pin", "--set", "blocks_to_swap=25", "--set", "use_pinned_memory_for_block_swap=true",
+                          "--start-rung", "base"), KOHYAWAN_REHEARSE_RAM_GB="5")
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "pin")
+    assert [(a["outcome"], a["rung"]) for a in d["attempts"]] == [
+        ("oom_ram", None), ("oom_ram", "no_pinned_memory"), ("oom_ram", "fewer_workers"), ("oom_ram", "fp8_base"),
+        ("succeeded", "fewer_blocks_to_swap=20")]
+    assert "DefaultCPUAllocator" in d["attempts"][0]["reason"] and "SIGKILL" in d["attempts"][1]["reason"]

@@ -44,9 +44,10 @@ def test_block_swap_turns_off_offload_inactive_dit():
 def test_ram_rungs_move_the_other_way():
     spec = profiles.resolve("character", sets=["blocks_to_swap=30", "use_pinned_memory_for_block_swap=true"])
     ladder = rungs.ram_rungs(spec)
-    assert [r.name for r in ladder] == ["no_pinned_memory", "fewer_workers", "fewer_blocks_to_swap"]
+    assert [r.name for r in ladder] == ["no_pinned_memory", "fewer_workers", "fp8_base", "fewer_blocks_to_swap=20",
+                                        "fewer_blocks_to_swap=10", "fewer_blocks_to_swap=0"]
     end = rungs.apply(spec, ladder)
-    assert end.train["blocks_to_swap"] == 20 and end.train["use_pinned_memory_for_block_swap"] is False
+    assert end.train["blocks_to_swap"] == 0 and end.train["use_pinned_memory_for_block_swap"] is False
     assert end.train["max_data_loader_n_workers"] == 1
 
 
@@ -55,6 +56,9 @@ def test_unknown_rung_in_a_profile_is_refused():
         profiles.resolve("character", sets=['ladder.vram=["more_vram"]'])
     with pytest.raises(ConfigError, match="needs a number or max"):
         profiles.resolve("character", sets=['ladder.vram=["blocks_to_swap=lots"]'])
+    with pytest.raises(ConfigError, match="'fewer_blocks_to_swap=max' needs a number$"):
+        profiles.resolve("character", sets=['ladder.ram=["fewer_blocks_to_swap=max"]'])
+    assert profiles.resolve("character", sets=['ladder.ram=["fewer_blocks_to_swap=10"]']).extra["ladder"]["ram"]
 
 
 def test_fewer_frames_follows_the_extraction_mode():

@@ -193,19 +193,6 @@ def test_a_failing_callback_never_leaves_the_trainer_running(tmp_path):
     assert not group_alive(sup.pid)
 
 
-def test_the_run_names_its_gpu_from_nvml(monkeypatch):
-    from kohyawan.doctor import nvml
-    from kohyawan.run import startrung
-
-    cards = [{"name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99}, {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}]
-    monkeypatch.setattr(nvml, "real_nvml", lambda: object())
-    monkeypatch.setattr(nvml, "probe_gpus", lambda nvml: cards)
-    assert startrung.gpu_in_use("1") == {"name": "NVIDIA A100-SXM4-80GB", "total_gib": 79.2}
-    assert startrung.gpu_in_use(None)["name"] == "NVIDIA GeForce RTX 4090"
-    monkeypatch.setattr(nvml, "probe_gpus", lambda nvml: [])
-    assert startrung.gpu_in_use("0") is None
-
-
 def test_attempt_config_replaces_rendered_values_instead_of_repeating_them():
     from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 

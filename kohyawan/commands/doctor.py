@@ -26,9 +26,15 @@ MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 @click.option("--dit-high-noise", "dit_high_noise", type=_FILE, default=None, help="High-noise expert DiT file.")
 @click.option("--vae", type=_FILE, default=None, help="VAE file.")
 @click.option("--t5", type=_FILE, default=None, help="umT5-XXL text encoder file.")
+@click.option("--gpus", default=None, metavar="IDS",
+              help="Which GPUs 'kohyawan run --gpus IDS' would give the trainer (default: CUDA_VISIBLE_DEVICES, else "
+                   "every GPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (schema version 1).")
-def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_high_noise, vae, t5, as_json):
+def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_high_noise, vae, t5, gpus, as_json):
     """Check GPU, RAM, disk, ffmpeg, the trainer, its Python, model files, tokenizer cache and ComfyUI.
+
+    Also shows which GPUs the trainer would see (cuda:N -> nvidia-smi's index and UUID), from --gpus or
+    CUDA_VISIBLE_DEVICES as 'kohyawan run' passes them.
 
     Each check is ok, warn or fail with a one-line fix. Exits 1 when any check fails.
 
@@ -36,6 +42,7 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
     Example:
       kohyawan doctor --trainer-dir ~/musubi-tuner --comfyui ~/ComfyUI
       kohyawan doctor --json --dit wan2.2_t2v_low_noise_14B_fp16.safetensors
+      kohyawan doctor --gpus 2,3
     """
     from kohyawan.commands.estimate import _default_runs_dir
     from kohyawan.doctor import checklist, nvml, result
@@ -43,7 +50,7 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
     runs_dir = runs_dir or _default_runs_dir()
 
     checks = checklist.run_checks(nvml=nvml.real_nvml(), trainer_dir=trainer_dir, python=python, comfyui=comfyui,
-                                  runs_dir=runs_dir, dataset_dir=dataset_dir, task=task,
+                                  runs_dir=runs_dir, dataset_dir=dataset_dir, task=task, gpus=gpus,
                                   models={"dit": dit, "dit_high_noise": dit_high_noise, "vae": vae, "t5": t5})
     report = result.summarise(checks)
     if as_json:

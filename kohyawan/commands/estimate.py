@@ -44,11 +44,15 @@ def _default_runs_dir() -> Path:
 
 
 def _local_gpu():
-    """The first NVIDIA GPU on this machine as (name, total GiB), or None."""
+    """The GPU 'kohyawan run' would train on here as (name, total GiB), or None: the first the trainer sees
+    (CUDA_VISIBLE_DEVICES, in PCI bus order unless CUDA_DEVICE_ORDER says otherwise)."""
+    import os
+
     from kohyawan.doctor import nvml
 
-    gpus = nvml.probe_gpus(nvml.real_nvml())
-    return (gpus[0]["name"], gpus[0]["total_gib"]) if gpus else None
+    seen = nvml.probe_visible(nvml.real_nvml(), os.environ.get(nvml.VISIBLE_VAR),
+                              os.environ.get(nvml.ORDER_VAR, nvml.PCI_BUS_ID))
+    return (seen.devices[0].name, seen.devices[0].total_gib) if seen.devices else None
 
 
 @click.command()

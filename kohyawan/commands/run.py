@@ -24,7 +24,8 @@ def _runs_dir(value: Path | None) -> Path:
     return Path(settings.get("runs_dir", "runs"))
 
 
-def _launch_options(func):
+def trainer_options(func):
+    """Where runs go and which trainer runs on which GPUs (``run`` and ``calibrate``)."""
     options = [
         click.option("--runs-dir", type=_DIR, default=None, help="Where run folders go (default ./runs)."),
         click.option("--trainer-dir", type=_DIR, default=None, help="musubi-tuner checkout to train with."),
@@ -33,7 +34,31 @@ def _launch_options(func):
                      help="Launch through accelerate launch (default) or plain python."),
         click.option("--accelerate-arg", "accelerate_args", multiple=True, metavar="ARG",
                      help="Extra argument for accelerate launch (repeatable)."),
-        click.option("--gpus", default=None, metavar="IDS", help="CUDA_VISIBLE_DEVICES for the trainer, e.g. 0."),
+        click.option("--gpus", default=None, metavar="IDS",
+                     help="CUDA_VISIBLE_DEVICES for the trainer: indices as nvidia-smi numbers them, or GPU-/MIG- "
+                          "UUIDs (default: the CUDA_VISIBLE_DEVICES kohyawan was started with, else every GPU)."),
+    ]
+    return _decorate(func, options)
+
+
+def _decorate(func, options):
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def rehearsal_options(func):
+    options = [
+        click.option("--rehearse", is_flag=True, default=None,
+                     help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING."),
+        click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
+                     help="Rehearsal: the virtual GPU's memory (default 24)."),
+    ]
+    return _decorate(func, options)
+
+
+def _launch_options(func):
+    options = [
         click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
                      help="Attempts per training run, ladder steps included (default: the profile's)."),
         click.option("--notify", multiple=True, metavar="URL",
@@ -45,9 +70,7 @@ def _launch_options(func):
                      help="Seconds between plain progress lines."),
         click.option("--json", "as_json", is_flag=True, help="Print run.json when the run ends."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return trainer_options(_decorate(func, options))
 
 
 def _options(given: dict, *, runs_dir: Path | None, stored: dict | None = None, recache: bool = False,
@@ -89,10 +112,7 @@ def _summary(data: dict) -> None:
 @plan_options(dataset_required=True)
 @_launch_options
 @click.option("--name", default=None, help="Run id (default PROFILE-YYYYmmdd-HHMMSS).")
-@click.option("--rehearse", is_flag=True, default=None,
-              help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING.")
-@click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
-              help="Rehearsal: the virtual GPU's memory (default 24).")
+@rehearsal_options
 @click.option("--start-rung", type=click.Choice(["auto", "base"]), default="auto", show_default=True,
               help="auto: start at the first ladder rung that 'kohyawan estimate' says fits the GPU; "
                    "base: start at the profile's settings and climb only on an OOM.")

@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Mapping
 
 from kohyawan.doctor import host, trainer
-from kohyawan.doctor.nvml import Nvml, probe_gpus
+from kohyawan.doctor.nvml import ORDER_VAR, PCI_BUS_ID, VISIBLE_VAR, Nvml, probe_gpus, probe_visible
 from kohyawan.doctor.result import Check
 
 
 def run_checks(*, nvml: Nvml | None, trainer_dir: Path | None = None, python: str | None = None,
                comfyui: Path | None = None, runs_dir: Path | None = None, dataset_dir: Path | None = None,
-               models: Mapping[str, Path | None] | None = None, task: str = "t2v-A14B") -> list[Check]:
-    checks = [host.check_gpus(probe_gpus(nvml)), host.check_ram(), host.check_cpu()]
+               models: Mapping[str, Path | None] | None = None, task: str = "t2v-A14B", gpus: str | None = None,
+               environ: Mapping[str, str] | None = None) -> list[Check]:
+    found = probe_gpus(nvml)
+    checks = [host.check_gpus(found), visible_check(nvml, gpus, environ, bool(found)), host.check_ram(),
+              host.check_cpu()]
     places = {"runs": runs_dir or Path("runs")}
     if dataset_dir is not None:
         places["dataset"] = dataset_dir
@@ -27,3 +30,14 @@ def run_checks(*, nvml: Nvml | None, trainer_dir: Path | None = None, python: st
     checks.append(host.check_tokenizer())
     checks.append(host.check_comfyui(comfyui))
     return checks
+
+
+def visible_check(nvml: Nvml | None, gpus: str | None, environ: Mapping[str, str] | None, any_gpu: bool) -> Check:
+    """The GPUs ``kohyawan run --gpus GPUS`` would give the trainer, as ``kohyawan run`` sets its environment:
+    ``--gpus``, else the inherited CUDA_VISIBLE_DEVICES; CUDA_DEVICE_ORDER=PCI_BUS_ID unless set."""
+    import os
+
+    env = os.environ if environ is None else environ
+    setting = gpus if gpus is not None else env.get(VISIBLE_VAR)
+    source = "--gpus" if gpus is not None else VISIBLE_VAR if setting is not None else "every GPU"
+    return host.check_visible(probe_visible(nvml, setting, env.get(ORDER_VAR, PCI_BUS_ID)), source, any_gpu)

@@ -50,6 +50,24 @@ def check_gpus(gpus: Sequence[Mapping[str, Any]]) -> Check:
     return Check("gpu", "GPU", "ok", summary, "", details)
 
 
+def check_visible(seen, source: str, any_gpu: bool) -> Check:
+    """Which GPUs the trainer would see (``kohyawan.doctor.nvml.Visibility``), and from what setting."""
+    details = {"setting": seen.setting, "order": seen.order, "source": source,
+               "devices": [d.to_dict() for d in seen.devices], "problems": list(seen.problems)}
+    if not any_gpu:
+        return Check("gpu_visible", "GPUs the trainer sees", "skip", "no NVIDIA GPU here", "", details)
+    shown = "; ".join(f"cuda:{d.ordinal} = nvidia-smi {d.index} {d.name} ({d.mig or d.uuid or 'no UUID'})"
+                      for d in seen.devices)
+    summary = f"{shown or 'none'} ({source}, {seen.order} order)"
+    if not seen.devices:
+        return Check("gpu_visible", "GPUs the trainer sees", "fail", summary + ": " + "; ".join(seen.problems),
+                     "give --gpus (or CUDA_VISIBLE_DEVICES) indices or UUIDs that nvidia-smi -L lists", details)
+    if seen.problems:
+        return Check("gpu_visible", "GPUs the trainer sees", "warn", summary + ": " + "; ".join(seen.problems),
+                     "set CUDA_DEVICE_ORDER=PCI_BUS_ID and name GPUs that exist (nvidia-smi -L)", details)
+    return Check("gpu_visible", "GPUs the trainer sees", "ok", summary, "", details)
+
+
 def check_ram() -> Check:
     import psutil
 

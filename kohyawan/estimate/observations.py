@@ -1,9 +1,16 @@
 """Learning from the user's own runs: observed peak VRAM and s/step from run ledgers correct the estimate.
 
 A run folder (``runs/<id>/``, written by the runner) has ``run.json`` (attempts with ``peak_vram_gb``,
-``outcome``, ``changes`` and the GPU), ``metrics.jsonl`` (one line per step with ``s_per_it`` and
-``attempt``) and ``plan.json`` (the resolved train/dataset values, task and expert). Reading is tolerant:
-a folder that lacks something is skipped, never an error. ``fit_corrections`` is pure.
+``allocator_peak_gb``, ``outcome``, ``changes`` and the GPU), ``metrics.jsonl`` (one line per step with
+``s_per_it`` and ``attempt``) and ``plan.json`` (the resolved train/dataset values, task and expert; each
+attempt's own copy is in ``attempts/NN/``). ``kohyawan calibrate`` writes the same kind of folder under
+``runs/calibrations/<id>/``, one short attempt per measured rung, and it is read the same way.
+
+The peak of an attempt is NVML's (what the trainer's processes held on the GPU); where NVML saw nothing
+(no permission, a rehearsal) it is torch's reserved peak from the trainer itself plus the CUDA context.
+An attempt that ran out of GPU memory is no measurement, but it says the settings needed more than the GPU
+has: ``fit_corrections`` never lets a correction predict that they fit. Reading is tolerant: a folder that
+lacks something is skipped, never an error. ``fit_corrections`` is pure.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from kohyawan.estimate import memory, steptime
+from kohyawan.estimate import allocator, memory, steptime, workload
 
 VRAM_CLAMP = (0.7, 1.6)
 TIME_CLAMP = (0.2, 5.0)
@@ -39,6 +46,9 @@ class Observation:
     inputs: memory.MemoryInputs
     peak_vram_gib: float | None     # only from attempts that did not run out of GPU memory
     s_per_step: float | None
+    oom_vram: bool = False          # ran out of GPU memory: needed more than ``gpu_total_gib``
+    gpu_total_gib: float | None = None
+    calibration: bool = False       # measured by ``kohyawan calibrate``
 
 
 def _read_json(path: Path) -> Any:
@@ -65,6 +75,14 @@ def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
     return None
 
 
+def _gpu_total(*sources: Mapping[str, Any]) -> float | None:
+    for src in sources:
+        gpu = src.get("gpu")
+        if isinstance(gpu, Mapping) and isinstance(gpu.get("total_gib"), (int, float)):
+            return float(gpu["total_gib"])
+    return None
+
+
 def _gpu_name(*sources: Mapping[str, Any]) -> str | None:
     for src in sources:
         gpu = src.get("gpu") or src.get("gpu_name") or src.get("device")
@@ -75,7 +93,8 @@ def _gpu_name(*sources: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _step_times(run_dir: Path) -> dict[int, list[float]]:
+def step_times(run_dir: Path) -> dict[int, list[float]]:
+    """Attempt -> the progress rates (s/step) metrics.jsonl recorded, in order."""
     times: dict[int, list[float]] = {}
     try:
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -92,6 +111,13 @@ def _step_times(run_dir: Path) -> dict[int, list[float]]:
     return times
 
 
+def steady_rate(seen: list[float]) -> float | None:
+    """Seconds per step from an attempt's progress rates: the first steps include warm-up and allocation, so
+    the median of the rest."""
+    rest = seen[2:] if len(seen) > 3 else seen[1:]
+    return statistics.median(rest) if rest else None
+
+
 def _apply(train: dict, dataset: dict, changes: Mapping[str, Any]) -> None:
     for key, value in (changes or {}).items():
         if key.startswith("dataset."):
@@ -100,35 +126,70 @@ def _apply(train: dict, dataset: dict, changes: Mapping[str, Any]) -> None:
             train[key[6:] if key.startswith("train.") else key] = value
 
 
+def _peak(attempt: Mapping[str, Any]) -> float | None:
+    """The attempt's peak GiB as NVML would report it, or None (an OOM, or nothing measured)."""
+    if attempt.get("outcome") == "oom_vram":
+        return None
+    peak = attempt.get("peak_vram_gb")
+    if isinstance(peak, (int, float)) and peak > 0:
+        return float(peak)
+    alloc = attempt.get("allocator_peak_gb")
+    if isinstance(alloc, Mapping) and isinstance(alloc.get("reserved"), (int, float)) and alloc["reserved"] > 0:
+        return float(alloc["reserved"]) + memory.CUDA_CONTEXT_GIB
+    return None
+
+
+def _run_folders(runs_dir: Path) -> list[Path]:
+    return sorted(Path(runs_dir).glob("*/run.json")) + sorted(Path(runs_dir).glob("calibrations/*/run.json"))
+
+
+def _attempt_values(run_dir: Path, n: int, fallback: tuple | None) -> tuple | None:
+    """The attempt's own resolved values (its copy of plan.json), else the run's latest plan."""
+    own = _read_json(run_dir / "attempts" / f"{n:02d}" / "plan.json")
+    values = _values(own) if isinstance(own, Mapping) else None
+    return values if values is not None else fallback
+
+
+def _peak_shape(run_dir: Path, n: int) -> workload.Shape | None:
+    """The largest batch the attempt trained on, from its own dataset config (older runs: the run's)."""
+    for path in (run_dir / "attempts" / f"{n:02d}" / "dataset.toml", run_dir / "dataset.toml"):
+        if path.is_file():
+            found = workload.of_dataset_toml(path)
+            return found.peak() if found is not None else None
+    return None
+
+
+def _observation(run_dir: Path, run: Mapping, attempt: Mapping, values: tuple, times: dict) -> Observation:
+    train, dataset, task, expert = dict(values[0]), dict(values[1]), values[2], values[3]
+    _apply(train, dataset, attempt.get("changes") or {})
+    n = int(attempt.get("n", 1))
+    inputs = memory.inputs_from_values(train, dataset, task, expert, _peak_shape(run_dir, n),
+                                       allocator.expandable(run.get("alloc_conf")))
+    return Observation(run_id=run_dir.name, attempt=n, gpu=_gpu_name(attempt, run),
+                       inputs=inputs, peak_vram_gib=_peak(attempt),
+                       s_per_step=steady_rate(times.get(n, [])),
+                       oom_vram=attempt.get("outcome") == "oom_vram", gpu_total_gib=_gpu_total(attempt, run),
+                       calibration=bool(run.get("calibration")))
+
+
 def load_observations(runs_dir: Path) -> list[Observation]:
+    """Every attempt of every run and calibration under ``runs_dir`` as an observation."""
     found: list[Observation] = []
     if not runs_dir or not Path(runs_dir).is_dir():
         return found
-    for run_json in sorted(Path(runs_dir).glob("*/run.json")):
+    for run_json in _run_folders(runs_dir):
         run = _read_json(run_json)
         plan = _read_json(run_json.parent / "plan.json")
-        if not isinstance(run, Mapping) or not isinstance(plan, Mapping):
+        if not isinstance(run, Mapping):
             continue
-        values = _values(plan)
-        if values is None:
-            continue
-        times = _step_times(run_json.parent)
+        latest = _values(plan) if isinstance(plan, Mapping) else None
+        times = step_times(run_json.parent)
         for attempt in run.get("attempts") or []:
             if not isinstance(attempt, Mapping):
                 continue
-            train, dataset, task, expert = dict(values[0]), dict(values[1]), values[2], values[3]
-            _apply(train, dataset, attempt.get("changes") or {})
-            n = int(attempt.get("n", 1))
-            peak = attempt.get("peak_vram_gb")
-            peak = float(peak) if peak is not None and attempt.get("outcome") != "oom_vram" else None
-            # the first steps include warm-up and allocation; the median of the rest is the steady rate
-            seen = times.get(n, [])
-            step_list = seen[2:] if len(seen) > 3 else seen[1:]
-            found.append(Observation(
-                run_id=run_json.parent.name, attempt=n, gpu=_gpu_name(attempt, run),
-                inputs=memory.inputs_from_values(train, dataset, task, expert),
-                peak_vram_gib=peak if peak and peak > 0 else None,
-                s_per_step=statistics.median(step_list) if step_list else None))
+            values = _attempt_values(run_json.parent, int(attempt.get("n", 1)), latest)
+            if values is not None:
+                found.append(_observation(run_json.parent, run, attempt, values, times))
     return found
 
 
@@ -145,6 +206,15 @@ def _same_gpu(observed: str | None, gpu_name: str | None, gpu: Any) -> bool:
     o = observed.lower()
     names = {n.lower() for n in getattr(gpu, "names", ())} | ({gpu_name.lower()} if gpu_name else set())
     return o in names
+
+
+def _oom_floor(relevant: list[Observation]) -> tuple[float, int]:
+    """(the smallest VRAM factor under which every similar attempt that ran out of GPU memory is predicted not to
+    fit its GPU, how many there were); (0, 0) without any."""
+    bounds = [o.gpu_total_gib / memory.vram(o.inputs).total_gib for o in relevant if o.oom_vram and o.gpu_total_gib]
+    if not bounds:
+        return 0.0, 0
+    return min(max(bounds), VRAM_CLAMP[1]), len(bounds)
 
 
 def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs, *, gpu_name: str | None,
@@ -164,6 +234,11 @@ def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs
     if vram_ratios:
         vf = min(max(statistics.median(vram_ratios), VRAM_CLAMP[0]), VRAM_CLAMP[1])
         notes.append(f"peak VRAM scaled by {vf:.2f} from {len(vram_ratios)} observed attempt(s) on {where}")
+    floor, ooms = _oom_floor(relevant)
+    if floor > vf:
+        vf = floor
+        notes.append(f"peak VRAM raised to {vf:.2f}x the model: {ooms} attempt(s) on {where} ran out of GPU memory "
+                     "at similar settings")
     if time_ratios:
         tf = min(max(statistics.median(time_ratios), TIME_CLAMP[0]), TIME_CLAMP[1])
         notes.append(f"s/step scaled by {tf:.2f} from {len(time_ratios)} observed attempt(s) on {where}")

@@ -178,6 +178,12 @@ def for_spec(spec: Any, facts: Facts | None) -> Workload:
     datasets = cachefiles.parse(_dataset_config(spec))
     if not datasets:
         return from_settings(spec.dataset, f"no images or videos in {spec.dataset_dir}")
+    return from_datasets(datasets, facts)
+
+
+def from_datasets(datasets: list[cachefiles.DatasetCfg], facts: Facts) -> Workload:
+    """The workload of parsed dataset configs: every item's bucket and frames, from ``facts`` where they know
+    the file, else what the settings allow at most (and a note saying so)."""
     shapes: dict[tuple, int] = {}
     used: set[str] = set()
     assumed = 0
@@ -203,6 +209,29 @@ def for_spec(spec: Any, facts: Facts | None) -> Workload:
     basis = max(used, key=BASES.index) if used else "settings"
     return Workload(tuple(Shape(k[0], k[1], k[2], k[3], k[4], n, k[5]) for k, n in sorted(shapes.items())),
                     basis, tuple(notes))
+
+
+def of_dataset_toml(path: Path) -> Workload | None:
+    """The workload of a rendered dataset config (a run's or an attempt's ``dataset.toml``), from the prepare
+    reports beside its media folders and the images' headers; clips no report knows are assumed as long as the
+    settings allow (no decoding: this reads finished runs). None when the file cannot be read."""
+    try:
+        datasets = cachefiles.load(str(path))
+    except (OSError, ValueError):
+        return None
+    known: dict[str, tuple[int, tuple[int, int]]] = {}
+    for folder in {Path(ds.media_dir) for ds in datasets if ds.media_dir}:
+        for root in (folder, folder.parent):
+            known.update(report_facts(root))
+    source = {p: "report" for p in known}
+    for ds in datasets:
+        if ds.is_image:
+            for media, _ in cachefiles.sources(ds):
+                path_abs = os.path.abspath(media)
+                found = None if path_abs in known else _probe(path_abs, True)
+                if found is not None:
+                    known[path_abs], source[path_abs] = found, "probed"
+    return from_datasets(datasets, Facts(known, source)) if datasets else None
 
 
 def settings_frames(dataset: Mapping[str, Any]) -> int:

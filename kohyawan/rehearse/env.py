@@ -1,7 +1,11 @@
 """Every knob of the simulated trainer, read from the environment (so it crosses ``accelerate launch``).
 
 KOHYAWAN_REHEARSE_GPU_GB      virtual GPU memory in GB (default 24)
-KOHYAWAN_REHEARSE_RAM_GB      virtual host RAM in GB (default 64)
+KOHYAWAN_REHEARSE_RAM_GB      virtual host RAM in GB (default 64): the trainer is killed (SIGKILL; with pinned
+                              block swap, the CPU allocator's error) while loading when kohyawan's host-RAM model
+                              needs more
+KOHYAWAN_REHEARSE_VRAM_SCALE  the simulated trainer needs this many times the VRAM kohyawan's memory model
+                              predicts (default 1: exactly the model), to rehearse a GPU the estimate is off on
 KOHYAWAN_REHEARSE_STEP_S      seconds per training step (default 0.2)
 KOHYAWAN_REHEARSE_STARTUP_S   seconds of simulated model loading (default 1.0)
 KOHYAWAN_REHEARSE_CACHE_S     seconds per cached item (default 0.05)
@@ -38,6 +42,10 @@ def gpu_gb() -> float:
 
 def ram_gb() -> float:
     return _float("KOHYAWAN_REHEARSE_RAM_GB", 64.0)
+
+
+def vram_scale() -> float:
+    return _float("KOHYAWAN_REHEARSE_VRAM_SCALE", 1.0)
 
 
 def step_s() -> float:

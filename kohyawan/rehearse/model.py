@@ -73,15 +73,37 @@ def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, tuple[flo
     return need.parts["weights"] + need.parts["cuda_context"], (first, need.total_gib)
 
 
-def ram_need(args, arch: Arch) -> float:
-    bytes_pp = 1 if args.fp8_base else 2
-    block_gb = arch.params * bytes_pp / 1e9 / arch.blocks
-    swap = min(args.blocks_to_swap or 0, arch.blocks - 1)
-    need = 3.0 + swap * block_gb * (2 if args.use_pinned_memory_for_block_swap else 1)
-    if getattr(args, "dit_high_noise", None) and args.offload_inactive_dit:
-        need += arch.params * bytes_pp / 1e9
-    need += 1.5 * (args.max_data_loader_n_workers if args.max_data_loader_n_workers is not None else 8)
-    return need
+def allocated_share(args, bucket: tuple[int, int, int, int]) -> float:
+    """torch's allocated memory over its reserved memory at the peak of a step on this bucket, as the memory
+    model splits them (the rest is the caching allocator's reserve)."""
+    from kohyawan.estimate import allocator, memory, workload
+
+    width, height, frames, batch = bucket
+    expert = "both" if getattr(args, "dit_high_noise", None) else "low"
+    shape = workload.Shape(0, "video" if frames > 1 else "image", width, height, frames, batch, batch)
+    need = memory.vram(memory.inputs_from_values(vars(args), {}, args.task, expert, shape,
+                                                 allocator.expandable(os.environ.get(allocator.VAR))))
+    return need.allocated_gib / need.reserved_gib
+
+
+def allocator_peaks(peak_gib: float, share: float) -> tuple[int, int]:
+    """(max allocated, max reserved) bytes torch would report in a step whose peak (as NVML sees it) is
+    ``peak_gib``: reserved is that without the CUDA context, allocated its ``allocated_share``."""
+    from kohyawan.estimate import memory
+
+    reserved = max(0.0, peak_gib - memory.CUDA_CONTEXT_GIB)
+    return int(reserved * share * memory.GIB), int(reserved * memory.GIB)
+
+
+def ram_need(args, bucket: tuple[int, int, int, int]) -> float:
+    """GiB of host RAM at the trainer's peak (with block swap: start-up, every expert loaded whole), from
+    kohyawan's own host-RAM model, so a rehearsal is killed for host RAM where ``kohyawan estimate`` says."""
+    from kohyawan.estimate import memory
+
+    width, height, frames, batch = bucket
+    expert = "both" if getattr(args, "dit_high_noise", None) else "low"
+    dataset = {"resolution": [width, height], "target_frames": [frames], "batch_size": batch}
+    return memory.host_ram(memory.inputs_from_values(vars(args), dataset, args.task, expert))["total"]
 
 
 def cuda_oom_text(total_gb: float, need_gb: float, try_gb: float) -> str:

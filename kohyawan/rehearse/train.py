@@ -16,8 +16,9 @@ from kohyawan.rehearse import env
 from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import cached_items, load
-from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, cuda_oom_text, lora_tensors, ram_need, read_metadata,
-                                     save_safetensors, tokens, vram_need)
+from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, allocated_share, allocator_peaks, cuda_oom_text, lora_tensors, ram_need,
+                                     read_metadata, save_safetensors, tokens, vram_need)
+from kohyawan.trainer.pyshim import kohyawan_mem
 from kohyawan.trainer.pyshim.kohyawan_lr import lr_factor
 
 TB = "musubi_tuner.training.trainer_base"
@@ -155,15 +156,18 @@ def main() -> int:
     gpu = env.gpu_gb()
     biggest = max(buckets, key=lambda b: tokens(b[0], b[1], b[2], b[3]))
     hold, peaks = vram_need(args, biggest[:4])
+    scale = env.vram_scale()   # KOHYAWAN_REHEARSE_VRAM_SCALE: a GPU the estimate is off on
+    hold, peaks = hold * scale, tuple(gib * scale for gib in peaks)
+    share = allocated_share(args, biggest[:4])
     log(TB, f"Loading DiT model from {args.dit}")
     time.sleep(env.startup_s())
-    if hold > gpu:
-        return fail(cuda_oom_text(gpu, hold, min(hold - gpu + 0.5, 2.0)), "load_transformer")
-    if ram_need(args, arch) > env.ram_gb():
+    if ram_need(args, biggest[:4]) > env.ram_gb():  # with block swap the DiTs load into host RAM first
         if args.use_pinned_memory_for_block_swap:
             return fail("RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
                         "memory: you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    if hold > gpu:
+        return fail(cuda_oom_text(gpu, hold, min(hold - gpu + 0.5, 2.0)), "load_transformer")
     if args.network_module != "networks.lora_wan":
         return fail(f"ModuleNotFoundError: No module named '{args.network_module}'")
     out(f"import network module: {args.network_module}")
@@ -216,10 +220,10 @@ def main() -> int:
     out(f"  batch size per device / バッチサイズ: {', '.join(str(d.batch_size) for d in datasets)}")
     out(f"  gradient accumulation steps / 勾配を合計するステップ数 = {args.gradient_accumulation_steps or 1}")
     out(f"  total optimization steps / 学習ステップ数: {max_steps}")
-    return _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold)
+    return _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold, share)
 
 
-def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold) -> int:
+def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold, share) -> int:
     seed = args.seed if args.seed is not None else 42
     faults = env.faults()
     step_s = env.step_s()
@@ -294,6 +298,10 @@ def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, tra
             loss = 0.08 + 0.06 * math.exp(-(trained + step) / 200) + rng.uniform(-0.02, 0.02)
             loss = float("nan") if nan else loss * (6.0 if spike else 1.0)
             sched.counter += 1
+            if sched.custom is not None and os.environ.get(kohyawan_mem.ENV):  # as kohyawan_lr.ContinuedLR does
+                allocated, reserved = allocator_peaks(peak, share)
+                kohyawan_mem.write(os.environ[kohyawan_mem.ENV], step=sched.counter, allocated=allocated,
+                                   reserved=reserved)
             bar.update()
             step += 1
             if args.save_every_n_steps and step % args.save_every_n_steps == 0:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 RANK_KEYS = ("train.network_dim", "network_dim")
 HALF_LR = "half_lr"
+RAM_SWAP_STEP = "fewer_blocks_to_swap="   # host-RAM rungs that lower block swap (``kohyawan.run.rungs``)
 
 
 class RungLike(Protocol):
@@ -77,6 +78,7 @@ class Ended:
     saved: Saved | None
     good_saved: Saved | None
     previous: tuple[str, ...]
+    ram_exhausted: str = ""
 
     def stop(self, reason: str) -> Next:
         return Next("stop", reason, self.applied, lr_scale=self.lr_scale)
@@ -84,14 +86,16 @@ class Ended:
 
 def decide(outcome: str, *, failure_line: str = "", vram: Sequence[RungLike] = (), ram: Sequence[RungLike] = (),
            applied: Sequence[str] = (), lr_scale: float = 1.0, attempts_made: int = 1, max_attempts: int = 6,
-           saved: Saved | None = None, good_saved: Saved | None = None, previous: Sequence[str] = ()) -> Next:
+           saved: Saved | None = None, good_saved: Saved | None = None, previous: Sequence[str] = (),
+           ram_exhausted: str = "") -> Next:
     """The next move after an attempt ended with ``outcome``.
 
     ``saved``: the latest usable save; ``good_saved``: the latest one from before a loss spike / NaN
-    began; ``previous``: outcomes of the earlier attempts (oldest first).
+    began; ``previous``: outcomes of the earlier attempts (oldest first); ``ram`` the host-RAM rungs worth
+    trying now and ``ram_exhausted`` what would be needed once there are none (``kohyawan.run.hostram``).
     """
     e = Ended(outcome, failure_line, tuple(vram), tuple(ram), tuple(applied), lr_scale, attempts_made, max_attempts,
-              saved, good_saved, tuple(previous))
+              saved, good_saved, tuple(previous), ram_exhausted)
     if outcome in _FINAL:  # never retried, whatever the budget
         return _FINAL[outcome](e)
     if attempts_made >= max_attempts:
@@ -117,18 +121,36 @@ def _crashed(e: Ended) -> Next:
                   if e.failure_line else "the trainer failed; not retried")
 
 
+def _swap_lowered_for_ram(applied: Sequence[str]) -> bool:
+    return any(name.startswith(RAM_SWAP_STEP) for name in applied)
+
+
+def _raises_swap(rung: RungLike) -> bool:
+    return "train.blocks_to_swap" in rung.changes and rung.name.startswith("blocks_to_swap=")
+
+
 def _out_of_memory(e: Ended) -> Next:
-    """The next rung of the VRAM or the host-RAM ladder, resumed from where its changes allow."""
+    """The next rung of the VRAM or the host-RAM ladder, resumed from where its changes allow. Once block swap
+    was lowered for host RAM, a VRAM rung that swaps deeper again is skipped: it would run out of host RAM."""
     vram = e.outcome == "oom_vram"
     pool = e.vram if vram else e.ram
+    if vram and _swap_lowered_for_ram(e.applied):
+        pool = tuple(r for r in pool if not _raises_swap(r))
     rung = next((r for r in pool if r.name not in e.applied), None)
     if rung is None:
-        tried = [r.name for r in pool]
-        return e.stop(f"out of {'VRAM' if vram else 'host RAM'} and the ladder is exhausted; tried: "
-                      f"{', '.join(tried) or 'nothing'} (in effect: {', '.join(e.applied) or 'none'})")
+        return e.stop(_exhausted(e, pool))
     action, start, state, weights, how = start_from(e.saved, rung)
     return Next(action, f"{'CUDA' if vram else 'host'} out of memory: next rung {rung.name}; {how}",
                 e.applied + (rung.name,), rung.name, start, state, weights, e.lr_scale, bool(rung.needs_recache))
+
+
+def _exhausted(e: Ended, pool: Sequence[RungLike]) -> str:
+    in_effect = ", ".join(e.applied) or "none"
+    if e.outcome == "oom_vram":
+        return (f"out of VRAM and the ladder is exhausted; tried: {', '.join(r.name for r in pool) or 'nothing'} "
+                f"(in effect: {in_effect})")
+    return ("out of host RAM and the ladder is exhausted" + (f": {e.ram_exhausted}" if e.ram_exhausted else "")
+            + f" (rungs in effect: {in_effect})")
 
 
 def _bad_loss(e: Ended) -> Next:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from kohyawan.run.notify import Notifier
 from kohyawan.run.runview import Status, View
-from kohyawan.run.samplers import GpuSampler, host_sample
+from kohyawan.run.samplers import GpuSampler, combine, host_sample, trainer_vram
 from kohyawan.run.supervise import Supervisor
 from kohyawan.run.tracker import Tracker
 from kohyawan.run.watchdog import Watchdog
@@ -29,6 +29,7 @@ class AttemptMonitor:
         self.last_sample = 0.0
         self.peak_vram: float | None = None
         self.peak_ram: float | None = None
+        self.peak_by_gpu: dict[int, float] = {}   # cuda ordinal -> the trainer's peak on that GPU
         self.supervisor: Supervisor | None = None  # set once the supervisor exists: a loss alert stops it
 
     @property
@@ -67,14 +68,30 @@ class AttemptMonitor:
     # --- sampling ---------------------------------------------------------------------------------------
     def _sample(self, pid: int, now: float) -> None:
         ram, _swap, pids = host_sample(pid)
-        used, total, proc, util = self.gpu.sample(pids) if self.gpu else (None, None, None, None)
-        vram = proc if proc is not None else used
+        each = self.gpu.sample_each(pids) if self.gpu else []
+        reading = combine([r for _dev, r in each])
+        used, total, _proc, util = reading
+        vram = trainer_vram(reading)
         self.watchdog.gpu(util, used, total, now)
         self.peak_vram = _peak(self.peak_vram, vram)
         self.peak_ram = _peak(self.peak_ram, ram)
+        per_gpu = []
+        for dev, r in each:
+            v = trainer_vram(r)
+            per_gpu.append(v)
+            if v is not None:
+                self.peak_by_gpu[dev.ordinal] = max(v, self.peak_by_gpu.get(dev.ordinal, 0.0))
         self.status.vram_used, self.status.vram_total, self.status.ram_gb = used, total, ram
         if self.tracker:
-            self.tracker.sample(vram, ram)
+            self.tracker.sample(vram, ram, per_gpu if len(per_gpu) > 1 else None)
+
+    def gpu_peaks(self) -> list[dict] | None:
+        """Per GPU the trainer used: which one (cuda ordinal, NVML index, UUID) and its peak GB, for run.json."""
+        if not self.gpu or not self.peak_by_gpu:
+            return None
+        return [{"cuda": d.ordinal, "index": d.index, "uuid": d.mig or d.uuid, "name": d.name,
+                 "peak_gb": round(self.peak_by_gpu[d.ordinal], 3)} for d in self.gpu.devices
+                if d.ordinal in self.peak_by_gpu]
 
 
 def _peak(peak: float | None, value: float | None) -> float | None:

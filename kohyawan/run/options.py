@@ -10,6 +10,7 @@ the default. See docs/architecture.md ("A run").
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -47,8 +48,11 @@ class RunOptions:
 
     @property
     def processes(self) -> int:
-        """Trainer processes: one per GPU in --gpus with --data-parallel, else one."""
-        return len([g for g in (self.gpus or "").split(",") if g.strip()]) if self.data_parallel else 1
+        """Trainer processes: with --data-parallel one per GPU in --gpus, or in the CUDA_VISIBLE_DEVICES
+        kohyawan inherited (a SLURM allocation); else one."""
+        from kohyawan.run.gpuenv import device_count
+
+        return device_count(self.gpus, os.environ) if self.data_parallel else 1
 
     @classmethod
     def stored_fields(cls) -> tuple[dataclasses.Field, ...]:

@@ -21,6 +21,13 @@ def use_simulator(opts) -> None:
     opts.trainer_dir, opts.python = trainer_dir(), sys.executable
 
 
+def virtual_ram_gib() -> float:
+    """The simulated trainer's host RAM (KOHYAWAN_REHEARSE_RAM_GB, as it reads it)."""
+    from kohyawan.rehearse import env
+
+    return env.ram_gb()
+
+
 def simulated_argv(argv: list[str]) -> list[str]:
     """The stage's command line with ``accelerate launch`` replaced by the simulation's launcher."""
     argv = list(argv)

@@ -4,6 +4,11 @@ A profile lists rung names under ``[ladder] vram`` (out of GPU memory) and ``[la
 memory), cheapest in quality and speed first. Rungs are cumulative: rung k keeps every change of the rungs
 before it. A rung that changes nothing for the spec at hand (block swap already deeper, checkpointing
 already on) is left out, so every rung in the list is a real change.
+
+``fewer_blocks_to_swap`` expands into steps down the block-swap grid, ``fewer_blocks_to_swap=N`` each, from
+below the swap in effect to 0 (39 -> 30, 20, 10, 0). The host-RAM ladder is built from the settings in
+effect when the trainer runs out of host RAM (``ram_rungs(spec with the rungs taken so far)``), since the
+VRAM rungs are what usually turned block swap on; ``kohyawan.run.hostram`` keeps the steps that help.
 See docs/architecture.md ("A run").
 """
 
@@ -113,20 +118,33 @@ def _fewer_workers(spec: RunSpec) -> Changes:
     return changes, False, True
 
 
-def _fewer_blocks_to_swap(spec: RunSpec) -> Changes:
-    return {"train.blocks_to_swap": max(0, (spec.train.get("blocks_to_swap") or 0) - 10)}, False, True
+SWAP_STEP = 10   # the block-swap grid the ladders walk (the VRAM ladder's blocks_to_swap=10/20/30 rungs)
+
+
+def swap_steps(spec: RunSpec) -> list[str]:
+    """``fewer_blocks_to_swap=N`` for every grid point below the swap in effect, deepest first."""
+    now = min(int(effective(spec, "train.blocks_to_swap") or 0), musubi.max_blocks_to_swap(spec.task))
+    return [f"fewer_blocks_to_swap={n}" for n in range((now - 1) // SWAP_STEP * SWAP_STEP, -1, -SWAP_STEP)] if now else []
+
+
+def _fewer_blocks_to_swap(spec: RunSpec, raw: str) -> Changes:
+    n = int(raw)
+    if (spec.train.get("blocks_to_swap") or 0) <= n:
+        return {}, False, True  # a host-RAM step never raises the swap
+    return {"train.blocks_to_swap": n}, False, True
 
 
 _RUNGS = {"gradient_checkpointing": _gradient_checkpointing, "fp8_base": _fp8_base,
           "gradient_checkpointing_cpu_offload": _gradient_checkpointing_cpu_offload, "split_attn": _split_attn,
           "fewer_frames": _fewer_frames, "lower_resolution": _lower_resolution, "lower_rank": _lower_rank,
-          "no_pinned_memory": _no_pinned_memory, "fewer_workers": _fewer_workers,
-          "fewer_blocks_to_swap": _fewer_blocks_to_swap}
+          "no_pinned_memory": _no_pinned_memory, "fewer_workers": _fewer_workers}
 
 
 def _changes_for(name: str, spec: RunSpec) -> Changes:
     if name.startswith("blocks_to_swap="):
         return _blocks_to_swap(spec, name.split("=", 1)[1])
+    if name.startswith("fewer_blocks_to_swap="):
+        return _fewer_blocks_to_swap(spec, name.split("=", 1)[1])
     if name in _RUNGS:
         return _RUNGS[name](spec)
     raise ConfigError(f"unknown ladder rung '{name}'; known: {', '.join(KNOWN_RUNGS)}")
@@ -134,7 +152,8 @@ def _changes_for(name: str, spec: RunSpec) -> Changes:
 
 KNOWN_RUNGS = ("gradient_checkpointing", "fp8_base", "blocks_to_swap=N", "blocks_to_swap=max",
                "gradient_checkpointing_cpu_offload", "split_attn", "fewer_frames", "lower_resolution",
-               "lower_rank", "no_pinned_memory", "fewer_workers", "fewer_blocks_to_swap")
+               "lower_rank", "no_pinned_memory", "fewer_workers", "fewer_blocks_to_swap",
+               "fewer_blocks_to_swap=N")
 
 
 def effective(spec: RunSpec, key: str) -> Any:
@@ -148,7 +167,12 @@ def effective(spec: RunSpec, key: str) -> Any:
 
 def _build(spec: RunSpec, names: Sequence[str], label: str) -> list[Rung]:
     rungs, current = [], spec
-    for name in names:
+    pending = list(names)
+    while pending:
+        name = pending.pop(0)
+        if name == "fewer_blocks_to_swap":  # the whole way down, from the swap in effect here
+            pending[:0] = swap_steps(current)
+            continue
         changes, recache, keeps = _changes_for(name, current)
         real = {k: v for k, v in changes.items() if effective(current, k) != v}
         if not real:
@@ -167,6 +191,14 @@ def ram_rungs(spec: RunSpec) -> list[Rung]:
     return _build(spec, spec.extra.get("ladder", {}).get("ram", []), "ladder")
 
 
+def named(name: str, spec: RunSpec) -> Rung | None:
+    """The rung ``name`` as it applies to ``spec`` (a name run.json recorded), or None when it changes nothing."""
+    if name.split("=", 1)[0] not in {n.split("=", 1)[0] for n in KNOWN_RUNGS} or name == "fewer_blocks_to_swap":
+        return None
+    built = _build(spec, [name], "ladder")
+    return built[0] if built else None
+
+
 def apply(spec: RunSpec, rungs: Sequence[Rung]) -> RunSpec:
     for rung in rungs:
         spec = spec.with_changes(rung.changes, f"ladder:{rung.name}")
@@ -175,11 +207,11 @@ def apply(spec: RunSpec, rungs: Sequence[Rung]) -> RunSpec:
 
 def validate_names(names: Sequence[str], where: str) -> None:
     for name in names:
-        base = name.split("=", 1)[0] + ("=N" if name.startswith("blocks_to_swap=") else "")
-        if name.startswith("blocks_to_swap="):
-            raw = name.split("=", 1)[1]
-            if raw != "max" and not raw.isdigit():
-                raise ConfigError(f"{where}: ladder rung '{name}' needs a number or max")
+        base = name.split("=", 1)[0] + ("=N" if "=" in name else "")
+        if name.startswith(("blocks_to_swap=", "fewer_blocks_to_swap=")):
+            raw, takes_max = name.split("=", 1)[1], name.startswith("blocks_to_swap=")
+            if not raw.isdigit() and not (takes_max and raw == "max"):
+                raise ConfigError(f"{where}: ladder rung '{name}' needs a number" + (" or max" if takes_max else ""))
             continue
         if base not in KNOWN_RUNGS:
             raise ConfigError(f"{where}: unknown ladder rung '{name}'; known: {', '.join(KNOWN_RUNGS)}")

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 from kohyawan.lora.io import read_header
-from kohyawan.run import caches, lrschedule, rehearsal
+from kohyawan.run import caches, gpuenv, lrschedule, rehearsal
 from kohyawan.run.ladder import Next
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.monitor import AttemptMonitor
@@ -63,21 +63,52 @@ class Run:
     def argv(self, stage) -> list[str]:
         return rehearsal.simulated_argv(stage.argv) if self.opts.rehearse else list(stage.argv)
 
-    def env(self) -> dict[str, str]:
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The trainer's environment: kohyawan's own, its pyshim on PYTHONPATH, the GPUs (``gpuenv``)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lrschedule.pyshim_dir()), env.get("PYTHONPATH")) if p)
-        if self.opts.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.opts.gpus
+        env.update(gpuenv.trainer_env(os.environ, self.opts.gpus))
         if self.opts.rehearse and self.opts.gpu_memory_gb:
             env["KOHYAWAN_REHEARSE_GPU_GB"] = str(self.opts.gpu_memory_gb)
+        env.update(extra or {})
         return env
 
+    def watch_gpus(self) -> GpuSampler | None:
+        """The sampler of the GPUs the trainer uses, and their record in run.json. A rehearsal's trainer uses
+        no GPU: its VRAM is the simulation's, reported through the allocator file like a real trainer's."""
+        record = gpuenv.env_record(os.environ, self.opts.gpus)
+        if self.opts.rehearse:
+            self.ledger.set(**record, **gpuenv.rehearsal_record(self.opts.gpu_memory_gb))
+            return None
+        env = self.env()
+        sampler = GpuSampler(env.get(gpuenv.VISIBLE_VAR), processes=self.opts.processes,
+                             order=env.get(gpuenv.ORDER_VAR), warn=lambda m: self.view.say(f"note: {m}"))
+        self.ledger.set(**record, **gpuenv.gpu_record(sampler.devices))
+        return sampler
+
+    @property
+    def gpu_name(self) -> str | None:
+        return (self.ledger.data.get("gpu") or {}).get("name")
+
+    def gpu_brief(self) -> dict | None:
+        """The GPU an attempt ran on, for its record (a resumed run may be on another machine)."""
+        gpu = self.ledger.data.get("gpu")
+        return {"name": gpu.get("name"), "total_gib": gpu.get("total_gib")} if gpu else None
+
+    def host_ram_gib(self) -> float | None:
+        """The host RAM the trainer has: this machine's, or a rehearsal's virtual RAM."""
+        if self.opts.rehearse:
+            return rehearsal.virtual_ram_gib()
+        import psutil
+
+        return psutil.virtual_memory().total / 2**30
+
     # --- one supervised process -------------------------------------------------------------------------
-    def supervise(self, argv, log_path: Path, *, stage: str, tracker: Tracker | None,
-                  attempt: int) -> tuple[AttemptResult, AttemptMonitor]:
+    def supervise(self, argv, log_path: Path, *, stage: str, tracker: Tracker | None, attempt: int,
+                  env: dict[str, str] | None = None) -> tuple[AttemptResult, AttemptMonitor]:
         monitor = AttemptMonitor(self.wd_cfg, tracker=tracker, status=self.status, view=self.view,
                                  notifier=self.notifier, gpu=self.gpu)
-        sup = Supervisor(argv, log_path=log_path, env=self.env(), cwd=str(self.opts.trainer_dir),
+        sup = Supervisor(argv, log_path=log_path, env=self.env(env), cwd=str(self.opts.trainer_dir),
                          on_event=monitor.on_event, on_tick=monitor.on_tick, on_line=monitor.on_line,
                          tick_s=monitor.tick_s, timeouts=self.opts.timeouts)
         monitor.supervisor = sup
@@ -146,9 +177,9 @@ class Run:
         previous_term = signal.signal(signal.SIGTERM, _term_as_interrupt)
         try:
             with self.view:
-                self.gpu = GpuSampler(warn=lambda m: self.view.say(f"note: {m}"))
                 if self.opts.rehearse:
                     self.view.say(REHEARSAL_BANNER)
+                self.gpu = self.watch_gpus()
                 self._stages()
                 self.status.stage = self.ledger.data["status"]
                 self.view.refresh(force=True)

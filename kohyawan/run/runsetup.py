@@ -79,7 +79,8 @@ def _claim(run_dir: Path) -> RunLock:
 
 def _check_data_parallel(opts: RunOptions) -> None:
     if opts.data_parallel and opts.processes < 2:
-        raise BadInput("--data-parallel trains one run on several GPUs: give them with --gpus, e.g. --gpus 0,1")
+        raise BadInput("--data-parallel trains one run on several GPUs: give them with --gpus, e.g. --gpus 0,1 "
+                       "(or start kohyawan with CUDA_VISIBLE_DEVICES naming them)")
     if opts.data_parallel and opts.launcher != "accelerate":
         raise BadInput("--data-parallel needs the accelerate launcher (accelerate launch --multi_gpu)")
 

@@ -1,48 +1,104 @@
-"""What the run measures while a trainer runs: the GPU's memory and utilisation (through
-``kohyawan.doctor.nvml``, the one home of NVML calls) and the resident memory of the trainer's process
-tree (psutil). The watchdogs judge the numbers; see docs/architecture.md ("A run").
+"""What the run measures while a trainer runs: the memory and utilisation of the GPUs the trainer uses
+(through ``kohyawan.doctor.nvml``, the one home of NVML calls, which also maps ``CUDA_VISIBLE_DEVICES`` to
+NVML's devices) and the resident memory of the trainer's process tree (psutil). The watchdogs judge the
+numbers; see docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from kohyawan.doctor.nvml import GIB, Nvml, PynvmlAdapter
+from kohyawan.doctor.nvml import GIB, VISIBLE_VAR, Nvml, PynvmlAdapter, VisibleGpu, map_visible
 
 GpuReading = tuple[float | None, float | None, float | None, float | None]
 NOTHING: GpuReading = (None, None, None, None)
 
 
 class GpuSampler:
-    """VRAM and utilisation of one GPU; without a GPU or NVML it says so once and returns nothing."""
+    """VRAM and utilisation of the GPUs the trainer uses: the first ``processes`` of those
+    ``CUDA_VISIBLE_DEVICES=visible`` shows it (one per data-parallel process). Without a GPU or NVML, or
+    when ``visible`` names none, it says so once and returns nothing."""
 
-    def __init__(self, index: int = 0, warn: Callable[[str], None] | None = None, nvml: Nvml | None = None):
+    def __init__(self, visible: str | None = None, *, processes: int = 1, order: str | None = None,
+                 warn: Callable[[str], None] | None = None, nvml: Nvml | None = None):
         self.ok = False
-        self.message = None
+        self.message: str | None = None
+        self.devices: tuple[VisibleGpu, ...] = ()
+        self.problems: tuple[str, ...] = ()
+        self._handles: tuple = ()
         try:
             self.nv = nvml if nvml is not None else PynvmlAdapter()
             self.nv.init()
-            self.handle = self.nv.handle(index)
-            self.ok = True
-        except Exception as exc:  # no driver, no library, no device: all the same to a user
-            self.message = f"no NVIDIA GPU/NVML here ({type(exc).__name__}): VRAM and GPU utilisation are not watched"
+            seen = map_visible(self.nv, visible, order)
+        except Exception as exc:  # no driver, no library: all the same to a user
+            self._say(f"no NVIDIA GPU/NVML here ({type(exc).__name__}): VRAM and GPU utilisation are not watched", warn)
+            return
+        wanted = max(1, processes)
+        self.devices, self._handles = seen.devices[:wanted], seen.handles[:wanted]
+        self.problems = seen.problems
+        for problem in seen.problems:
             if warn:
-                warn(self.message)
+                warn(problem)
+        if not self.devices:
+            shown = "unset" if visible is None else repr(visible)
+            self._say(f"no GPU to watch ({VISIBLE_VAR} {shown}): VRAM and GPU utilisation are not watched",
+                      warn)
+            return
+        if len(self.devices) < wanted and warn:
+            warn(f"the trainer runs {wanted} processes but sees {len(self.devices)} GPU(s)")
+        self.ok = True
+
+    def _say(self, message: str, warn: Callable[[str], None] | None) -> None:
+        self.message = message
+        if warn:
+            warn(message)
+
+    def sample_each(self, pids: Sequence[int] = ()) -> list[tuple[VisibleGpu, GpuReading]]:
+        """One reading per GPU the trainer uses (see ``sample`` for what a reading holds)."""
+        if not self.ok:
+            return []
+        return [(dev, self._read(handle, pids)) for dev, handle in zip(self.devices, self._handles)]
 
     def sample(self, pids: Sequence[int] = ()) -> GpuReading:
-        """(GB in use on the device, its total GB, GB held by ``pids``' processes, utilisation %)."""
-        if not self.ok:
-            return NOTHING
+        """(GB in use on the device, its total GB, GB held by ``pids``' processes, utilisation %), of the
+        GPU with the least free memory when the trainer uses several (``combine``)."""
+        return combine([reading for _dev, reading in self.sample_each(pids)])
+
+    def _read(self, handle, pids: Sequence[int]) -> GpuReading:
         try:
-            total, _free, used = self.nv.memory(self.handle)
-            util = self.nv.utilisation(self.handle)
-            proc = None
-            if pids:
-                wanted = set(pids)
-                proc = sum((mem or 0) for pid, mem in self.nv.compute_processes(self.handle) if pid in wanted) / GIB
-            return used / GIB, total / GIB, proc, float(util)
+            total, _free, used = self.nv.memory(handle)
         except Exception:
             return NOTHING
+        try:  # a MIG instance has no utilisation counter
+            util = float(self.nv.utilisation(handle))
+        except Exception:
+            util = None
+        proc = None
+        if pids:
+            wanted = set(pids)
+            try:  # no permission to list processes: the device's own figure still counts
+                proc = sum((mem or 0) for pid, mem in self.nv.compute_processes(handle) if pid in wanted) / GIB
+            except Exception:
+                proc = None
+        return used / GIB, total / GIB, proc, util
+
+
+def combine(readings: Sequence[GpuReading]) -> GpuReading:
+    """One reading for the watchdog from several GPUs: memory of the fullest one (the margin that matters),
+    the largest share held by the trainer's processes, the lowest utilisation (one idle GPU is the alert)."""
+    seen = [r for r in readings if r[0] is not None and r[1] is not None]
+    if not seen:
+        return NOTHING
+    used, total, _, _ = min(seen, key=lambda r: r[1] - r[0])
+    procs = [r[2] for r in seen if r[2] is not None]
+    utils = [r[3] for r in seen if r[3] is not None]
+    return used, total, max(procs) if procs else None, min(utils) if utils else None
+
+
+def trainer_vram(reading: GpuReading) -> float | None:
+    """What the trainer holds on a GPU: its own processes' share where NVML lists them, else the device's use
+    (a container with its own pid namespace hides the host's pids from NVML)."""
+    return reading[2] if reading[2] is not None else reading[0]
 
 
 def host_sample(root: int) -> tuple[float | None, float | None, list[int]]:

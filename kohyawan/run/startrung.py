@@ -1,46 +1,60 @@
 """Where a training stage starts on the fallback ladder with ``--start-rung auto``: the first position that
-``kohyawan estimate`` says fits this GPU with the profile's safety margin, learning from earlier runs on the
-same GPU (the GPU is named through ``kohyawan.doctor.nvml``). See docs/architecture.md ("A run").
+``kohyawan estimate`` says fits the GPU the trainer uses with the profile's safety margin, learning from
+earlier runs and calibrations on the same GPU. The GPU is the one the run recorded in run.json when it
+started watching it (``Run.watch_gpus``: the first GPU the trainer sees, or a rehearsal's virtual one).
+See docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Sequence
 
+from kohyawan.estimate import allocator
 from kohyawan.estimate.observations import load_observations
-from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, first_fitting_rung
+from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, estimate_values, ladder_estimates
+from kohyawan.run import rungs as rungs_mod
 from kohyawan.run.ladder import RungLike
 
 
-def gpu_in_use(gpus: str | None) -> dict | None:
-    """Name and total memory of the GPU the trainer will use (first of CUDA_VISIBLE_DEVICES), via NVML."""
-    from kohyawan.doctor import nvml
+def estimate_kwargs(opts, data: dict) -> dict[str, Any]:
+    """What the estimate needs to speak for this run: what was learnt on its GPU (runs and calibrations in
+    the runs folder) and whether the trainer runs with expandable segments."""
+    gpu_name = (data.get("gpu") or {}).get("name")
+    kwargs: dict[str, Any] = {"observations": load_observations(opts.runs_dir) if gpu_name else [],
+                              "gpu_name": gpu_name}
+    # the estimate's allocator reserve follows the trainer's setting (an estimate without the keyword
+    # predates that reserve and assumes one reserve for both)
+    if "expandable_segments" in inspect.signature(estimate_values).parameters:
+        kwargs["expandable_segments"] = allocator.expandable(data.get("alloc_conf"))
+    return kwargs
 
-    found = nvml.probe_gpus(nvml.real_nvml())
-    if not found:
-        return None
-    first = (gpus or "0").split(",")[0].strip()
-    index = int(first) if first.isdigit() and int(first) < len(found) else 0
-    return {"name": str(found[index]["name"]), "total_gib": float(found[index]["total_gib"])}
+
+def margin_of(spec) -> float:
+    return float(spec.extra.get("watchdog", {}).get("vram_margin_gb", DEFAULT_MARGIN_GIB))
 
 
 def estimated_start(base, vram: Sequence[RungLike], opts, data: dict, say: Callable[[str], None]) -> list[str]:
-    """The rungs to start with (none when the GPU's size is unknown); records in run.json's ``data`` the
-    GPU (real runs) and what the estimate said."""
-    gpu = None if opts.rehearse else gpu_in_use(opts.gpus)
-    if gpu is not None:  # the estimator learns from runs on the same GPU: record which one this is
-        data["gpu"] = gpu
-    gib = (opts.gpu_memory_gb or 24.0) if opts.rehearse else (gpu or {}).get("total_gib")
+    """The rungs to start with (none when the GPU's size is unknown); records in run.json's ``data`` what
+    the estimate said, and says what it learnt from earlier runs on this GPU up to the start position."""
+    gib = (data.get("gpu") or {}).get("total_gib")
     if gib is None:
         say("estimate: GPU size unknown, starting at the profile's settings")
         return []
-    margin = float(base.extra.get("watchdog", {}).get("vram_margin_gb", DEFAULT_MARGIN_GIB))
-    seen = load_observations(opts.runs_dir) if gpu else []
-    index, rung, est = first_fitting_rung(base, gib, margin_gb=margin, observations=seen,
-                                          gpu_name=gpu["name"] if gpu else None)
+    margin = margin_of(base)
+    ladder = ladder_estimates(base, vram, rungs_mod.apply, vram_gib=gib, margin_gib=margin,
+                              **estimate_kwargs(opts, data))
+    index = ladder.first_fit
+    est = ladder.estimates[index]          # -1: nothing fits, the last rung's estimate
+    learnt: dict[str, list[str]] = {}
+    for e in ladder.estimates[:index + 1 if index >= 0 else None]:
+        for note in e.corrections.notes:
+            learnt.setdefault(note, []).append(e.label)
     data["estimate"] = {"gpu_gib": gib, "margin_gib": margin, "start_index": index,
-                        "predicted_peak_gib": round(est.vram_gib, 2)}
-    say(start_message(index, rung.name if rung else None, est.vram_gib, gib))
+                        "predicted_peak_gib": round(est.vram_gib, 2), "corrections": list(learnt)}
+    for note, labels in learnt.items():
+        say(f"estimate: learnt from earlier runs on this GPU: {note} (for {', '.join(labels)})")
+    say(start_message(index, ladder.rungs[index - 1].name if index > 0 else None, est.vram_gib, gib))
     return start_rungs(index, vram)
 
 

@@ -59,6 +59,7 @@ class Tracker:
         self.last_error: str | None = None
         self.vram_gb: float | None = None
         self.ram_gb: float | None = None
+        self.vram_each: list[float | None] | None = None   # per GPU of a data-parallel run
         self.first_step_seen: int | None = None
 
     @property
@@ -169,16 +170,19 @@ class Tracker:
                     pass
         self.ledger.save()
 
-    def sample(self, vram_gb: float | None, ram_gb: float | None) -> None:
-        self.vram_gb, self.ram_gb = vram_gb, ram_gb
+    def sample(self, vram_gb: float | None, ram_gb: float | None, vram_each: list[float | None] | None = None) -> None:
+        self.vram_gb, self.ram_gb, self.vram_each = vram_gb, ram_gb, vram_each
 
     def _flush_metric(self) -> None:
         m, self.pending_metric = self.pending_metric, None
         if m is None:
             return
-        self.ledger.metric({"step": m["step"], "loss": m["loss"],
-                            "s_per_it": m["s_per_it"], "vram_gb": _r(self.vram_gb), "ram_gb": _r(self.ram_gb),
-                            "time": round(self.clock(), 3), "attempt": self.attempt, "stage": self.stage})
+        record = {"step": m["step"], "loss": m["loss"], "s_per_it": m["s_per_it"], "vram_gb": _r(self.vram_gb),
+                  "ram_gb": _r(self.ram_gb), "time": round(self.clock(), 3), "attempt": self.attempt,
+                  "stage": self.stage}
+        if self.vram_each:
+            record["vram_gb_each"] = [_r(v) for v in self.vram_each]
+        self.ledger.metric(record)
 
     def close(self, succeeded: bool) -> None:
         """End of the attempt: a checkpoint still pending was written only if the trainer finished."""

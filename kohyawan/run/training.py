@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kohyawan.files.atomic import write_text as atomic_write
-from kohyawan.run import lrschedule, rungs, steps
+from kohyawan.run import hostram, lrschedule, rungs, steps
 from kohyawan.run.attemptconfig import attempt_config
 from kohyawan.run.ladder import Next, Saved, decide
 from kohyawan.run.monitor import AttemptMonitor
-from kohyawan.run.startrung import estimated_start
+from kohyawan.run.startrung import estimate_kwargs, estimated_start, margin_of
 from kohyawan.run.steps import Stop
 from kohyawan.run.tracker import Tracker
+from kohyawan.trainer.musubi_log import CPU_ALLOCATOR_REFUSED
+from kohyawan.trainer.pyshim import kohyawan_mem
 
 STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
 DEFAULT_MAX_ATTEMPTS = 8
@@ -56,14 +58,32 @@ class StageTrainer:
         self.ledger = run.ledger
         self.rec = steps.stage_record(self.ledger.data, name)
 
-    def train(self) -> None:
-        if self.rec.get("status") == "done":
-            return
+    def prepare(self) -> None:
+        """The stage's ladders (the host-RAM one grows as the settings in effect change) and attempt budget."""
         base = self.run.base_spec
         self.vram, self.ram = rungs.vram_rungs(base), rungs.ram_rungs(base)
         self.by_name = {r.name: r for r in self.vram + self.ram}
         self.max_attempts = self.run.opts.max_attempts or int(
             base.extra.get("ladder", {}).get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+
+    def rungs_of(self, names) -> list:
+        """The rungs behind recorded names, in order; a host-RAM step that is not on the ladders built at start
+        (a resumed run) is rebuilt from its name against the settings before it."""
+        found, spec = [], self.run.base_spec
+        for name in names:
+            rung = self.by_name.get(name) or rungs.named(name, spec)
+            if rung is not None:
+                found.append(rung)
+                spec = rungs.apply(spec, [rung])
+        return found
+
+    def spec_with(self, names):
+        return rungs.apply(self.run.base_spec, self.rungs_of(names))
+
+    def train(self) -> None:
+        if self.rec.get("status") == "done":
+            return
+        self.prepare()
         if "rungs" not in self.rec:
             self.rec["rungs"] = self.start_rungs()
         steps.open_record(self.rec)
@@ -89,7 +109,7 @@ class StageTrainer:
         The run folder's files become the current plan (what a manual run would use); the attempt trains
         with its own copy in ``attempts/NN/``, which its command line names, so every recorded command
         keeps meaning that attempt's settings."""
-        spec = rungs.apply(self.run.base_spec, [self.by_name[n] for n in nxt.rungs if n in self.by_name])
+        spec = self.spec_with(nxt.rungs)
         plan = self.run.plan(spec)
         for cache, forced in steps.cache_checks(plan.stages, nxt, keyed=self.run.cache_folders is not None):
             self.run.cache_stage(cache, force=forced, quiet_skip=True)
@@ -101,7 +121,8 @@ class StageTrainer:
         stage = next(s for s in self.run.plan(spec, config_dir=adir).stages if s.name == self.name)
         name = f"{stage.output_name}-a{n:02d}"
         self._write_config(stage, spec, nxt, total, n, name)
-        self.ledger.start_attempt(rung=nxt.new_rung, changes=steps.rung_changes(self.vram, self.ram, nxt.rungs),
+        changes = steps.rung_changes(self.vram, self.rungs_of(nxt.rungs), nxt.rungs)
+        self.ledger.start_attempt(rung=nxt.new_rung, changes=changes,
                                   resumed_from=nxt.resume_state or nxt.network_weights, first_step=nxt.start_step,
                                   stage=stage.name, output_name=name, rungs=list(nxt.rungs), lr_scale=nxt.lr_scale,
                                   console_log=str(adir / "console.log"))
@@ -125,15 +146,17 @@ class StageTrainer:
                           start_step=nxt.start_step, total_steps=total, on_save=self._on_save,
                           steps_per_epoch=self.rec.get("steps_per_epoch"))
         self.run.show_attempt(stage.name, n, nxt, total)
+        peaks = adir / "allocator"   # the trainer's own allocator peaks (kohyawan_lr -> kohyawan_mem)
         result, monitor = self.run.supervise(self.run.argv(stage), adir / "console.log", stage=stage.name,
-                                             tracker=tracker, attempt=n)
+                                             tracker=tracker, attempt=n, env={kohyawan_mem.ENV: str(peaks)})
         outcome, reason, finished = steps.attempt_outcome(
             stopped_for=result.stopped_for, stop_reason=result.stop_reason, exit_code=result.exit_code,
             tail=result.tail, model_saved=tracker.model_saved, reached=tracker.absolute, total=total)
         tracker.close(finished)
         self.ledger.end_attempt(outcome=outcome, reason=reason, exit_code=result.exit_code,
                                 steps=[nxt.start_step, tracker.absolute], peak_vram_gb=_r(monitor.peak_vram),
-                                peak_ram_gb=_r(monitor.peak_ram), escalated=result.escalated)
+                                peak_ram_gb=_r(monitor.peak_ram), escalated=result.escalated, gpu=self.run.gpu_brief(),
+                                peak_vram_by_gpu=monitor.gpu_peaks(), allocator_peak_gb=kohyawan_mem.read(peaks))
         return AttemptEnd(n, outcome, reason, tracker, monitor)
 
     def _on_save(self, saved: Saved) -> None:
@@ -153,9 +176,11 @@ class StageTrainer:
         bad = steps.bad_from(end.outcome, wd.bad_loss, end.tracker.absolute, wd.cfg)
         latest, good = steps.resume_points(present(steps.saves_of(rec)), bad)
         previous = steps.earlier_outcomes(self.ledger.data["attempts"], self.name)
-        nxt = decide(end.outcome, failure_line=end.reason, vram=self.vram, ram=self.ram, applied=rec["rungs"],
-                     lr_scale=rec["lr_scale"], attempts_made=len(previous) + 1, max_attempts=self.max_attempts,
-                     saved=latest, good_saved=good, previous=previous)
+        ram = self.ram_plan(end) if end.outcome == "oom_ram" else None
+        nxt = decide(end.outcome, failure_line=end.reason, vram=self.vram, ram=ram.steps if ram else (),
+                     applied=rec["rungs"], lr_scale=rec["lr_scale"], attempts_made=len(previous) + 1,
+                     max_attempts=self.max_attempts, saved=latest, good_saved=good, previous=previous,
+                     ram_exhausted=ram.exhausted if ram else "")
         rec.update(rungs=list(nxt.rungs), lr_scale=nxt.lr_scale)
         self.ledger.update_attempt(next=nxt.reason)
         if nxt.action == "stop":
@@ -167,6 +192,22 @@ class StageTrainer:
         self.run.view.say(line)
         self.run.notifier.send("ladder", text, outcome=end.outcome, rung=nxt.new_rung)
         return nxt
+
+    def ram_plan(self, end: AttemptEnd) -> hostram.RamPlan:
+        """The host-RAM rungs worth trying from the settings in effect, judged for the phase that failed."""
+        current = self.spec_with(self.rec["rungs"])
+        phase = "load" if end.tracker.first_step_seen is None else "train"
+        data, opts = self.ledger.data, self.run.opts
+        kwargs = estimate_kwargs(opts, data)
+        margin = margin_of(current)
+        fresh = [r for r in rungs.ram_rungs(current) if r.name not in self.rec["rungs"]]   # a name is taken once
+        found = hostram.plan(current, fresh, phase=phase, margin_gib=margin,
+                             vram_gib=(data.get("gpu") or {}).get("total_gib"), ram_gib=self.run.host_ram_gib(),
+                             pinned_refused=CPU_ALLOCATOR_REFUSED in (end.reason or ""),
+                             need=lambda s: hostram.need_of(s, **kwargs))
+        for rung in found.steps:
+            self.by_name.setdefault(rung.name, rung)
+        return found
 
 
 def _r(v: float | None) -> float | None:

@@ -206,8 +206,9 @@ _VRAM_OOM = (
     "OutOfMemoryError",
     "HIP out of memory",
 )
+CPU_ALLOCATOR_REFUSED = "DefaultCPUAllocator: can't allocate memory"   # torch's CPU allocator (pinned memory too)
 _RAM_OOM = (
-    "DefaultCPUAllocator: can't allocate memory",
+    CPU_ALLOCATOR_REFUSED,
     "died with <Signals.SIGKILL: 9>",
     "returned non-zero exit status -9",
     "Cannot allocate memory",

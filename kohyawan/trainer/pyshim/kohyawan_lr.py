@@ -9,7 +9,9 @@ absolute step ``start_step + steps taken in this process``, never on ``max_train
 a restored counter, because kohyawan knows the absolute step of the state it resumes from.
 
 This file is put on the trainer's PYTHONPATH by kohyawan; it needs only the standard library until the
-trainer asks for the class, which then imports torch (the trainer's own). Design: docs/architecture.md.
+trainer asks for the class, which then imports torch (the trainer's own). After every step the class also
+hands the allocator's peaks to ``kohyawan_mem`` (beside this file), which writes them only when kohyawan
+asked for them. Design: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def _make_class():
         def get_lr(self):
             return [base * self._factor() for base in self.base_lrs]
 
+        def step(self, epoch=None):
+            # musubi-tuner steps the scheduler once after every optimizer step: the moment to read the peaks
+            super().step() if epoch is None else super().step(epoch)
+            _memory().record(self.last_epoch)
+
         def load_state_dict(self, state_dict):
             # The saved counter and settings belong to the attempt that saved them; this process was
             # told its absolute position. Only re-apply our LR to the optimizer, whose restored param
@@ -86,6 +93,15 @@ def _make_class():
             self._last_lr = values
 
     return ContinuedLR
+
+
+def _memory():
+    """``kohyawan_mem``, a sibling module whether this one was imported as ``kohyawan_lr`` (the trainer) or as
+    ``kohyawan.trainer.pyshim.kohyawan_lr`` (kohyawan itself)."""
+    import importlib
+
+    package = __name__.rpartition(".")[0]
+    return importlib.import_module(f"{package}.kohyawan_mem" if package else "kohyawan_mem")
 
 
 _cache: dict = {}
