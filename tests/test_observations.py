@@ -118,3 +118,19 @@ def test_without_cuda_the_recorder_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(kohyawan_mem.ENV, str(tmp_path / "a"))
     kohyawan_mem.record(1)          # this machine's torch has no CUDA
     assert not (tmp_path / "a").exists()
+
+
+def test_an_oom_under_a_gpu_memory_budget_counts_against_the_budget_not_the_card(tmp_path):
+    """A run started with --gpu-memory planned for part of a bigger card: its OOM says the settings needed more
+    than that part, not more than the whole card."""
+    spec = spec_for("fp8_base=true", "blocks_to_swap=10")
+    write_run(tmp_path / "runs" / "r1", spec, [{"n": 1, "outcome": "oom_vram", "changes": {}}],
+              gpu={"name": "NVIDIA H200", "total_gib": 139.8})
+    run_json = tmp_path / "runs" / "r1" / "run.json"
+    doc = json.loads(run_json.read_text())
+    (obs,) = observations.load_observations(tmp_path / "runs")
+    assert obs.gpu_total_gib == 139.8
+    doc["gpu_budget_gib"] = 23.5
+    run_json.write_text(json.dumps(doc))
+    (obs,) = observations.load_observations(tmp_path / "runs")
+    assert obs.oom_vram and obs.gpu_total_gib == 23.5

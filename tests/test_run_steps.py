@@ -178,3 +178,22 @@ def test_open_record_keeps_what_a_resumed_stage_had():
     fresh = {"name": "train"}
     steps.open_record(fresh)
     assert fresh == {"name": "train", "status": "running", "lr_scale": 1.0, "saves": []}
+
+
+def test_gpu_memory_caps_what_a_real_run_plans_for_and_is_recorded():
+    from types import SimpleNamespace
+
+    from kohyawan.run.startrung import planned_gib
+
+    real = SimpleNamespace(rehearse=False, gpu_memory_gb=23.5)
+    data = {"gpu": {"name": "NVIDIA H200", "total_gib": 139.8}}
+    assert planned_gib(real, data) == 23.5 and data["gpu_budget_gib"] == 23.5
+    bigger = {"gpu": {"name": "NVIDIA H200", "total_gib": 139.8}}
+    assert planned_gib(SimpleNamespace(rehearse=False, gpu_memory_gb=500), bigger) == 139.8   # never more than the card
+    unknown = {}
+    assert planned_gib(real, unknown) == 23.5                          # no NVML: the user's figure
+    plain = {"gpu": {"name": "NVIDIA H200", "total_gib": 139.8}}
+    assert planned_gib(SimpleNamespace(rehearse=False, gpu_memory_gb=None), plain) == 139.8
+    assert "gpu_budget_gib" not in plain
+    virtual = {"gpu": {"name": "kohyawan rehearsal (virtual GPU)", "total_gib": 12.0}}
+    assert planned_gib(SimpleNamespace(rehearse=True, gpu_memory_gb=12), virtual) == 12.0 and "gpu_budget_gib" not in virtual

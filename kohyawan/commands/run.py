@@ -52,7 +52,8 @@ def rehearsal_options(func):
         click.option("--rehearse", is_flag=True, default=None,
                      help="Use kohyawan's simulated trainer: the whole pipeline, no GPU, NO TRAINING."),
         click.option("--gpu-memory", type=click.FloatRange(1, 4096), default=None, metavar="GB",
-                     help="Rehearsal: the virtual GPU's memory (default 24)."),
+                     help="Plan for at most this much GPU memory: a real run picks its start rung for it "
+                          "(a GPU shared with ComfyUI, say); a rehearsal's virtual GPU (default 24)."),
     ]
     return _decorate(func, options)
 
@@ -136,8 +137,6 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     """
     from kohyawan.run import runsetup
 
-    if gpu_memory and not rehearse:
-        raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
     # the trainer runs in its own checkout: every path it gets must be absolute
     plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
     request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)

@@ -76,6 +76,11 @@ def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
 
 
 def _gpu_total(*sources: Mapping[str, Any]) -> float | None:
+    """The GPU memory the trainer had: a run's ``gpu_budget_gib`` (``--gpu-memory``) when it planned for less
+    than the card, else the card's."""
+    for src in sources:
+        if isinstance(src.get("gpu_budget_gib"), (int, float)):
+            return float(src["gpu_budget_gib"])
     for src in sources:
         gpu = src.get("gpu")
         if isinstance(gpu, Mapping) and isinstance(gpu.get("total_gib"), (int, float)):

@@ -30,6 +30,17 @@ def estimate_kwargs(opts, data: dict) -> dict[str, Any]:
     return kwargs
 
 
+def planned_gib(opts, data: dict) -> float | None:
+    """The GPU memory the run plans for: the GPU's (NVML, or a rehearsal's virtual one), or less when the user
+    gave ``--gpu-memory`` for a real run (a GPU shared with another program); recorded as ``gpu_budget_gib``."""
+    gib = (data.get("gpu") or {}).get("total_gib")
+    budget = None if opts.rehearse else opts.gpu_memory_gb
+    if budget:
+        data["gpu_budget_gib"] = min(float(gib), float(budget)) if gib else float(budget)
+        return data["gpu_budget_gib"]
+    return gib
+
+
 def margin_of(spec) -> float:
     return float(spec.extra.get("watchdog", {}).get("vram_margin_gb", DEFAULT_MARGIN_GIB))
 
@@ -37,7 +48,7 @@ def margin_of(spec) -> float:
 def estimated_start(base, vram: Sequence[RungLike], opts, data: dict, say: Callable[[str], None]) -> list[str]:
     """The rungs to start with (none when the GPU's size is unknown); records in run.json's ``data`` what
     the estimate said, and says what it learnt from earlier runs on this GPU up to the start position."""
-    gib = (data.get("gpu") or {}).get("total_gib")
+    gib = planned_gib(opts, data)
     if gib is None:
         say("estimate: GPU size unknown, starting at the profile's settings")
         return []
