@@ -191,14 +191,16 @@ def _status_change_options(f):
     return click.argument("name")(click.argument("version")(f))
 
 
-def _change_status(action, name, version, reason, client, kind, registry_dir, as_json):
+def _change_status(action, name, version, reason, client, kind, registry_dir, as_json, force=False):
     """promote / deprecate: the same shape, one pure function from ``versions`` each."""
     from kohyawan.registry import actions, store
 
     result = actions.change_status(store.locate(registry_dir), action, name, version, reason=reason, client=client,
-                                   kind=kind)
+                                   kind=kind, force=force)
     result.pop("user")
     key, cur = result["model"], result["current"]
+    if result.get("rehearsal"):
+        warn(f"{key} v{result['version']} comes from a rehearsal run: no training happened, and it is current now")
     if as_json:
         print_json(result)
     else:
@@ -210,14 +212,20 @@ def _change_status(action, name, version, reason, client, kind, registry_dir, as
 def _status_command(action: str, doc: str):
     """``registry ACTION NAME VERSION``: promote and deprecate differ only in the action and the help."""
 
-    def command(name, version, reason, client, kind, registry_dir, as_json):
-        _change_status(action, name, version, reason, client, kind, registry_dir, as_json)
+    def command(name, version, reason, client, kind, registry_dir, as_json, force=False):
+        _change_status(action, name, version, reason, client, kind, registry_dir, as_json, force)
 
     command.__name__, command.__doc__ = action, doc
-    return registry.command(action)(_status_change_options(command))
+    command = _status_change_options(command)
+    if action == "promote":
+        command = click.option("--force", is_flag=True,
+                               help="Promote a version that comes from a rehearsal run (no training happened).")(command)
+    return registry.command(action)(command)
 
 
 promote = _status_command("promote", """Make VERSION the current (production) version; the previous current one becomes deprecated.
+
+    A version exported from a rehearsal run (kohyawan's simulated trainer) is refused without --force.
 
     \b
     Example:
