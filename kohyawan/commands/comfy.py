@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kohyawan.console import err, out, print_json
+from kohyawan.console import err, out, print_json, warn
 from kohyawan.errors import BadInput, WorkFailed
 
 def _sampling_options(f):
@@ -62,6 +62,22 @@ def _workflow_args(kw: dict, client=None) -> dict:
         cfg=kw["cfg"], shift=kw["shift"], fps=kw["fps"], unet_high=kw["unet_high"], unet_low=kw["unet_low"],
         clip=kw["clip"], vae=kw["vae"], weight_dtype=kw["weight_dtype"], output=kw["output_kind"],
     )
+
+
+def _existing_parent(path: Path) -> None:
+    """--out may name a new file or folder, but in a folder that exists (a typo must not create a tree)."""
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise BadInput(f"--out {path}: the folder {parent} does not exist")
+
+
+def _warn_local_paths(names) -> None:
+    from kohyawan.comfy.strengths import local_path_warning
+
+    for name in dict.fromkeys(names):
+        message = local_path_warning(name)
+        if message:
+            warn(message)
 
 
 def _validate_or_fail(client, workflows: dict[str, dict]) -> None:
@@ -122,8 +138,10 @@ def workflow(loras, loras_high, loras_low, prompt, seed, prefix, out_path, serve
     from kohyawan.comfy.strengths import parse_lora, stacks
     from kohyawan.comfy.workflow import build_workflow, dumps, loras_in
 
+    _existing_parent(out_path)
     refs = ([parse_lora(t) for t in loras] + [parse_lora(t, "high") for t in loras_high]
             + [parse_lora(t, "low") for t in loras_low])
+    _warn_local_paths(r.name for r in refs)
     high, low = stacks(refs)
     client = None
     if server:
@@ -178,6 +196,10 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
     """
     from kohyawan.comfy.grid import parse_strengths, plan_grid, read_prompts, write_grid
 
+    _existing_parent(out_dir)
+    from kohyawan.comfy.strengths import parse_lora
+
+    _warn_local_paths(parse_lora(name).name for name in (*loras, *compare))
     prompts = read_prompts(prompts_file)
     values = parse_strengths(strengths)
     client = None
