@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -55,13 +56,13 @@ def render(out, trainer_dir, python, as_json, **kwargs):
         return
     c = console.out()
     steps = plan.steps
-    c.print(f"Wrote {len(plan.files)} files to {plan.out_dir}:")
+    c.print(f"Wrote {len(plan.files)} files to {plan.out_dir}:", markup=False)
     for name in plan.files:
-        c.print(f"  {name}")
+        c.print(f"  {name}", markup=False)
     approx = "" if steps.exact else " (approximate: clip lengths unknown)"
     c.print(f"{steps.items} items, {steps.batches_per_epoch} steps per epoch, {steps.epochs} epochs: "
             f"{steps.total_steps} steps per training run{approx}, warm-up {steps.warmup_steps}.")
-    c.print(f"Next: bash {plan.out_dir / 'commands.sh'}")
+    c.print(f"Next: bash {shlex.quote(str(plan.out_dir / 'commands.sh'))}", markup=False)
 
 
 @config.command()

@@ -73,7 +73,7 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
     """Predict peak VRAM, host RAM, time, disk and cost for a plan and each fallback rung.
 
     The first rung that fits the GPU with the safety margin is marked: `kohyawan run` starts there.
-    Figures are GiB; the memory model and its calibration are documented in kohyawan/estimate/memory.py.
+    Figures are GiB; the memory model, its calibration and its accuracy: docs/estimate.md.
 
     \b
     Example:

@@ -120,8 +120,8 @@ def registry():
 
 
 @registry.command("list")
-@click.option("--kind", type=click.Choice(KINDS), default=None)
-@click.option("--client", default=None)
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="List only the models of this kind.")
+@click.option("--client", default=None, help="List only this client's models.")
 @_registry_option
 @_json_option
 @_io_errors
