@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from kohyawan.rehearse import env
+from kohyawan.rehearse import decode, env
 from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import items, load
@@ -46,6 +46,10 @@ def _run(script: str, logger: str, what: str) -> int:
         if what == "latents":
             print(f"INFO:musubi_tuner.cache_latents:Encoding dataset [{ds.index}]", file=sys.stderr, flush=True)
         todo = items(ds)
+        if what == "latents":  # the real cacher loads every image and clip: a corrupt one stops it
+            broken = decode.first_error(ds, todo)
+            if broken:
+                return decode.fail(broken[1])
         start = time.monotonic()
         sys.stderr.write(_bar(0, start))
         written = set()
