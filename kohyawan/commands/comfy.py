@@ -73,7 +73,8 @@ def _workflow_args(kw: dict, client=None) -> dict:
 
 
 def _existing_parent(path: Path) -> None:
-    """--out may name a new file or folder, but in a folder that exists (a typo must not create a tree)."""
+    """A file --out may be new, but its folder must exist (a typo must not create a tree), as for every command
+    that writes one file; an output folder (grid --out) is created, as dataset prepare's is."""
     parent = path.absolute().parent
     if not parent.is_dir():
         raise BadInput(f"--out {path}: the folder {parent} does not exist")
@@ -205,7 +206,6 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
     """
     from kohyawan.comfy.grid import parse_strengths, plan_grid, read_prompts, write_grid
 
-    _existing_parent(out_dir)
     from kohyawan.comfy.strengths import parse_lora
 
     _warn_local_paths(parse_lora(name).name for name in (*loras, *compare))
