@@ -22,8 +22,19 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     yield
 
 
+def tiny_png(index: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (64, 64), (37 * index % 256, 90, 160)).save(data, "PNG")
+    return data.getvalue()
+
+
 def make_dataset(root, images=3, videos=0, caption=True):
-    """A dataset folder in the trainer's layout (contents are not decoded by planning)."""
+    """A dataset folder in the trainer's layout. Images are real 64x64 PNGs (a rehearsal decodes them, as the
+    trainer does); clips are one byte (planning does not decode them; a rehearsal would refuse them)."""
     from pathlib import Path
 
     root = Path(root)
@@ -33,7 +44,7 @@ def make_dataset(root, images=3, videos=0, caption=True):
         folder = root / kind
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            (folder / f"item{i:03d}{ext}").write_bytes(b"\0")
+            (folder / f"item{i:03d}{ext}").write_bytes(tiny_png(i) if ext == ".png" else b"\0")
             if caption:
                 (folder / f"item{i:03d}.txt").write_text(f"a caption {i}\n", encoding="utf-8")
     return root

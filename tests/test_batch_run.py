@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchkit import CLI, FAST_ENV, write_manifest
+from conftest import tiny_png
 from kohyawan.batch import driver
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_batch_runs_every_job_a_failure_stops_nothing_and_finished_jobs_are_expo
     path.write_text(path.read_text().replace('env = { KOHYAWAN_REHEARSE_FAULTS = "crash@3" }\n', ""))
     data = tmp_path / "data" / "sarah"
     for i in range(2):   # new material for sarah does not matter: sarah is done in this batch folder
-        (data / "images" / f"new{i}.png").write_bytes(b"\0")
+        (data / "images" / f"new{i}.png").write_bytes(tiny_png(i))
     retried = driver.run(_opts(path, gpus="0,1", retry_failed=True))
     jobs = {j["key"]: j for j in retried["jobs"]}
     assert retried["counts"]["succeeded"] == 3
@@ -97,7 +98,7 @@ def test_a_second_batch_reports_what_changed_since_the_previous_version(tmp_path
     path = write_manifest(tmp_path, body.replace("[defaults]\n", '[defaults]\nruns_dir = "shared-runs"\n'))
     driver.run(_opts(path))
     for i in range(5):
-        (tmp_path / "data" / "sarah" / "images" / f"new{i}.png").write_bytes(b"\0")
+        (tmp_path / "data" / "sarah" / "images" / f"new{i}.png").write_bytes(tiny_png(i))  # a rehearsal decodes
         (tmp_path / "data" / "sarah" / "images" / f"new{i}.txt").write_text("new")
     doc = driver.run(_opts(path, folder=tmp_path / "second"))
     (sarah,) = doc["jobs"]

@@ -260,7 +260,7 @@ def test_interrupted_partials_are_ignored_and_cleaned(prepared, source, tmp_path
 def test_check_flags_hand_edited_dataset(prepared, tmp_path):
     dest = tmp_path / "edited"
     shutil.copytree(prepared["dest"], dest)
-    # the toml holds absolute paths: point it at the copy
+    # an older prepare wrote absolute paths; this one writes relative ones (a no-op now)
     text = (dest / "dataset.toml").read_text().replace(str(prepared["dest"]), str(dest))
     (dest / "dataset.toml").write_text(text)
     assert check_dataset(dest).ok

@@ -27,14 +27,19 @@ def _run(*args):
 
 
 TABLE_120 = """\
-file                            kind   model              dtype        params    expert   notes
+file                                              kind   model            dtype        params    expert   notes
 ────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
-wan2.2_t2v_high_noise_14B_fp1   dit    Wan 2.2 T2V A14B   fp16         14.29B    high     Wan 2.2 by name (same layout
-6.safetensors                                                                             as Wan 2.1 T2V 14B)
-wan2.2_i2v_low_noise_14B_fp8_   dit    Wan 2.2 I2V A14B   fp8_scaled   14.29B    low      ComfyUI scaled-fp8 checkpoint
-scaled.safetensors                                                                        (scale tensors beside fp8
-                                                                                          weights)
-wan_2.1_vae.safetensors         vae    Wan 2.1            bf16         126.89M   -        -
+wan2.2_t2v_high_noise_14B_fp16.safetensors        dit    Wan 2.2 T2V      fp16         14.29B    high     Wan 2.2 by
+                                                         A14B                                             name (same
+                                                                                                          layout as Wan
+                                                                                                          2.1 T2V 14B)
+wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors   dit    Wan 2.2 I2V      fp8_scaled   14.29B    low      ComfyUI
+                                                         A14B                                             scaled-fp8
+                                                                                                          checkpoint
+                                                                                                          (scale tensors
+                                                                                                          beside fp8
+                                                                                                          weights)
+wan_2.1_vae.safetensors                           vae    Wan 2.1          bf16         126.89M   -        -
 """
 
 

@@ -69,7 +69,7 @@ def world(tmp_path):
     # v2 from the sweep's "standard" variant: its hyperparameters differ, and the model page shows how
     export(tmp_path / "runs" / "ab-standard", registry, "--notes", "standard variant: lower learning rate")
     assert cli("registry", "promote", "sarah", "v1", "--registry", str(registry), "--reason", "first tests passed",
-               KOHYAWAN_USER="ana").returncode == 0
+               "--force", KOHYAWAN_USER="ana").returncode == 0  # --force: a rehearsal's LoRA
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("sarah waves at the camera\nsarah walks on a beach at sunset\n")
     lora = "wan2.2_character_sarah_v1.safetensors"
@@ -134,6 +134,7 @@ def promote_on_the_page(page, base: str, registry: Path, shots: Path) -> None:
     page.goto(base + "/registry/character/demo/sarah")
     row = page.locator('tr[data-version="2"]')
     row.locator('form:has(button.promote) input[name="reason"]').fill("sharper faces at 0.8")
+    row.locator("input.force").check()  # a rehearsal's LoRA: promoted on purpose
     row.locator("button.promote").click()
     expect(page.locator("#done")).to_contain_text("v2 promoted; current is v2 (by ana)")
     model = json.loads((registry / "index.json").read_text())["models"]["character/demo/sarah"]

@@ -123,10 +123,14 @@ def test_registry_pages_promote_and_rollback_change_the_index_on_disk(world, mon
     assert "<h1>Training notes: sarah" in model and "<table>" in model  # training_notes.md, rendered
     assert re.search(r"sha256 <code>[0-9a-f]{16}</code>", model)
     monkeypatch.setenv("KOHYAWAN_USER", "ana")
-    r = c.post("/registry/character/demo/sarah/action", data={"action": "promote", "version": "1", "reason": "ok"},
-               headers={"HX-Request": "true"})
+    refused = c.post("/registry/character/demo/sarah/action", data={"action": "promote", "version": "1"},
+                     headers={"HX-Request": "true"})  # a rehearsal's LoRA, as `registry promote` without --force
+    assert refused.status_code == 400 and "comes from a rehearsal run" in refused.text
+    assert 'name="force"' in model
+    r = c.post("/registry/character/demo/sarah/action",
+               data={"action": "promote", "version": "1", "reason": "ok", "force": "1"}, headers={"HX-Request": "true"})
     assert r.status_code == 200 and "v1 promoted; current is v1 (by ana)" in r.text
-    r = c.post("/registry/character/demo/sarah/action", data={"action": "promote", "version": "2"},
+    r = c.post("/registry/character/demo/sarah/action", data={"action": "promote", "version": "2", "force": "1"},
                headers={"HX-Request": "true"})
     assert "current is v2" in r.text
     statuses = {v["version"]: v["status"] for v in

@@ -81,20 +81,14 @@ def write(queue: Queue) -> dict[str, Any]:
 
 def print_table(doc: dict[str, Any], *, title: str | None = None) -> None:
     from rich import box
-    from rich.table import Table
 
-    from kohyawan.console import out
+    from kohyawan.console import out, print_table as show_table
 
     from kohyawan.batch.tables import BATCH_COLUMNS, batch_rows
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column(BATCH_COLUMNS[0], no_wrap=True)
-    for col in BATCH_COLUMNS[1:]:
-        table.add_column(col, no_wrap=True)
-    for row in batch_rows(doc):
-        table.add_row(*row)
     c = out()
-    c.print(table)
+    show_table(BATCH_COLUMNS, batch_rows(doc), console=c, title=title, title_justify="left", box=box.SIMPLE_HEAD,
+               pad_edge=False, show_edge=False)
     for j in doc["jobs"]:
         if j["reason"] and j["state"] != "succeeded":
             c.print(f"  {j['key']}: {j['reason']}", markup=False)

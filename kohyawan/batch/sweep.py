@@ -169,21 +169,15 @@ def _overlap(rows: list[dict]) -> bool:
 
 def print_table(doc: dict[str, Any]) -> None:
     from rich import box
-    from rich.table import Table
 
-    from kohyawan.console import out
+    from kohyawan.console import out, print_table as show_table
 
     from kohyawan.batch.tables import SWEEP_COLUMNS, sweep_rows
 
-    table = Table(title=f"sweep {doc['name']} (seed {doc['seed']})" + (" - REHEARSAL" if doc["rehearsal"] else ""),
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column(SWEEP_COLUMNS[0], no_wrap=True)
-    for col in SWEEP_COLUMNS[1:]:
-        table.add_column(col, overflow="fold")
-    for row in sweep_rows(doc):
-        table.add_row(*row)
     c = out()
-    c.print(table)
+    show_table(SWEEP_COLUMNS, sweep_rows(doc), console=c, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+               title_justify="left",
+                title=f"sweep {doc['name']} (seed {doc['seed']})" + (" - REHEARSAL" if doc["rehearsal"] else ""))
     if doc["lowest_best_loss"]:
         c.print(f"lowest best loss: {doc['lowest_best_loss']} (loss alone does not pick a LoRA: compare outputs)",
                 markup=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from kohyawan.errors import BadInput
 
@@ -99,3 +100,27 @@ def stacks(refs: list[LoraRef], auto_expert: bool = True) -> tuple[list[tuple[st
         return [(r.name, default if r.strength is None else r.strength) for r in stack]
 
     return fill(high), fill(low)
+
+
+_REGISTRY_FILE = re.compile(r"^wan2\.2_(character|style|motion|domain)_")
+
+
+def local_path_warning(name: str) -> str | None:
+    """A warning when a LoRA is named by a path on this machine. ComfyUI's ``lora_name`` is the file's name
+    under its own ``models/loras/`` folder, so a local path matches nothing there; None for a plain name."""
+    path = Path(name).expanduser()
+    if not (path.is_absolute() or name.startswith(("~", "./", "../")) or ("/" in name and path.is_file())):
+        return None
+    parts = path.resolve().parts
+    inside = next((i + 2 for i in range(len(parts) - 2) if parts[i:i + 2] == ("models", "loras")), None)
+    if inside is not None:
+        hint = f"inside a ComfyUI folder it is {'/'.join(parts[inside:])}"
+    elif _REGISTRY_FILE.match(path.name):
+        from kohyawan.registry.deploy import SUBDIR  # where `registry deploy` puts a version
+
+        kind = _REGISTRY_FILE.match(path.name).group(1)
+        hint = f"after `kohyawan registry deploy` ComfyUI lists it as {'/'.join(SUBDIR[2:])}/{kind}/{path.name}"
+    else:
+        hint = "copy it into ComfyUI's models/loras/ and name it as ComfyUI lists it"
+    return (f"--lora {name} is a file path on this machine, but ComfyUI's lora_name is a name under its "
+            f"models/loras/ folder ({hint}); the workflow names it as given")

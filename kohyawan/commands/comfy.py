@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kohyawan.console import err, out, print_json
+from kohyawan.console import err, out, print_json, warn
 from kohyawan.errors import BadInput, WorkFailed
 
 def _sampling_options(f):
@@ -14,24 +14,32 @@ def _sampling_options(f):
     from kohyawan.comfy.workflow import DEFAULTS, OUTPUTS, TASKS, WEIGHT_DTYPES  # light: no heavy imports
 
     options = [
-        click.option("--task", type=click.Choice(TASKS), default="t2v-A14B", show_default=True),
+        click.option("--task", type=click.Choice(TASKS), default="t2v-A14B", show_default=True,
+                     help="Model family of the workflow: text-to-video or image-to-video (needs --image)."),
         click.option("--negative", default=None, help="Negative prompt (default: a short generic one)."),
         click.option("--image", default=None, help="i2v start image: a local file (uploaded with --server) or a "
                                                    "name in ComfyUI's input folder."),
-        click.option("--width", type=int, default=DEFAULTS["width"], show_default=True),
-        click.option("--height", type=int, default=DEFAULTS["height"], show_default=True),
+        click.option("--width", type=int, default=DEFAULTS["width"], show_default=True,
+                     help="Video width in px, a multiple of 16."),
+        click.option("--height", type=int, default=DEFAULTS["height"], show_default=True,
+                     help="Video height in px, a multiple of 16."),
         click.option("--frames", type=int, default=DEFAULTS["frames"], show_default=True, help="4n+1"),
-        click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True),
+        click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True,
+                     help="Sampling steps of both experts together."),
         click.option("--split-step", type=int, default=None, help="Step where the low-noise expert takes over "
                                                                   "[default: steps/2]."),
-        click.option("--cfg", type=float, default=DEFAULTS["cfg"], show_default=True),
-        click.option("--shift", type=float, default=DEFAULTS["shift"], show_default=True),
-        click.option("--fps", type=float, default=DEFAULTS["fps"], show_default=True),
+        click.option("--cfg", type=float, default=DEFAULTS["cfg"], show_default=True,
+                     help="Classifier-free guidance scale."),
+        click.option("--shift", type=float, default=DEFAULTS["shift"], show_default=True,
+                     help="ModelSamplingSD3 shift of both experts."),
+        click.option("--fps", type=float, default=DEFAULTS["fps"], show_default=True,
+                     help="Frame rate of the saved video."),
         click.option("--unet-high", default=None, help="High-noise model file name as ComfyUI lists it."),
         click.option("--unet-low", default=None, help="Low-noise model file name as ComfyUI lists it."),
         click.option("--clip", default=None, help="umT5 text encoder file name."),
         click.option("--vae", default=None, help="VAE file name (the Wan 2.1 VAE for 14B models)."),
-        click.option("--weight-dtype", type=click.Choice(WEIGHT_DTYPES), default="default", show_default=True),
+        click.option("--weight-dtype", type=click.Choice(WEIGHT_DTYPES), default="default", show_default=True,
+                     help="UNETLoader weight_dtype: how ComfyUI holds the model weights."),
         click.option("--output", "output_kind", type=click.Choice(OUTPUTS), default=DEFAULTS["output"],
                      show_default=True, help="SaveVideo (mp4) or SaveAnimatedWEBP."),
         click.option("--server", default=None, help="ComfyUI URL, e.g. http://127.0.0.1:8188."),
@@ -62,6 +70,23 @@ def _workflow_args(kw: dict, client=None) -> dict:
         cfg=kw["cfg"], shift=kw["shift"], fps=kw["fps"], unet_high=kw["unet_high"], unet_low=kw["unet_low"],
         clip=kw["clip"], vae=kw["vae"], weight_dtype=kw["weight_dtype"], output=kw["output_kind"],
     )
+
+
+def _existing_parent(path: Path) -> None:
+    """A file --out may be new, but its folder must exist (a typo must not create a tree), as for every command
+    that writes one file; an output folder (grid --out) is created, as dataset prepare's is."""
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise BadInput(f"--out {path}: the folder {parent} does not exist")
+
+
+def _warn_local_paths(names) -> None:
+    from kohyawan.comfy.strengths import local_path_warning
+
+    for name in dict.fromkeys(names):
+        message = local_path_warning(name)
+        if message:
+            warn(message)
 
 
 def _validate_or_fail(client, workflows: dict[str, dict]) -> None:
@@ -101,7 +126,7 @@ def comfy():
 @click.option("--lora-high", "loras_high", multiple=True, metavar="NAME[:STRENGTH]", help="LoRA for the high-noise expert.")
 @click.option("--lora-low", "loras_low", multiple=True, metavar="NAME[:STRENGTH]", help="LoRA for the low-noise expert.")
 @click.option("--prompt", default="", help="Positive prompt.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of the sampler.")
 @click.option("--prefix", default="kohyawan/wan", show_default=True, help="Output filename prefix in ComfyUI.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the API-format workflow JSON.")
@@ -122,8 +147,10 @@ def workflow(loras, loras_high, loras_low, prompt, seed, prefix, out_path, serve
     from kohyawan.comfy.strengths import parse_lora, stacks
     from kohyawan.comfy.workflow import build_workflow, dumps, loras_in
 
+    _existing_parent(out_path)
     refs = ([parse_lora(t) for t in loras] + [parse_lora(t, "high") for t in loras_high]
             + [parse_lora(t, "low") for t in loras_low])
+    _warn_local_paths(r.name for r in refs)
     high, low = stacks(refs)
     client = None
     if server:
@@ -159,7 +186,8 @@ def workflow(loras, loras_high, loras_low, prompt, seed, prefix, out_path, serve
 @click.option("--include-base", is_flag=True, help="Add the base model without any LoRA.")
 @click.option("--compare", "compare", multiple=True, metavar="NAME",
               help="Another version to compare at the same strengths (repeat for an expert pair).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the grid: workflows/, grid.json, and with --server outputs/ and the contact sheet.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of prompt 1 (prompt n uses seed+n-1).")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds allowed per workflow.")
 @_sampling_options
@@ -178,6 +206,9 @@ def grid(loras, strengths, prompts_file, include_base, compare, out_dir, seed, t
     """
     from kohyawan.comfy.grid import parse_strengths, plan_grid, read_prompts, write_grid
 
+    from kohyawan.comfy.strengths import parse_lora
+
+    _warn_local_paths(parse_lora(name).name for name in (*loras, *compare))
     prompts = read_prompts(prompts_file)
     values = parse_strengths(strengths)
     client = None

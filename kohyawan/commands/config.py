@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -63,16 +64,16 @@ def render(out, trainer_dir, python, cache_dir, as_json, **kwargs):
         return
     c = console.out()
     steps = plan.steps
-    c.print(f"Wrote {len(plan.files)} files to {plan.out_dir}:")
+    c.print(f"Wrote {len(plan.files)} files to {plan.out_dir}:", markup=False)
     for name in plan.files:
-        c.print(f"  {name}")
+        c.print(f"  {name}", markup=False)
     approx = "" if steps.exact else " (approximate: clip lengths unknown)"
     c.print(f"{steps.items} items at {_size(spec.dataset.get('resolution'))}, {steps.steps_per_epoch} steps per "
             f"epoch, {steps.epochs} epochs: "
             f"{steps.total_steps} steps per training run{approx}, warm-up {steps.warmup_steps}.")
     for cache in plan.document["caches"]:
         c.print(f"Cache: {cache['cache_directory']}", markup=False)
-    c.print(f"Next: bash {plan.out_dir / 'commands.sh'}")
+    c.print(f"Next: bash {shlex.quote(str(plan.out_dir / 'commands.sh'))}", markup=False)
 
 
 @config.command()

@@ -62,11 +62,6 @@ def doctor(trainer_dir, python, comfyui, runs_dir, dataset_dir, task, dit, dit_h
 
 
 def _print(checks) -> None:
-    from rich.table import Table
-
-    table = Table(show_edge=False, show_header=True)
-    for col in ("", "check", "result", "fix"):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(MARK[c.status], c.title, c.summary, c.fix if c.status != "ok" else "")
-    console.out().print(table)
+    # the fix is a command to copy: printed whole (below the table when the terminal is narrow)
+    rows = [[MARK[c.status], c.title, c.summary, c.fix if c.status != "ok" else ""] for c in checks]
+    console.print_table(["", "check", "result", console.Col("fix", keep=True)], rows, label=1, show_edge=False)

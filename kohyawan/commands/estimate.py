@@ -78,7 +78,7 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
     """Predict peak VRAM, host RAM, time, disk and cost for a plan and each fallback rung.
 
     The first rung that fits the GPU with the safety margin is marked: `kohyawan run` starts there.
-    Figures are GiB; the memory model and its calibration are documented in kohyawan/estimate/memory.py.
+    Figures are GiB; the memory model, its calibration and its accuracy: docs/estimate.md.
 
     \b
     Example:
@@ -128,7 +128,7 @@ def estimate(gpu_name, vram, ram, margin, steps_override, runs_dir, gpus_file, a
 def _print(ladder, doc, gpu) -> None:
     c = console.out()
     limit = doc["vram_gib"]
-    c.print(_ladder_table(ladder, _title(doc, gpu, limit)))
+    _print_ladder(c, ladder, _title(doc, gpu, limit))
     c.print(_start_line(ladder, limit))
     shown = ladder.estimates[max(ladder.first_fit, 0)]
     d = shown.disk_gib
@@ -145,20 +145,19 @@ def _title(doc, gpu, limit) -> str:
         (f", {limit:.1f} GiB VRAM" if limit else "")
 
 
-def _ladder_table(ladder, title: str):
+def _print_ladder(c, ladder, title: str) -> None:
     """One row per rung: memory, speed, time and whether it fits; '>' marks the rung a run starts at."""
-    from rich.table import Table
+    from kohyawan.console import print_table
 
-    table = Table(title=title, show_edge=False)
-    for col in ("", "rung", "VRAM GiB", "RAM GiB", "s/step", "time", "fits"):
-        table.add_column(col)
+    rows = []
     for i, e in enumerate(ladder.estimates):
         fits = {True: "yes", False: "no", None: "?"}[e.fits]
         mark = ">" if i == ladder.first_fit else ""
         name = e.label if i == 0 else f"+ {e.label}"
-        table.add_row(mark, name, f"{e.vram_gib:.1f}", f"{e.ram_gib:.1f}",
-                      "-" if e.s_per_step is None else f"{e.s_per_step:.1f}", _fmt_hours(e.hours), fits)
-    return table
+        rows.append([mark, name, f"{e.vram_gib:.1f}", f"{e.ram_gib:.1f}",
+                     "-" if e.s_per_step is None else f"{e.s_per_step:.1f}", _fmt_hours(e.hours), fits])
+    print_table(["", "rung", "VRAM GiB", "RAM GiB", "s/step", "time", "fits"], rows, console=c, label=1, title=title,
+                show_edge=False)
 
 
 def _start_line(ladder, limit) -> str:

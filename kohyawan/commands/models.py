@@ -85,10 +85,9 @@ TABLE_MIN_WIDTH = 110
 
 def _table(infos) -> None:
     from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    from kohyawan.console import out
+    from kohyawan.console import Col, out, print_table
     from kohyawan.modelfiles.header import shown
 
     console = out()
@@ -101,17 +100,11 @@ def _table(infos) -> None:
             for note in i.notes:
                 console.print(Text(f"  note: {note}"), soft_wrap=True)
         return
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    names = [shown(i.path) for i in infos]
-    table.add_column("file", overflow="fold")
-    for col in ("kind", "model", "dtype", "params", "expert"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("notes", overflow="fold")
-    for i, name in zip(infos, names):
-        # Text(): a file name like "[red]x" must print as typed, not as rich markup
-        table.add_row(Text(name), i.kind, _model_column(i), i.dtype or "-", _params(i.params),
-                      i.expert_hint or "-", Text("; ".join(i.notes) or "-"))
-    console.print(table, soft_wrap=False)  # soft wrapping would let the table run past the terminal
+    rows = [[shown(i.path), i.kind, _model_column(i), i.dtype or "-", _params(i.params), i.expert_hint or "-",
+             "; ".join(i.notes) or "-"] for i in infos]
+    # the path is printed whole (print_table never cuts a kept column; cells are never read as markup)
+    print_table([Col("file", keep=True), "kind", "model", "dtype", "params", "expert", "notes"], rows,
+                console=console, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
 
 
 @models.command("fabricate")

@@ -120,8 +120,8 @@ def registry():
 
 
 @registry.command("list")
-@click.option("--kind", type=click.Choice(KINDS), default=None)
-@click.option("--client", default=None)
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="List only the models of this kind.")
+@click.option("--client", default=None, help="List only this client's models.")
 @_registry_option
 @_json_option
 @_io_errors
@@ -132,8 +132,7 @@ def list_cmd(kind, client, registry_dir, as_json):
     Example:
       kohyawan registry list --kind character --json
     """
-    from rich.table import Table
-
+    from kohyawan.console import print_table
     from kohyawan.registry.actions import list_models
 
     reg = _open(registry_dir)
@@ -144,11 +143,10 @@ def list_cmd(kind, client, registry_dir, as_json):
     if not rows:
         err().print(f"no models in {reg.root}")
         return
-    t = Table("name", "kind", "client", "versions", "current", "latest", "deployed")
-    for r in rows:
-        t.add_row(r["name"], r["kind"], r["client"], str(r["versions"]), f"v{r['current']}" if r["current"] else "-",
-                  f"v{r['latest']} {r['latest_status']} {r['latest_date'][:10]}", str(r["deployments"]))
-    out().print(t)
+    print_table(["name", "kind", "client", "versions", "current", "latest", "deployed"],
+                [[r["name"], r["kind"], r["client"], str(r["versions"]), f"v{r['current']}" if r["current"] else "-",
+                  f"v{r['latest']} {r['latest_status']} {r['latest_date'][:10]}", str(r["deployments"])]
+                 for r in rows])
 
 
 @registry.command("show")
@@ -161,8 +159,7 @@ def show(name, client, kind, registry_dir, as_json):
     Example:
       kohyawan registry show sarah --client brand-x
     """
-    from rich.table import Table
-
+    from kohyawan.console import Col, print_table
     from kohyawan.registry import store
 
     reg = _open(registry_dir)
@@ -172,17 +169,18 @@ def show(name, client, kind, registry_dir, as_json):
                     "notes_file": str(reg.notes_path(m)), **m})
         return
     con = out()
-    con.print(f"{m['kind']}/{m['client']}/{m['name']}  (notes: {reg.notes_path(m)})")
-    t = Table("version", "status", "date", "task", "step", "files", "scores")
+    con.print(f"{m['kind']}/{m['client']}/{m['name']}  (notes: {reg.notes_path(m)})", markup=False)
+    rows = []
     for v in reversed(m["versions"]):
         src = v.get("source") or {}
         files = "\n".join(Path(f["path"]).name for f in v.get("files", []))
         scores = ", ".join(f"{k}={val}" for k, val in sorted((v.get("scores") or {}).items())) or "-"
-        t.add_row(f"v{v['version']}", v["status"], v["created"][:10], v.get("task") or "?",
-                  str(src.get("step") if src.get("step") is not None else "?"), files, scores)
-    con.print(t)
+        rows.append([f"v{v['version']}", v["status"], v["created"][:10], v.get("task") or "?",
+                     str(src.get("step") if src.get("step") is not None else "?"), files, scores])
+    # the file name answers "where is my file": never cut (below the table when the terminal is narrow)
+    print_table(["version", "status", "date", "task", "step", Col("files", keep=True), "scores"], rows, console=con)
     for d in m.get("deployments", []):
-        con.print(f"deployed v{d['version']}: {d['file']}")
+        con.print(f"deployed v{d['version']}: {d['file']}", markup=False)
 
 
 def _status_change_options(f):
@@ -191,14 +189,16 @@ def _status_change_options(f):
     return click.argument("name")(click.argument("version")(f))
 
 
-def _change_status(action, name, version, reason, client, kind, registry_dir, as_json):
+def _change_status(action, name, version, reason, client, kind, registry_dir, as_json, force=False):
     """promote / deprecate: the same shape, one pure function from ``versions`` each."""
     from kohyawan.registry import actions, store
 
     result = actions.change_status(store.locate(registry_dir), action, name, version, reason=reason, client=client,
-                                   kind=kind)
+                                   kind=kind, force=force)
     result.pop("user")
     key, cur = result["model"], result["current"]
+    if result.get("rehearsal"):
+        warn(f"{key} v{result['version']} comes from a rehearsal run: no training happened, and it is current now")
     if as_json:
         print_json(result)
     else:
@@ -210,14 +210,20 @@ def _change_status(action, name, version, reason, client, kind, registry_dir, as
 def _status_command(action: str, doc: str):
     """``registry ACTION NAME VERSION``: promote and deprecate differ only in the action and the help."""
 
-    def command(name, version, reason, client, kind, registry_dir, as_json):
-        _change_status(action, name, version, reason, client, kind, registry_dir, as_json)
+    def command(name, version, reason, client, kind, registry_dir, as_json, force=False):
+        _change_status(action, name, version, reason, client, kind, registry_dir, as_json, force)
 
     command.__name__, command.__doc__ = action, doc
-    return registry.command(action)(_status_change_options(command))
+    command = _status_change_options(command)
+    if action == "promote":
+        command = click.option("--force", is_flag=True,
+                               help="Promote a version that comes from a rehearsal run (no training happened).")(command)
+    return registry.command(action)(command)
 
 
 promote = _status_command("promote", """Make VERSION the current (production) version; the previous current one becomes deprecated.
+
+    A version exported from a rehearsal run (kohyawan's simulated trainer) is refused without --force.
 
     \b
     Example:

@@ -4,6 +4,10 @@ Checks what breaks training or silently loses data: dataset.toml against the tra
 media without a usable caption (the trainer skips such images and fails text caching for videos),
 files that do not decode, clips whose frame count is not 4n+1 or that are shorter than the shortest
 target length, and output sizes that differ from the configured resolution.
+
+It checks the folder it is given: dataset.toml's folders are read relative to it (as ``prepare`` writes
+them), and an absolute folder outside it (a copy or a move of a dataset prepared by an older kohyawan) is a
+problem of its own, while the media checked are the ones of the same name in the folder.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def _typed(value, kinds) -> bool:
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
-def _check_toml(doc: dict, problems: list[str]) -> list[dict]:
+def _check_toml(dest: Path, doc: dict, problems: list[str]) -> list[dict]:
     """Check dataset.toml against the trainer's schema rules; return its ``[[datasets]]``."""
     extra = set(doc) - {"general", "datasets"}
     if extra:
@@ -57,7 +61,7 @@ def _check_toml(doc: dict, problems: list[str]) -> list[dict]:
     if not datasets:
         problems.append(f"{TOML}: no [[datasets]]")
     for i, ds in enumerate(datasets):
-        problems += _dataset_problems(i, ds, general)
+        problems += _dataset_problems(dest, i, ds, general)
     caches = [ds["cache_directory"] for ds in datasets if "cache_directory" in ds]
     if len(caches) != len(set(caches)):
         problems.append(f"{TOML}: two datasets share a cache_directory (the trainer needs one per dataset)")
@@ -79,7 +83,26 @@ def _key_problems(table: dict, known: dict, unknown: str, wrong: str) -> list[st
     return problems
 
 
-def _dataset_problems(i: int, ds: dict, general: dict) -> list[str]:
+def media_folder(dest: Path, ds: dict) -> tuple[Path | None, str | None]:
+    """The media folder a ``[[datasets]]`` entry names, as found in ``dest``, and a problem when the entry
+    points outside ``dest`` (then the folder of the same name in ``dest`` is the one checked)."""
+    key = "video_directory" if "video_directory" in ds else "image_directory"
+    named = ds.get(key)
+    if not named:
+        return None, None
+    path = Path(named)
+    if not path.is_absolute():
+        return dest / path, None
+    inside = dest.resolve()
+    if path.resolve() == inside or inside in path.resolve().parents:
+        return path, None
+    problem = (f"{TOML}: {key} {named} is outside {dest}, so musubi-tuner given this file would read that folder, not this one "
+               "(a moved or copied dataset?); rerun `kohyawan dataset prepare`, which writes folders relative to "
+               "the dataset")
+    return dest / path.name, problem
+
+
+def _dataset_problems(dest: Path, i: int, ds: dict, general: dict) -> list[str]:
     """One ``[[datasets]]`` entry: keys and types, resolution, frame settings, its folder."""
     video = _is_video(ds)
     problems = _key_problems(ds, VIDEO_KEYS if video else IMAGE_KEYS, f"datasets[{i}] has unknown key {{key!r}}",
@@ -94,9 +117,11 @@ def _dataset_problems(i: int, ds: dict, general: dict) -> list[str]:
             problems.append(f"{TOML}: datasets[{i}] target_frames {frames} are not all 4n+1")
         if ds.get("frame_extraction", "head") not in EXTRACTIONS:
             problems.append(f"{TOML}: datasets[{i}] frame_extraction {ds.get('frame_extraction')!r} is unknown")
-    directory = ds.get("video_directory") or ds.get("image_directory")
-    if directory and not Path(directory).is_dir():
-        problems.append(f"{TOML}: datasets[{i}] folder {directory} does not exist")
+    folder, outside = media_folder(dest, ds)
+    if outside:
+        problems.append(outside)
+    elif folder is not None and not folder.is_dir():
+        problems.append(f"{TOML}: datasets[{i}] folder {folder} does not exist")
     return problems
 
 
@@ -119,10 +144,10 @@ def check_dataset(dest: Path) -> CheckResult:
     doc = _read_toml(dest, result.problems)
     if doc is None:
         return result
-    datasets = _check_toml(doc, result.problems)
+    datasets = _check_toml(dest, doc, result.problems)
     general = doc.get("general", {})
     for ds in datasets:
-        _check_media(ds, {**general, **ds}, result)
+        _check_media(media_folder(dest, ds)[0], ds, {**general, **ds}, result)
     result.ok = not result.problems
     return result
 
@@ -141,11 +166,10 @@ def _read_toml(dest: Path, problems: list[str]) -> dict | None:
     return None
 
 
-def _check_media(ds: dict, merged: dict, result: CheckResult) -> None:
-    """Every image or clip of one dataset entry: caption, decodability, size, frame count; counted."""
+def _check_media(folder: Path | None, ds: dict, merged: dict, result: CheckResult) -> None:
+    """Every image or clip of one dataset entry's folder: caption, decodability, size, frame count; counted."""
     video = "video_directory" in ds
-    folder = Path(ds.get("video_directory") or ds.get("image_directory") or "")
-    if not folder.is_dir() or not str(folder):
+    if folder is None or not folder.is_dir():
         return
     exts = VIDEO_EXTS if video else IMAGE_EXTS
     extension = merged.get("caption_extension", ".txt")

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from kohyawan.errors import WorkFailed
 from kohyawan.files.ffmpeg import ffmpeg_exe
+
+# ffmpeg exits 255 when it caught SIGINT/SIGTERM/SIGQUIT/SIGPIPE and stopped early (its own rule: "received_nb_signals
+# ? 255 : ret" in fftools/ffmpeg.c); its note "Exiting normally, received signal N." is hidden under -v error.
+STOPPED_BY_SIGNAL = 255
 
 
 def url(path: Path | str) -> str:
@@ -28,6 +34,31 @@ def base_argv() -> list[str]:
 
 def run(args: Sequence[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*base_argv(), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
+class ChildDied(WorkFailed):
+    """An ffmpeg child that was killed, or stopped on a signal: a failed job to run again, never a verdict about
+    its input (the kernel's OOM killer, a kill -9, a Ctrl-C that reached only the children)."""
+
+
+def death(returncode: int) -> str | None:
+    """Why an ffmpeg child did not run to its own end, or None when it did (successfully or not)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    if returncode == STOPPED_BY_SIGNAL:
+        return f"stopped on a signal (exit {STOPPED_BY_SIGNAL})"
+    return None
+
+
+def check_alive(returncode: int, what: str) -> None:
+    """Raise ChildDied when the ffmpeg child working on ``what`` died of a signal."""
+    why = death(returncode)
+    if why:
+        raise ChildDied(f"ffmpeg was {why} while working on {what}")
 
 
 def error_tail(stderr: bytes, lines: int = 2) -> str:

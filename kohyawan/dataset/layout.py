@@ -54,12 +54,17 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def dataset_toml_document(dest: Path, *, resolution: int | Sequence[int], target_frames: Sequence[int],
+def dataset_toml_document(*, resolution: int | Sequence[int], target_frames: Sequence[int],
                           batch_size: int = 1, num_repeats: int = 1, enable_bucket: bool = False,
                           frame_extraction: str = "head", images: bool = True, videos: bool = True,
                           caption_extension: str = ".txt") -> dict:
-    """The musubi-tuner dataset config for DEST as a dict (pure)."""
-    dest = Path(dest).absolute()
+    """The musubi-tuner dataset config of a prepared folder as a dict (pure).
+
+    Its folders are relative to the folder itself, so a dataset copied or moved to another machine still
+    describes itself: kohyawan (``check``, ``run``) reads them relative to the folder, and musubi-tuner, which
+    reads them relative to its working directory, when it is started from inside the folder. The config
+    kohyawan hands the trainer is the one ``config render`` writes, with absolute paths.
+    """
     reso = [int(resolution), int(resolution)] if isinstance(resolution, int) else [int(v) for v in resolution]
     frames = sorted({int(n) for n in target_frames})
     if not frames or any(n < 1 or (n - 1) % 4 for n in frames):
@@ -69,16 +74,19 @@ def dataset_toml_document(dest: Path, *, resolution: int | Sequence[int], target
                "bucket_no_upscale": False}
     datasets = []
     if images:
-        datasets.append({"image_directory": str(dest / IMAGES),
-                         "cache_directory": str(dest / STATE / "cache" / IMAGES)})
+        datasets.append({"image_directory": IMAGES, "cache_directory": f"{STATE}/cache/{IMAGES}"})
     if videos:
-        video = {"video_directory": str(dest / VIDEOS), "cache_directory": str(dest / STATE / "cache" / VIDEOS),
+        video = {"video_directory": VIDEOS, "cache_directory": f"{STATE}/cache/{VIDEOS}",
                  "target_frames": frames, "frame_extraction": frame_extraction}
         if frame_extraction == "full":
             # "full" takes each clip whole (rounded to 4n+1), capped by max_frames
             video["max_frames"] = max(frames)
         datasets.append(video)
     return {"general": general, "datasets": datasets}
+
+
+TOML_HEADER = ("# musubi-tuner dataset config, written by kohyawan dataset prepare. Its folders are relative to\n"
+               "# this folder: start the trainer from inside it, or use `kohyawan config render` (absolute paths).\n\n")
 
 
 def write_dataset_toml(dest: Path, *, resolution: int | Sequence[int], target_frames: Sequence[int],
@@ -98,9 +106,9 @@ def write_dataset_toml(dest: Path, *, resolution: int | Sequence[int], target_fr
             has_images = has_videos = True
         images = has_images if images is None else images
         videos = has_videos if videos is None else videos
-    doc = dataset_toml_document(dest, resolution=resolution, target_frames=target_frames, batch_size=batch_size,
+    doc = dataset_toml_document(resolution=resolution, target_frames=target_frames, batch_size=batch_size,
                                 num_repeats=num_repeats, enable_bucket=enable_bucket,
                                 frame_extraction=frame_extraction, images=images, videos=videos)
     path = dest / TOML
-    atomic_write(path, tomli_w.dumps(doc))
+    atomic_write(path, TOML_HEADER + tomli_w.dumps(doc))
     return path

@@ -61,6 +61,7 @@ def _finish(finals: Sequence[Path], proc: subprocess.CompletedProcess, what: str
     if proc.returncode != 0 or not all(p.exists() and p.stat().st_size > 0 for p in partials):
         for p in partials:
             p.unlink(missing_ok=True)
+        ffmpeg.check_alive(proc.returncode, what)  # a killed encoder is a job to redo, not a bad source
         raise WorkFailed(f"ffmpeg failed on {what}: {ffmpeg.error_tail(proc.stderr)}")
     for p, f in zip(partials, finals):
         with open(p, "rb") as handle:

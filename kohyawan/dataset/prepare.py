@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kohyawan.dataset import captions, layout, plan, report, scan
 from kohyawan.dataset import provenance as manifest
+from kohyawan.dataset.ffmpeg import ChildDied
 from kohyawan.dataset.progress import Progress
 from kohyawan.dataset.settings import Settings, size_targets
 from kohyawan.dataset.work import encode_job, probe_job
-from kohyawan.errors import DatasetError, Interrupted
+from kohyawan.errors import DatasetError, Interrupted, WorkFailed
 
 
 def _check_paths(src: Path, dest: Path) -> None:
@@ -47,31 +49,51 @@ class _Pool:
             self.executor = None
 
 
+# A job whose ffmpeg child died of a signal runs once more. One retry absorbs a one-off kill (the OOM killer
+# picking the biggest process while several encoders peak together, a stray kill); a second death of the same
+# job says the cause persists, and looping would only hide it, so the command stops and says so.
+RETRIES = 1
+
+
 def _run_pool(pool: _Pool, tasks: list[tuple[str, Callable, tuple]], progress: Progress, phase: str) -> dict[str, Any]:
-    """Run (label, fn, args) tasks on the pool's processes (inline for 1 job); label -> result."""
+    """Run (label, fn, args) tasks on the pool's processes (inline for 1 job); label -> result. A job that
+    returns {"died": why} is queued again, and fails the command (ChildDied) when it dies twice."""
     progress.phase(phase, len(tasks))
     results: dict[str, Any] = {}
-    jobs = pool.jobs
-    if jobs <= 1 or len(tasks) <= 1:
-        for label, fn, args in tasks:
-            progress.started(label)
-            results[label] = fn(*args)
-            progress.finished(label, results[label].get("error", "") if isinstance(results[label], dict) else "")
+    deaths: dict[str, int] = {}
+    queue = list(tasks)
+
+    def settle(task: tuple[str, Callable, tuple], result: Any) -> None:
+        label = task[0]
+        why = result.get("died") if isinstance(result, dict) else None
+        if why is None:
+            results[label] = result
+            progress.finished(label, result.get("error", "") if isinstance(result, dict) else "")
+            return
+        deaths[label] = deaths.get(label, 0) + 1
+        if deaths[label] > RETRIES:
+            raise ChildDied(f"{why}, {deaths[label]} times; nothing was decided about {label}: run the same "
+                            "command again to retry (if the system killed ffmpeg for memory, pass fewer --jobs)")
+        progress.retried(label, why)
+        queue.append(task)
+
+    if pool.jobs <= 1 or len(tasks) <= 1:
+        while queue:
+            task = queue.pop(0)
+            progress.started(task[0])
+            settle(task, task[1](*task[2]))
         return results
     executor = pool.get()
-    pending: dict[Future, str] = {}
-    queue = list(tasks)
+    pending: dict[Future, tuple[str, Callable, tuple]] = {}
     while queue or pending:
         # keep exactly `jobs` tasks in flight so "running" on the progress bar is the truth
-        while queue and len(pending) < jobs:
-            label, fn, args = queue.pop(0)
-            pending[executor.submit(fn, *args)] = label
-            progress.started(label)
+        while queue and len(pending) < pool.jobs:
+            task = queue.pop(0)
+            pending[executor.submit(task[1], *task[2])] = task
+            progress.started(task[0])
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for fut in done:
-            label = pending.pop(fut)
-            results[label] = fut.result()
-            progress.finished(label, results[label].get("error", "") if isinstance(results[label], dict) else "")
+            settle(pending.pop(fut), fut.result())
     return results
 
 
@@ -135,9 +157,15 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
             failures = _run_pool(pool, tasks, progress, "encoding")
         pool.close()
     except KeyboardInterrupt:
-        shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)
-        pool.close(cancel=True)
+        _abandon(dest, pool)
         raise Interrupted("interrupted: finished outputs are kept; partial ones are ignored and redone next run")
+    except BrokenProcessPool:  # a worker process itself was killed (the OOM killer, kill -9)
+        _abandon(dest, pool)
+        raise WorkFailed("a dataset prepare worker process was killed; nothing was decided about the sources it "
+                         "had not finished: run the same command again (with fewer --jobs if memory is short)") from None
+    except WorkFailed:
+        _abandon(dest, pool)
+        raise
     by_rel = {item["source"]: item for item in items}
     for rel, result in failures.items():
         if result.get("error"):
@@ -148,6 +176,12 @@ def _prepare_locked(src, dest, settings, jobs, profile, progress, sources, ignor
     shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)  # sources dropped after probing
     _write_captions_and_prune(dest, items, entries, old)
     return _finish(src, dest, settings, profile, items, entries, ignored)
+
+
+def _abandon(dest: Path, pool: _Pool) -> None:
+    """Stop early: the manifest stays as it was, so every source not finished is undecided and redone next run."""
+    shutil.rmtree(dest / layout.STATE / SCRATCH, ignore_errors=True)
+    pool.close(cancel=True)
 
 
 def _decide(dest: Path, settings: Settings, sources, entries, old):

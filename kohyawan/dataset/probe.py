@@ -147,7 +147,7 @@ def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0,
         argv = [*ffmpeg.base_argv(), "-nostats", "-i", "pipe:0", "-map", "0:v:0",
                 "-vf", scale_short_side(settings.resolution) + ",format=gray", "-frames:v", "1",
                 "-f", "image2pipe", "-c:v", "pgm", "pipe:1"]
-        return _run_probe(argv, source, None, kind, settings, timeout)
+        return _run_probe(argv, source, None, kind, settings, timeout, path)
     if path.stat().st_size == 0:
         return Probe(ok=False, error="zero bytes")
     # Two outputs from one decode: every frame as a small fixed thumbnail (brightness, cuts, motion),
@@ -172,10 +172,13 @@ def analyse(path: Path, kind: str, settings: Settings, timeout: float = 3600.0,
                 "-map", "[thumb]", "-f", "image2pipe", "-c:v", "pgm", "pipe:1",
                 "-map", "[sharp]", *ffmpeg.passthrough_timing(), "-f", "image2pipe", "-c:v", "pgm", "pipe:3",
                 *norm_out]
-        return _run_probe(argv, None, src_in.stdin, kind, settings, timeout)
+        return _run_probe(argv, None, src_in.stdin, kind, settings, timeout, path)
 
 
-def _run_probe(argv, source: bytes | None, stdin, kind: str, settings: Settings, timeout: float) -> Probe:
+def _run_probe(argv, source: bytes | None, stdin, kind: str, settings: Settings, timeout: float,
+               path: Path) -> Probe:
+    """Run the probe's ffmpeg and read its pipes. A child that died of a signal raises ``ffmpeg.ChildDied``:
+    half a decode says nothing about the file."""
     import threading
 
     result = Probe(ok=True)
@@ -216,23 +219,32 @@ def _run_probe(argv, source: bytes | None, stdin, kind: str, settings: Settings,
             threads.append(threading.Thread(target=sharp_reader, daemon=True))
         for thread in threads:
             thread.start()
-        try:
-            _read_main(proc.stdout, kind, result)
-        except ValueError as exc:
-            proc.kill()
-            result.ok, result.error = False, str(exc)
-        finally:
-            proc.stdout.close()
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            for thread in threads:
-                thread.join(timeout=60)
+        code = _read_and_wait(proc, kind, result, threads, timeout)
         errfile.seek(0)
         stderr = errfile.read().decode("utf-8", "replace")
+    if result.ok:
+        ffmpeg.check_alive(code, str(path))
     return _conclude(result, stderr, code, kind, settings.fps)
+
+
+def _read_and_wait(proc: subprocess.Popen, kind: str, result: Probe, threads: list, timeout: float) -> int:
+    """Read the main pipe to its end, wait for ffmpeg and the reader threads; ffmpeg's return code."""
+    try:
+        _read_main(proc.stdout, kind, result)
+    except ValueError as exc:
+        proc.kill()  # our own kill: the verdict is the bad data, not the signal
+        result.ok, result.error = False, str(exc)
+    finally:
+        proc.stdout.close()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            result.ok, result.error = False, f"decoding took longer than {timeout:.0f} s"
+        for thread in threads:
+            thread.join(timeout=60)
+    return code
 
 
 def _read_main(stream, kind: str, result: Probe) -> None:
@@ -300,6 +312,7 @@ def count_frames(path: Path, kind: str, timeout: float = 600.0) -> tuple[int, in
             proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
         else:
             proc = subprocess.run(argv, stdin=src_in.stdin, capture_output=True, timeout=timeout)
+    ffmpeg.check_alive(proc.returncode, str(path))
     stderr = proc.stderr.decode("utf-8", "replace")
     header = parse_header(stderr)
     frames = len(proc.stdout) // 64

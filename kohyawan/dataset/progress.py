@@ -57,6 +57,16 @@ class Progress:
         elif self.enabled:
             self._line(f"{self._phase} {self._done}/{self._total} {label}" + (f": {outcome}" if outcome else ""))
 
+    def retried(self, label: str, why: str) -> None:
+        """A job that will run again (its ffmpeg died): not done, no longer running; said on every stream."""
+        if label in self._running:
+            self._running.remove(label)
+        if self._bar is not None:
+            self._bar.console.print(f"{why}; running it again", markup=False, highlight=False)
+            self._refresh()
+        elif self.enabled:
+            self._line(f"{self._phase} {label}: {why}; running it again")
+
     def _refresh(self) -> None:
         if self._bar is not None:
             shown = ", ".join(self._running[:3]) + (" ..." if len(self._running) > 3 else "")

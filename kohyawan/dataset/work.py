@@ -1,4 +1,8 @@
-"""The two kinds of job the process pool runs; top-level functions taking and returning plain data."""
+"""The two kinds of job the process pool runs; top-level functions taking and returning plain data.
+
+A job whose ffmpeg child died of a signal returns ``{"died": why}``: ``prepare`` runs it again, and never
+records it as a verdict about the source.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from kohyawan.dataset import normalise
+from kohyawan.dataset.ffmpeg import ChildDied
 from kohyawan.dataset.plan import Piece
 from kohyawan.dataset.probe import analyse, intermediate_fits
 from kohyawan.dataset.settings import Settings
@@ -21,6 +26,10 @@ def probe_job(path: str, kind: str, settings: Settings, intermediate: str | None
             if intermediate_fits(Path(path), settings):
                 target = Path(intermediate)
         probe = analyse(Path(path), kind, settings, intermediate=target)
+    except ChildDied as exc:
+        if target is not None:
+            target.unlink(missing_ok=True)
+        return {"died": str(exc)}
     except OSError as exc:  # unreadable by us: permissions, a file that vanished
         return {"ok": False, "error": f"{type(exc).__name__}: {exc.strerror or exc}"}
     if target is not None and not probe.ok:
@@ -42,6 +51,8 @@ def encode_job(path: str, kind: str, outputs: list, size: tuple, settings: Setti
             pieces = [(Path(final), Piece(start, frames)) for final, start, frames in outputs]
             normalise.write_clips(Path(path), pieces, size, settings, threads,
                                   Path(intermediate) if intermediate else None)
+    except ChildDied as exc:
+        return {"died": str(exc)}
     except (KohyawanError, OSError) as exc:
         return {"error": str(exc)}
     finally:

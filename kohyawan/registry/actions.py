@@ -27,9 +27,17 @@ def list_models(index: dict[str, Any], *, kind: str | None = None, client: str |
     return rows
 
 
+def from_rehearsal(version: dict[str, Any]) -> bool:
+    """Whether a version was exported from a rehearsal (kohyawan's simulated trainer: no training happened)."""
+    return bool((version.get("dataset") or {}).get("rehearsal"))
+
+
 def change_status(root: Path, action: str, name: str, version: str | int, *, reason: str | None = None,
-                  client: str | None = None, kind: str | None = None, user: str | None = None) -> dict[str, Any]:
-    """promote / deprecate one version (checked against roles.toml); returns the new statuses."""
+                  client: str | None = None, kind: str | None = None, user: str | None = None,
+                  force: bool = False) -> dict[str, Any]:
+    """promote / deprecate one version (checked against roles.toml); returns the new statuses. Promoting a
+    rehearsal's LoRA to production is refused unless ``force`` (the result then says ``rehearsal``)."""
+    from kohyawan.errors import BadInput
     from kohyawan.registry import naming, roles, store, versions
 
     if action not in STATUS_ACTIONS:
@@ -42,10 +50,15 @@ def change_status(root: Path, action: str, name: str, version: str | int, *, rea
         m = store.find_model(index, name, client=client, kind=kind)
         key = f"{m['kind']}/{m['client']}/{m['name']}"
         new = getattr(versions, action)(m, n, at=store.now_iso(), user=user, reason=reason)
+        rehearsal = action == "promote" and from_rehearsal(next(v for v in new["versions"] if v["version"] == n))
+        if rehearsal and not force:
+            raise BadInput(f"{key} v{n} comes from a rehearsal run (kohyawan's simulated trainer: no training "
+                           "happened); pass --force to make it the production version anyway")
         index["models"][key] = new
     cur = versions.current_of(new)
-    return {"model": key, "action": action, "version": n, "current": cur["version"] if cur else None,
-            "statuses": {f"v{v['version']}": v["status"] for v in new["versions"]}, "user": user}
+    result = {"model": key, "action": action, "version": n, "current": cur["version"] if cur else None,
+              "statuses": {f"v{v['version']}": v["status"] for v in new["versions"]}, "user": user}
+    return {**result, "rehearsal": True} if rehearsal else result
 
 
 def rollback(root: Path, name: str, *, reason: str, client: str | None = None, kind: str | None = None,

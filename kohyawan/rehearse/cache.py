@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from kohyawan.cachestore.folder import whole
-from kohyawan.rehearse import env
+from kohyawan.rehearse import decode, env
 from kohyawan.rehearse.args import parse
 from kohyawan.rehearse.model import read_metadata, save_safetensors
 from kohyawan.rehearse.standin import BANNER
@@ -112,6 +112,10 @@ def main_latents() -> int:
         print(f"INFO:musubi_tuner.cache_latents:Encoding dataset [{ds.index}]", file=sys.stderr, flush=True)
         todo = items(ds)
         dataset_paths = {os.path.normpath(i.latent_cache) for i in todo}
+        # the real cacher loads every image and clip it encodes: a corrupt one stops it
+        broken = decode.first_error(ds, [i for i in todo if not (args.skip_existing and os.path.exists(i.latent_cache))])
+        if broken:
+            return decode.fail(broken[1])
         start = time.monotonic()
         sys.stderr.write(_bar(0, start))
         for n, item in enumerate(todo, 1):

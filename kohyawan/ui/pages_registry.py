@@ -107,7 +107,8 @@ def _change(request: Request, fields: dict[str, str]) -> Response:
         result = actions.rollback(root, name, reason=fields.get("reason", ""), client=client, kind=kind)
     elif action in actions.STATUS_ACTIONS:
         result = actions.change_status(root, action, name, fields.get("version", ""),
-                                       reason=fields.get("reason") or None, client=client, kind=kind)
+                                       reason=fields.get("reason") or None, client=client, kind=kind,
+                                       force=fields.get("force") == "1")  # the page's "promote anyway" box
     else:
         raise BadInput(f"unknown action {action!r}: promote, deprecate or rollback")
     ctx = _model_context(request)
