@@ -208,8 +208,10 @@ def test_a_batch_retraining_a_client_with_3_new_items_caches_exactly_those(tmp_p
     assert len(log.starts(LATENTS)) == len(log.starts(TEXT)) == 2          # one run per client
     assert len(log.encoded(LATENTS)) == 3 + 4 and len(log.encoded(TEXT)) == 3 + 4
     images = tmp_path / "data" / "sarah" / "images"
-    for i in range(3):
-        (images / f"new{i}.png").write_bytes(b"\0")
+    from PIL import Image
+
+    for i in range(3):   # real images: the rehearsal's cacher decodes what it encodes, as musubi's does
+        Image.new("RGB", (64, 64), (10, 30 * i, 10)).save(images / f"new{i}.png")
         (images / f"new{i}.txt").write_text(f"sarah with new hair {i}")
     mark = log.mark()
     # next month: a new batch folder (so a new runs folder); the store beside the manifest is the same
