@@ -34,6 +34,7 @@ from kohyawan.batch.jobs import Launch, child_env, export_argv, fresh_try, resum
 from kohyawan.batch.allocate import Allocator
 from kohyawan.batch.manifest import Job
 from kohyawan.batch.queue import Queue
+from kohyawan.files import jsonfile
 
 STOP_GRACE_S = 120.0   # as long as SLURM's warning before a time limit: kohyawan run saves its state
 
@@ -121,7 +122,7 @@ class Scheduler:
     def _spawn(self, job: Job, row, slot: str) -> None:
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
         resuming = run_dir is not None and (run_dir / "run.json").is_file() and \
-            (results.read_json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
+            (jsonfile.read_object(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
         tries = row["tries"] if resuming else fresh_try(job, self.launch.runs_dir, row["tries"])
         if resuming:
             argv = resume_argv(run_dir, self.launch)
@@ -233,7 +234,7 @@ class Scheduler:
                 self.q.event(key, "adopt", {"pid": pid})
                 self.say(f"adopted {key} (pid {pid}, still running from an earlier batch)")
                 continue
-            status = (results.read_json(run_dir / "run.json") or {}).get("status") if run_dir else None
+            status = (jsonfile.read_object(run_dir / "run.json") or {}).get("status") if run_dir else None
             if status == "succeeded":
                 self.q.update(key, state="pending", run_status="succeeded", pid=None)
             elif status == "failed":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from kohyawan.files import jsonfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,6 @@ from typing import Any
 # Checkpoints in this part of training are the candidates for export (the registry's "auto" choice picks
 # the one nearest 70 %): the guide's advice that the best LoRA is rarely the last one.
 CANDIDATE_RANGE = (0.6, 0.8)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -63,8 +56,8 @@ def summarize(run_dir: Path | None) -> dict[str, Any]:
                            "checkpoints": [], "candidates": [], "final": None, "items": None, "rehearsal": None}
     if run_dir is None:
         return row
-    data = read_json(Path(run_dir) / "run.json")
-    plan = read_json(Path(run_dir) / "plan.json")
+    data = jsonfile.read_object(Path(run_dir) / "run.json")
+    plan = jsonfile.read_object(Path(run_dir) / "plan.json")
     if plan:
         row["items"] = (plan.get("steps") or {}).get("items")
     if data is None:

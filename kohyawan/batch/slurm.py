@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from kohyawan.batch import jobs as jobs_mod, results
 from kohyawan.batch.manifest import Job, Manifest
 from kohyawan.errors import ToolMissing, WorkFailed
+from kohyawan.files import jsonfile
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -183,7 +184,7 @@ def drive(q, manifest: Manifest, launch: jobs_mod.Launch, *, say: Callable[[str]
         if job is None:
             continue
         run_dir = Path(row["run_dir"]) if row["run_dir"] else None
-        resumable = run_dir is not None and (results.read_json(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
+        resumable = run_dir is not None and (jsonfile.read_object(run_dir / "run.json") or {}).get("status") in ("running", "stopped")
         tries = row["tries"] if resumable else jobs_mod.fresh_try(job, launch.runs_dir, row["tries"])
         argv = jobs_mod.resume_argv(run_dir, launch) if resumable else jobs_mod.run_argv(job, launch, tries)
         run_dir = run_dir if resumable else launch.runs_dir / jobs_mod.run_name(job, tries)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from kohyawan.cachestore.folder import KEY_DOCUMENT, MARKERS
 from kohyawan.cachestore.keys import CacheFolder
 from kohyawan.cachestore.lease import LOCK_NAME, Leases
-from kohyawan.files import atomic, locks
+from kohyawan.files import atomic, jsonfile, locks
 
 USES = "uses"
 PRUNING = ".pruning-"
@@ -34,18 +34,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def describe(cf: CacheFolder) -> None:
     """Write the folder's key document, once (what ``cache list`` shows about it)."""
     path = cf.path / KEY_DOCUMENT
     doc = {k: v for k, v in cf.document().items() if k != "dataset"}
-    if _read_json(path) != doc:
+    if jsonfile.read_object(path) != doc:
         atomic.write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -53,14 +46,14 @@ def record_use(folder: Path, run_dir: Path, run_id: str) -> None:
     """This run used ``folder`` now (its own file under ``uses/``: no other writer)."""
     name = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16] + ".json"
     path = folder / USES / name
-    old = _read_json(path) or {}
+    old = jsonfile.read_object(path) or {}
     atomic.write_text(path, json.dumps({"run_dir": str(Path(run_dir).resolve()), "run_id": run_id,
                                         "first_used": old.get("first_used") or _now(), "last_used": _now()}) + "\n")
 
 
 def refers(run_dir: str, folder: Path) -> bool:
     """Does the run in ``run_dir`` still exist and list ``folder`` among its caches?"""
-    data = _read_json(Path(run_dir) / "run.json")
+    data = jsonfile.read_object(Path(run_dir) / "run.json")
     if not isinstance(data, dict):
         return False
     return any(str(c.get("cache_directory")) == str(folder) for c in data.get("caches") or [] if isinstance(c, dict))
@@ -97,17 +90,17 @@ def inspect(folder: Path) -> FolderInfo:
             files += 1
     items = {}
     for stage, name in MARKERS.items():
-        doc = _read_json(folder / name)
+        doc = jsonfile.read_object(folder / name)
         items[stage] = len(doc.get("items") or {}) if isinstance(doc, dict) else 0
     runs = []
     for path in sorted((folder / USES).glob("*.json")):
-        use = _read_json(path)
+        use = jsonfile.read_object(path)
         if isinstance(use, dict) and use.get("run_dir"):
             runs.append({**use, "refers": refers(use["run_dir"], folder)})
     runs.sort(key=lambda r: (str(r.get("first_used")), str(r.get("run_id"))))
     stamps = [r["last_used"] for r in runs if r.get("last_used")]
     last = max(stamps) if stamps else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(folder.stat().st_mtime))
-    return FolderInfo(folder, size, files, _read_json(folder / KEY_DOCUMENT), items, runs, last,
+    return FolderInfo(folder, size, files, jsonfile.read_object(folder / KEY_DOCUMENT), items, runs, last,
                       locks.in_use(folder / LOCK_NAME))
 
 
@@ -165,7 +158,7 @@ def borrow_text(folder: Path, text_key: str, captions: Mapping[str, str | None],
 
     store = Path(folder).parent
     siblings = [Path(e.path) for e in os.scandir(store) if e.is_dir(follow_symlinks=False) and e.path != str(folder)
-                and not e.name.startswith(".") and (_read_json(Path(e.path) / KEY_DOCUMENT) or {}).get("text_key") == text_key]
+                and not e.name.startswith(".") and (jsonfile.read_object(Path(e.path) / KEY_DOCUMENT) or {}).get("text_key") == text_key]
     copied = []
     for key in keys:
         name = f"{key}{TEXT_SUFFIX}"

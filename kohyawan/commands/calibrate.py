@@ -3,13 +3,10 @@ calibration itself is ``kohyawan.run.calibrate``; see docs/architecture.md, "A r
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
 from kohyawan import console
-from kohyawan.commands.common import plan_options, resolve_spec
+from kohyawan.commands.common import launch_spec, plan_options
 from kohyawan.commands.run import _options, rehearsal_options, trainer_options
 from kohyawan.errors import BadInput, Interrupted, WorkFailed
 
@@ -48,11 +45,7 @@ def calibrate(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, re
         raise BadInput("--gpu-memory is for --rehearse (the virtual GPU's size)")
     if rung and whole_ladder:
         raise BadInput("--rung measures one position and --ladder all of them: give one")
-    plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
-    request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-               for k, v in plan_kwargs.items()}
-    spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
-                                                   "dit_high_noise", "vae", "t5", "sets")))
+    spec, request = launch_spec(plan_kwargs)
     given = {"trainer_dir": trainer_dir, "python": python, "launcher": launcher, "accelerate_args": accelerate_args,
              "gpus": gpus, "rehearse": rehearse, "gpu_memory_gb": gpu_memory, "start_rung": "auto",
              "max_attempts": 1}

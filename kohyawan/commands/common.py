@@ -5,6 +5,7 @@ What a user rehearses, estimates and runs is then the same plan: the same flags 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -99,7 +100,18 @@ def _resolve(profile, dataset, task, expert, variant, dit, dit_high_noise, vae, 
     )
 
 
+PLAN_NAMES = ("profile", "dataset", "task", "expert", "variant", "dit", "dit_high_noise", "vae", "t5", "sets")
+
+
 def spec_from_kwargs(kwargs: dict):
     """Pop the plan options out of a command's kwargs and resolve them."""
-    names = ("profile", "dataset", "task", "expert", "variant", "dit", "dit_high_noise", "vae", "t5", "sets")
-    return resolve_spec(*(kwargs.pop(n) for n in names))
+    return resolve_spec(*(kwargs.pop(n) for n in PLAN_NAMES))
+
+
+def launch_spec(plan_kwargs: dict):
+    """(spec, request) for a command that launches the trainer: every path made absolute first (the trainer
+    runs inside its own checkout), and the options as given, for run.json's ``request``."""
+    plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
+    request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+               for k, v in plan_kwargs.items()}
+    return resolve_spec(*(plan_kwargs[k] for k in PLAN_NAMES)), request

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from kohyawan import console
-from kohyawan.commands.common import CACHE_DIR_OPTION, cache_store, plan_options, resolve_spec
-from kohyawan.errors import BadInput, Interrupted, WorkFailed
+from kohyawan.commands.common import CACHE_DIR_OPTION, cache_store, launch_spec, plan_options, resolve_spec
+from kohyawan.errors import Interrupted, WorkFailed
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -137,12 +137,7 @@ def run(runs_dir, trainer_dir, python, launcher, accelerate_args, gpus, max_atte
     """
     from kohyawan.run import runsetup
 
-    # the trainer runs in its own checkout: every path it gets must be absolute
-    plan_kwargs = {k: (Path(os.path.abspath(v)) if isinstance(v, Path) else v) for k, v in plan_kwargs.items()}
-    request = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-               for k, v in plan_kwargs.items()}
-    spec = resolve_spec(*(plan_kwargs[k] for k in ("profile", "dataset", "task", "expert", "variant", "dit",
-                                                   "dit_high_noise", "vae", "t5", "sets")))
+    spec, request = launch_spec(plan_kwargs)
     given = {"name": name, "trainer_dir": trainer_dir, "python": python, "launcher": launcher,
              "accelerate_args": accelerate_args, "gpus": gpus, "max_attempts": max_attempts, "notify": notify,
              "rehearse": rehearse, "gpu_memory_gb": gpu_memory, "start_rung": start_rung,

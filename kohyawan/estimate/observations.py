@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kohyawan.estimate import allocator, memory, steptime, workload
+from kohyawan.files import jsonfile
 
 VRAM_CLAMP = (0.7, 1.6)
 TIME_CLAMP = (0.2, 5.0)
@@ -49,13 +50,6 @@ class Observation:
     oom_vram: bool = False          # ran out of GPU memory: needed more than ``gpu_total_gib``
     gpu_total_gib: float | None = None
     calibration: bool = False       # measured by ``kohyawan calibrate``
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
@@ -150,7 +144,7 @@ def _run_folders(runs_dir: Path) -> list[Path]:
 
 def _attempt_values(run_dir: Path, n: int, fallback: tuple | None) -> tuple | None:
     """The attempt's own resolved values (its copy of plan.json), else the run's latest plan."""
-    own = _read_json(run_dir / "attempts" / f"{n:02d}" / "plan.json")
+    own = jsonfile.read_object(run_dir / "attempts" / f"{n:02d}" / "plan.json")
     values = _values(own) if isinstance(own, Mapping) else None
     return values if values is not None else fallback
 
@@ -183,8 +177,8 @@ def load_observations(runs_dir: Path) -> list[Observation]:
     if not runs_dir or not Path(runs_dir).is_dir():
         return found
     for run_json in _run_folders(runs_dir):
-        run = _read_json(run_json)
-        plan = _read_json(run_json.parent / "plan.json")
+        run = jsonfile.read_object(run_json)
+        plan = jsonfile.read_object(run_json.parent / "plan.json")
         if not isinstance(run, Mapping):
             continue
         latest = _values(plan) if isinstance(plan, Mapping) else None

@@ -103,12 +103,17 @@ class FileLock:
 def is_held(path: Path) -> bool:
     """Another process holds the lock on ``path`` (a missing file is a free lock). The probe takes a
     shared lock for an instant, so two probes at once never see each other as a holder."""
+    return _refused(path, fcntl.LOCK_SH)
+
+
+def _refused(path: Path, mode: int) -> bool:
+    """Whether a non-blocking flock of ``mode`` on ``path`` is refused right now (taken and let go at once)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
     except BlockingIOError:
@@ -137,15 +142,4 @@ def in_use(path: Path) -> bool:
     """Any process holds the lock on ``path``, shared or exclusive (a missing file is a free lock). The
     probe asks for it exclusively for an instant, so unlike ``is_held`` it sees shared holders, and two of
     these probes at the same moment may see each other: use it for reports, never to decide alone."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return _refused(path, fcntl.LOCK_EX)

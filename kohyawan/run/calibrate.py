@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kohyawan.errors import BadInput
-from kohyawan.run import calibsample, gpuenv, preflight, rehearsal, rungs, startrung, steps
+from kohyawan.run import calibsample, gpuenv, preflight, rungs, runsetup, startrung, steps
 from kohyawan.run.ladder import Next
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.runner import Run
@@ -61,12 +61,8 @@ def require_gpu(opts, nvml=None) -> None:
 def new_calibration(spec, request: dict, opts, *, mode: str = "start", rung: str | None = None,
                     nvml=None) -> "CalibrationRun":
     """Check everything, pick and link the sample, create the calibration folder; nothing runs yet."""
-    preflight.runs_dir_writable(opts.runs_dir)
-    if opts.rehearse:
-        rehearsal.use_simulator(opts)
-        spec = rehearsal.rehearsal_models(spec, opts.runs_dir)
-    else:
-        preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
+    spec = runsetup.trainer_ready(spec, opts)
+    if not opts.rehearse:
         require_gpu(opts, nvml)
     preflight.captions(Path(spec.dataset_dir), spec.dataset.get("caption_extension", ".txt"))
     if mode == "rung":

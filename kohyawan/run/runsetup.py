@@ -19,14 +19,20 @@ from kohyawan.run.runlock import RunLock
 from kohyawan.run.runner import Run
 
 
-def new_run(spec, request: dict, opts: RunOptions) -> Run:
-    """Preflight and create the run folder; nothing is launched yet."""
+def trainer_ready(spec, opts: RunOptions):
+    """The checks before anything is written: the runs folder, and the trainer (a rehearsal: the simulated one
+    and its stand-in model files, which the returned spec names)."""
     preflight.runs_dir_writable(opts.runs_dir)
     if opts.rehearse:
         rehearsal.use_simulator(opts)
-        spec = rehearsal.rehearsal_models(spec, opts.runs_dir)
-    else:
-        preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
+        return rehearsal.rehearsal_models(spec, opts.runs_dir)
+    preflight.trainer(opts.trainer_dir, opts.python, opts.launcher)
+    return spec
+
+
+def new_run(spec, request: dict, opts: RunOptions) -> Run:
+    """Preflight and create the run folder; nothing is launched yet."""
+    spec = trainer_ready(spec, opts)
     run_id = opts.name or f"{spec.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = _new_run_dir(opts.runs_dir, run_id)
     _check_data_parallel(opts)

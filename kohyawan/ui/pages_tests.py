@@ -4,7 +4,6 @@ queue, read live), and the files a grid wrote, served only from inside the confi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from starlette.requests import Request
@@ -13,17 +12,10 @@ from starlette.routing import Route
 
 from kohyawan.ui.app import render
 from kohyawan.ui.config import NotFound, check_name, inside, pick
+from kohyawan.files import jsonfile
 
 GRID_DEPTH = 3   # grid.json is looked for this many folders deep under each --grids folder
 SWEEP_GRID_DEPTH = 2   # and in runs folders only where a sweep puts its grid (RUNS_DIR/SWEEP/grid)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def find_grids(cfg) -> list[dict]:
@@ -31,7 +23,7 @@ def find_grids(cfg) -> list[dict]:
     for i, root in enumerate(cfg.grid_roots()):
         for depth in range((GRID_DEPTH if i < len(cfg.grid_dirs) else SWEEP_GRID_DEPTH) + 1):
             for path in sorted(root.glob("/".join(["*"] * depth + ["grid.json"]))):
-                manifest = _read(path)
+                manifest = jsonfile.read_object(path)
                 if not manifest or "cells" not in manifest:
                     continue
                 cells = manifest["cells"]
@@ -47,7 +39,7 @@ def find_sweeps(cfg) -> list[dict]:
     found = []
     for i, root in enumerate(cfg.runs_dirs):
         for path in sorted(root.glob("*/sweep.json")):
-            doc = _read(path)
+            doc = jsonfile.read_object(path)
             if doc and "variants" in doc:
                 found.append({"root": i, "name": path.parent.name, "doc": doc})
     return found
@@ -82,7 +74,7 @@ def grid_page(request: Request) -> Response:
     from kohyawan.comfy.sheet import VIDEO_SUFFIXES, _grid
 
     index, folder, rel = _grid_dir(request)
-    manifest = _read(folder / "grid.json") or {}
+    manifest = jsonfile.read_object(folder / "grid.json") or {}
     rows, cols, cells = _grid(manifest)
     base = f"/files/{index}/{rel}"
     return render(request, "grid.html", nav="tests", m=manifest, rows=rows, cols=cols, cells=cells, base=base,
@@ -95,7 +87,7 @@ def sweep_page(request: Request) -> Response:
 
     root = pick(request.app.state.cfg.runs_dirs, request.path_params["root"], "runs")
     name = check_name(request.path_params["name"], "sweep")
-    doc = _read(root / name / "sweep.json")
+    doc = jsonfile.read_object(root / name / "sweep.json")
     if not doc:
         raise NotFound(f"no sweep {name!r} in {root}")
     runs = {r["variant"]: r.get("run_id") for r in doc["variants"]}
