@@ -16,7 +16,8 @@ from pathlib import Path
 from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
-from kohyawan.lora.io import SHORT_DTYPE, OutSpec, sha256_file, write_stream
+from kohyawan.files.digest import sha256_file
+from kohyawan.files.safetensors import OutSpec, short_name, write_stream
 from kohyawan.lora.modules import load_modules
 
 TARGETS = ("musubi", "comfy")
@@ -77,11 +78,11 @@ def convert_file(src: Path, dst: Path, *, to: str, dtype: str | None = None, kee
                 t = t * (f if what == "down" or alpha >= 0 else -f)
             return T.to_bytes(t, out_code)
 
-        fact = {"file": src.name, "sha256": sha256_file(src), "naming": _naming(lm), "dtype": SHORT_DTYPE.get(lm.dtype, lm.dtype),
+        fact = {"file": src.name, "sha256": sha256_file(src), "naming": _naming(lm), "dtype": short_name(lm.dtype),
                 "to": to, "alpha_folded": fold}
         meta = M.extended(lm.header.metadata, M.CONVERTED_FROM, fact)
         write_stream(dst, specs, meta, produce)
-    return ConvertResult(str(dst), str(src), to, SHORT_DTYPE[out_code], len(lm.modules), len(specs), fold)
+    return ConvertResult(str(dst), str(src), to, short_name(out_code), len(lm.modules), len(specs), fold)
 
 
 def _naming(lm) -> str:

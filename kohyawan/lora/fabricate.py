@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from kohyawan.lora import keys as K
-from kohyawan.lora.io import DTYPE_FROM_SHORT, OutSpec, write_stream
+from kohyawan.files.safetensors import FROM_SHORT as DTYPE_FROM_SHORT, OutSpec, write_stream
 
 
 def musubi_metadata(task: str, rank: int, alpha: float, name: str) -> dict[str, str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
-from kohyawan.lora.io import ITEMSIZE, SHORT_DTYPE, Header, read_header
+from kohyawan.files.safetensors import DTYPES, Header, short_name
+from kohyawan.lora.io import read_header
 from kohyawan.lora.verify import require_lora, verify_header
 
 # A file whose tensors are this far from a full LoRA of its rank is flagged (partial or padded files).
@@ -60,7 +61,7 @@ def info_from_header(header: Header) -> LoraInfo:
                 paths.append(path)
     alphas = sorted(set(_alpha_values(header)) - {None})
     dtypes = Counter(e.dtype for e in header.tensors.values() if not e.name.endswith(".alpha"))
-    dtype = SHORT_DTYPE.get(next(iter(dtypes)), next(iter(dtypes)).lower()) if len(dtypes) == 1 else "mixed"
+    dtype = short_name(next(iter(dtypes))) if len(dtypes) == 1 else "mixed"
     namings = {K.family_of(k) for k in header.tensors}
     model_size = _detect_size(header, groups)
     image_attn = any(p.endswith(("k_img", "v_img")) for p in paths)
@@ -71,12 +72,12 @@ def info_from_header(header: Header) -> LoraInfo:
     if model_size and rank and len(dtypes) == 1:
         task = _reference_task(model_size, image_attn)
         if task:
-            expected = K.expected_bytes(task, rank, ITEMSIZE[next(iter(dtypes))])
+            expected = int(K.expected_bytes(task, rank, DTYPES[next(iter(dtypes))].bits / 8))
             actual = sum(e.nbytes for e in header.tensors.values())
             size_ok = abs(actual - expected) <= SIZE_TOLERANCE * expected
     meta = header.metadata
     return LoraInfo(
-        path=str(header.path), bytes=header.file_bytes, keys=len(header.tensors), modules=sum(ranks.values()),
+        path=str(header.path), bytes=header.file_size, keys=len(header.tensors), modules=sum(ranks.values()),
         rank=rank, ranks=sorted(ranks), alpha=alphas[0] if len(alphas) == 1 else None, alphas=alphas,
         dtype=dtype, naming=namings.pop() if len(namings) == 1 else "mixed",
         model=f"wan-{model_size}" if model_size else None, image_attn=image_attn, blocks=blocks,

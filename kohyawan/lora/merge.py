@@ -17,7 +17,8 @@ from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
 from kohyawan.lora.inspect import info_from_header
-from kohyawan.lora.io import SHORT_DTYPE, OutSpec, sha256_file, write_stream
+from kohyawan.files.digest import sha256_file
+from kohyawan.files.safetensors import OutSpec, short_name, write_stream
 from kohyawan.lora.modules import LoraModules, load_modules
 
 
@@ -140,4 +141,4 @@ def merge_files(inputs: list[tuple[Path, float]], dst: Path, *, dtype: str | Non
             meta[M.EXPERT] = (experts - {None, "both"} or {"both"}).pop()
         write_stream(dst, specs, meta, produce)
     return MergeResult(str(dst), [{"file": str(p), "weight": w} for p, w in inputs], merged_rank, len(order),
-                       SHORT_DTYPE[code])
+                       short_name(code))

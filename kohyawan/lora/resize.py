@@ -14,7 +14,8 @@ from pathlib import Path
 
 from kohyawan.errors import BadInput
 from kohyawan.lora import metadata as M
-from kohyawan.lora.io import SHORT_DTYPE, OutSpec, placeholder, sha256_file, write_stream
+from kohyawan.files.digest import sha256_file
+from kohyawan.files.safetensors import OutSpec, placeholder, short_name, write_stream
 from kohyawan.lora.modules import Module, load_modules
 
 
@@ -124,7 +125,7 @@ def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None) ->
         write_stream(dst, specs, meta, produce, late=late)
     mods = [energies[m.path] for m in lm.modules]
     overall = _overall(totals)
-    return ResizeResult(str(dst), str(src), old, rank, SHORT_DTYPE[code], overall,
+    return ResizeResult(str(dst), str(src), old, rank, short_name(code), overall,
                         min(e.retained for e in mods), mods)
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from kohyawan.lora.io import DTYPE_FROM_SHORT, Header
+from kohyawan.files.safetensors import FROM_SHORT, Header
 
 TORCH_DTYPE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
@@ -52,7 +52,7 @@ def dtype_code(short: str | None, fallback: str) -> str:
     """'bf16' -> 'BF16'; None keeps the source's dtype (a float one; fp32 for anything else)."""
     if short is None:
         return fallback if fallback in ("F32", "F16", "BF16") else "F32"
-    return DTYPE_FROM_SHORT[short]
+    return FROM_SHORT[short]
 
 
 class ModuleCache:

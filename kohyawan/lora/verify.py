@@ -14,7 +14,8 @@ from pathlib import Path
 
 from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
-from kohyawan.lora.io import Header, LoraFileError, read_header
+from kohyawan.files.safetensors import Header
+from kohyawan.lora.io import LoraFileError, read_header
 
 
 @dataclass
