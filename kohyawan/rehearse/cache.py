@@ -7,12 +7,16 @@ import os
 import sys
 import time
 
-import numpy as np
-
+from kohyawan.files.safetensors import OutSpec, write_stream
 from kohyawan.rehearse import BANNER, env
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import items, load
-from kohyawan.rehearse.model import save_safetensors
+
+
+def _save_zeros(path: str, name: str, shape: tuple[int, ...]) -> None:
+    """A one-tensor bf16 cache file of zeros, written in place like musubi's cache scripts write theirs."""
+    write_stream(path, [OutSpec(name, "BF16", shape)], {}, lambda spec: bytes(spec.nbytes), musubi_hashes=False,
+                 in_place=True)
 
 
 def _bar(n: int, start: float) -> str:
@@ -54,7 +58,7 @@ def _run(script: str, logger: str, what: str) -> int:
                 w, h = item.size
                 shape = (16, (item.frames - 1) // 4 + 1, max(1, h // 8), max(1, w // 8))
                 name = f"latents_{shape[1]}x{shape[2]}x{shape[3]}_bfloat16"
-                save_safetensors(item.latent_cache, {name: np.zeros(shape, np.float32)}, "BF16", {})
+                _save_zeros(item.latent_cache, name, shape)
                 written.add(item.latent_cache)
             else:
                 if item.caption is None:
@@ -65,8 +69,7 @@ def _run(script: str, logger: str, what: str) -> int:
                     return 1
                 if not args.skip_existing or not os.path.exists(item.te_cache):
                     tok = max(1, len(item.caption.split()))
-                    save_safetensors(item.te_cache, {"varlen_t5_bfloat16": np.zeros((tok, 4096), np.float32)},
-                                     "BF16", {})
+                    _save_zeros(item.te_cache, "varlen_t5_bfloat16", (tok, 4096))
             sys.stderr.write(_bar(n, start))
             sys.stderr.flush()
         sys.stderr.write("\n")

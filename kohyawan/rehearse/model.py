@@ -1,13 +1,10 @@
-"""What the simulation knows about WAN models: shapes, a memory model, LoRA files (numpy, no torch)."""
+"""What the simulation knows about WAN models: sizes and a memory model (no torch). The LoRA files it saves
+come from ``kohyawan.lora.fabricate``."""
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -16,32 +13,14 @@ class Arch:
     dim: int
     ffn: int
     params: float  # parameters of one DiT
-    img: bool      # Wan 2.1 I2V/FLF2V: cross_attn k_img/v_img
 
 
-_14B = dict(blocks=40, dim=5120, ffn=13824, params=14.3e9)
-_1_3B = dict(blocks=30, dim=1536, ffn=8960, params=1.42e9)
+_14B = Arch(blocks=40, dim=5120, ffn=13824, params=14.3e9)
+_1_3B = Arch(blocks=30, dim=1536, ffn=8960, params=1.42e9)
 ARCHS = {
-    "t2v-14B": Arch(**_14B, img=False), "i2v-14B": Arch(**_14B, img=True), "t2i-14B": Arch(**_14B, img=False),
-    "flf2v-14B": Arch(**_14B, img=True), "t2v-A14B": Arch(**_14B, img=False), "i2v-A14B": Arch(**_14B, img=False),
-    "t2v-1.3B": Arch(**_1_3B, img=False), "t2v-1.3B-FC": Arch(**_1_3B, img=False),
-    "t2v-14B-FC": Arch(**_14B, img=False), "i2v-14B-FC": Arch(**_14B, img=True),
+    "t2v-14B": _14B, "i2v-14B": _14B, "t2i-14B": _14B, "flf2v-14B": _14B, "t2v-A14B": _14B, "i2v-A14B": _14B,
+    "t2v-1.3B": _1_3B, "t2v-1.3B-FC": _1_3B, "t2v-14B-FC": _14B, "i2v-14B-FC": _14B,
 }
-
-
-def lora_modules(arch: Arch) -> list[tuple[str, int, int]]:
-    """(key prefix, in features, out features) in musubi's naming."""
-    mods = []
-    for i in range(arch.blocks):
-        for attn in ("self_attn", "cross_attn"):
-            for p in ("q", "k", "v", "o"):
-                mods.append((f"lora_unet_blocks_{i}_{attn}_{p}", arch.dim, arch.dim))
-            if attn == "cross_attn" and arch.img:
-                for p in ("k_img", "v_img"):
-                    mods.append((f"lora_unet_blocks_{i}_cross_attn_{p}", arch.dim, arch.dim))
-        mods.append((f"lora_unet_blocks_{i}_ffn_0", arch.dim, arch.ffn))
-        mods.append((f"lora_unet_blocks_{i}_ffn_2", arch.ffn, arch.dim))
-    return mods
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -89,56 +68,6 @@ def cuda_oom_text(total_gb: float, need_gb: float, try_gb: float) -> str:
         "fragmentation.  See documentation for Memory Management  "
         "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# safetensors written directly (numpy has no bfloat16; the format is a JSON header and raw bytes)
-
-_DT = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2)}
-
-
-def _to_bytes(arr: np.ndarray, dtype: str) -> bytes:
-    a = np.ascontiguousarray(arr, dtype=np.float32)
-    if dtype == "BF16":
-        return (a.view(np.uint32) >> 16).astype("<u2").tobytes()
-    return a.astype(_DT[dtype][0]).tobytes()
-
-
-def save_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: str, metadata: dict[str, str]) -> None:
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    blobs = []
-    for name, arr in tensors.items():
-        blob = _to_bytes(arr, dtype)
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    # like the real trainer, write in place: a crash mid-save leaves a partial file
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
-
-
-def read_metadata(path: str) -> dict[str, str]:
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)).get("__metadata__", {})
-
-
-def lora_tensors(arch: Arch, rank: int, alpha: float, seed: int, trained_steps: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    drift = np.float32(1e-3 * trained_steps)
-    out = {}
-    for key, fin, fout in lora_modules(arch):
-        down = rng.standard_normal((rank, fin), dtype=np.float32) * np.float32(0.01)
-        out[f"{key}.lora_down.weight"] = down
-        out[f"{key}.lora_up.weight"] = np.full((fout, rank), drift, dtype=np.float32)
-        out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
-    return out
 
 
 SAVE_DTYPES = {None: "F32", "float": "F32", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}

@@ -51,11 +51,10 @@ def trainer(trainer_dir: Path | None, python: str, launcher: str, timeout_s: flo
 
 
 def lora_bytes(task: str, rank: int, save_precision: str | None) -> int:
-    from kohyawan.rehearse.model import ARCHS, lora_modules
+    from kohyawan.lora import keys
 
-    arch = ARCHS.get(task) or ARCHS["t2v-14B"]
     per = {"fp16": 2, "bf16": 2}.get(save_precision or "", 4)
-    return sum((fin + fout) * rank * per for _, fin, fout in lora_modules(arch))
+    return keys.expected_bytes(task if task in keys.TASK_MODELS else "t2v-14B", rank, per)
 
 
 def disk_needed(task: str, train: Mapping, total_steps: int, epochs: int, outputs: int, rank: int) -> int:

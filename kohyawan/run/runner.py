@@ -385,7 +385,7 @@ class Run:
         return led.data
 
     def verify(self) -> None:
-        from kohyawan.rehearse.model import read_metadata
+        from kohyawan.lora.io import read_metadata
 
         self.status.stage = "verify"
         outputs = []
