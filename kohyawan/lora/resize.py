@@ -65,6 +65,25 @@ def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None) ->
     from kohyawan.lora import tensors as T
 
     code = T.dtype_code(dtype, lm.dtype)
+    with T.opened(lm.header) as handle:
+        job = _Resize(lm, handle, rank)
+        cache = T.ModuleCache(job.compute)
+        specs, by_key = _resize_specs(lm, rank, code)
+
+        def produce(spec: OutSpec) -> bytes:
+            what, m = by_key[spec.name]
+            return T.to_bytes(cache.get(m.path)[what], code)
+
+        meta, late = _resized_metadata(lm, src, rank, old, {job.new_alpha(m) for m in lm.modules if m.alpha},
+                                       job.overall)
+        write_stream(dst, specs, meta, produce, late=late)
+    mods = [job.energies[m.path] for m in lm.modules]
+    return ResizeResult(str(dst), str(src), old, rank, short_name(code), job.overall(),
+                        min(e.retained for e in mods), mods)
+
+
+def _resize_specs(lm, rank: int, code: str) -> tuple[list[OutSpec], dict[str, tuple[str, Module]]]:
+    """The resized file's tensors (same names, rank min(rank, module rank)) and which part each one is."""
     by_key: dict[str, tuple[str, Module]] = {}
     specs: list[OutSpec] = []
     for m in lm.modules:
@@ -74,60 +93,61 @@ def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None) ->
         if m.alpha:
             specs.append(OutSpec(m.alpha, code, ()))
             by_key[m.alpha] = ("alpha", m)
-    energies: dict[str, ModuleEnergy] = {}
-    totals = {"kept": 0.0, "all": 0.0}
-
-    with T.opened(lm.header) as handle:
-        def new_alpha(m: Module) -> float:
-            alpha = T.scalar(handle, m.alpha, m.rank)
-            return alpha * min(rank, m.rank) / m.rank
-
-        def compute(path: str):
-            import torch
-
-            m = next(x for x in lm.modules if x.path == path)
-            k = min(rank, m.rank)
-            up = T.fp32(handle, m.up).reshape(m.out, m.rank)
-            down = T.fp32(handle, m.down).reshape(m.rank, m.in_features)
-            u, s, vh = low_rank_svd(up, down, T.scalar(handle, m.alpha, m.rank) / m.rank)
-            energy = s.square()
-            total, kept = float(energy.sum()), float(energy[:k].sum())
-            if path not in energies:
-                energies[path] = ModuleEnergy(path, m.rank, k, kept / total if total > 0 else 1.0)
-                totals["kept"] += kept
-                totals["all"] += total
-            new_scale = new_alpha(m) / k if m.alpha else 1.0
-            # split sigma evenly between the factors; a negative alpha keeps its sign on up
-            root = (s[:k] / abs(new_scale)).sqrt() if new_scale != 0 else torch.zeros(k)
-            sign = -1.0 if new_scale < 0 else 1.0
-            return {"up": (u[:, :k] * root * sign).reshape(m.out, k),
-                    "down": (root[:, None] * vh[:k]).reshape(k, *m.inp),
-                    "alpha": torch.tensor(new_alpha(m) if m.alpha else 0.0)}
-
-        cache = T.ModuleCache(compute)
-
-        def produce(spec: OutSpec) -> bytes:
-            what, m = by_key[spec.name]
-            return T.to_bytes(cache.get(m.path)[what], code)
-
-        updates = {}
-        if M.SS_NETWORK_DIM in lm.header.metadata:
-            updates[M.SS_NETWORK_DIM] = str(rank)
-        alphas = {new_alpha(m) for m in lm.modules if m.alpha}
-        if M.SS_NETWORK_ALPHA in lm.header.metadata and len(alphas) == 1:
-            updates[M.SS_NETWORK_ALPHA] = str(float(alphas.pop()))
-        # the retained energy is known only once every module went through: patched in after the tensors
-        energy_token = placeholder("energy", 8)
-        fact = {"file": src.name, "sha256": sha256_file(src), "rank": old, "to_rank": rank,
-                "retained_energy": energy_token}
-        meta = M.extended(lm.header.metadata, M.RESIZED_FROM, fact, updates)
-        late = {energy_token: lambda: f"{_overall(totals):.6f}"[:8]}
-        write_stream(dst, specs, meta, produce, late=late)
-    mods = [energies[m.path] for m in lm.modules]
-    overall = _overall(totals)
-    return ResizeResult(str(dst), str(src), old, rank, short_name(code), overall,
-                        min(e.retained for e in mods), mods)
+    return specs, by_key
 
 
-def _overall(totals: dict[str, float]) -> float:
-    return totals["kept"] / totals["all"] if totals["all"] > 0 else 1.0
+def _resized_metadata(lm, src: Path, rank: int, old: int, alphas: set[float], overall):
+    """The source's metadata with the new rank and alpha and a ``resized_from`` fact; the retained energy
+    is known only once every module went through, so it is a placeholder patched in after the tensors."""
+    updates = {}
+    if M.SS_NETWORK_DIM in lm.header.metadata:
+        updates[M.SS_NETWORK_DIM] = str(rank)
+    if M.SS_NETWORK_ALPHA in lm.header.metadata and len(alphas) == 1:
+        updates[M.SS_NETWORK_ALPHA] = str(float(alphas.pop()))
+    energy_token = placeholder("energy", 8)
+    fact = {"file": src.name, "sha256": sha256_file(src), "rank": old, "to_rank": rank,
+            "retained_energy": energy_token}
+    meta = M.extended(lm.header.metadata, M.RESIZED_FROM, fact, updates)
+    return meta, {energy_token: lambda: f"{overall():.6f}"[:8]}
+
+
+class _Resize:
+    """Each module's truncated SVD, computed once, with the energy it keeps."""
+
+    def __init__(self, lm, handle, rank: int):
+        self.lm, self.handle, self.rank = lm, handle, rank
+        self.by_path = {m.path: m for m in lm.modules}
+        self.energies: dict[str, ModuleEnergy] = {}
+        self.kept = self.total = 0.0
+
+    def new_alpha(self, m: Module) -> float:
+        from kohyawan.lora import tensors as T
+
+        return T.scalar(self.handle, m.alpha, m.rank) * min(self.rank, m.rank) / m.rank
+
+    def overall(self) -> float:
+        return self.kept / self.total if self.total > 0 else 1.0
+
+    def compute(self, path: str):
+        import torch
+
+        from kohyawan.lora import tensors as T
+
+        m = self.by_path[path]
+        k = min(self.rank, m.rank)
+        up = T.fp32(self.handle, m.up).reshape(m.out, m.rank)
+        down = T.fp32(self.handle, m.down).reshape(m.rank, m.in_features)
+        u, s, vh = low_rank_svd(up, down, T.scalar(self.handle, m.alpha, m.rank) / m.rank)
+        energy = s.square()
+        total, kept = float(energy.sum()), float(energy[:k].sum())
+        if path not in self.energies:
+            self.energies[path] = ModuleEnergy(path, m.rank, k, kept / total if total > 0 else 1.0)
+            self.kept += kept
+            self.total += total
+        new_scale = self.new_alpha(m) / k if m.alpha else 1.0
+        # split sigma evenly between the factors; a negative alpha keeps its sign on up
+        root = (s[:k] / abs(new_scale)).sqrt() if new_scale != 0 else torch.zeros(k)
+        sign = -1.0 if new_scale < 0 else 1.0
+        return {"up": (u[:, :k] * root * sign).reshape(m.out, k),
+                "down": (root[:, None] * vh[:k]).reshape(k, *m.inp),
+                "alpha": torch.tensor(self.new_alpha(m) if m.alpha else 0.0)}
