@@ -13,7 +13,9 @@ _NUMPY = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
 
 
 def to_f32(raw, code: str) -> np.ndarray:
-    """A tensor's bytes (any buffer) in ``code`` as a flat float32 array (a copy)."""
+    """A tensor's bytes (any buffer) in ``code`` as a flat float32 array (F32: a read-only view, else a copy)."""
+    if code == "F32":
+        return np.frombuffer(raw, dtype="<f4")
     if code == "BF16":
         return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view("<f4")
     return np.frombuffer(raw, dtype=_NUMPY[code]).astype("<f4")

@@ -1,5 +1,5 @@
 """The safetensors format in one place: its dtypes, reading a header (metadata, tensor byte ranges) and
-writing a file as a stream of tensors. No torch, no numpy: bytes and JSON only.
+laying one out; ``kohyawan.files.stream`` writes files with it. No torch, no numpy: bytes and JSON only.
 
 The format: 8 bytes little-endian header length N, N bytes of UTF-8 JSON ({name: {dtype, shape,
 data_offsets}, "__metadata__": {str: str}}), then the tensor bytes. Reading the header costs two small
@@ -19,9 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
-
-Buffer = Any  # bytes, memoryview, a C-contiguous numpy array: whatever memoryview() takes
+from typing import Iterable, Mapping
 
 
 # ---------------------------------------------------------------- dtypes
@@ -218,7 +216,7 @@ def data_hash(header: Header) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------- writing
+# ---------------------------------------------------------------- laying out (see stream.py for writing)
 
 
 @dataclass(frozen=True)
@@ -259,112 +257,3 @@ def encode_header(entries: Iterable[TensorEntry], metadata: Mapping[str, str] | 
 def placeholder(tag: str, width: int) -> str:
     """A fixed-width stand-in for a metadata value that is known only after the tensors are written."""
     return ("{" + tag + "}" + "#" * width)[:width]
-
-
-_LEGACY_OFFSET, _LEGACY_LEN = 0x100000, 0x10000
-
-
-class MusubiHashes:
-    """musubi-tuner's ``sshs_model_hash`` and ``sshs_legacy_hash`` of a file being streamed.
-
-    musubi serialises the tensors with only the ``ss_*`` metadata and hashes that: the model hash is the
-    sha256 of its data section (which is the same in the real file), the legacy hash the first 8 hex
-    digits of the sha256 of its 64 KiB at 1 MiB (header bytes included if the window reaches them).
-    """
-
-    def __init__(self, ordered: list[OutSpec], metadata: Mapping[str, str]):
-        ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-        raw = header_bytes(ordered, ss_only)
-        self._model = hashlib.sha256()
-        self._window = bytearray()
-        self._at = 0  # position in musubi's serialisation
-        self._take(struct.pack("<Q", len(raw)) + raw)
-
-    def _take(self, data) -> None:
-        lo, hi = max(_LEGACY_OFFSET, self._at), min(_LEGACY_OFFSET + _LEGACY_LEN, self._at + len(data))
-        if lo < hi:
-            self._window.extend(memoryview(data)[lo - self._at:hi - self._at])
-        self._at += len(data)
-
-    def update(self, data) -> None:
-        self._model.update(data)
-        self._take(data)
-
-    def model(self) -> str:
-        return self._model.hexdigest()
-
-    def legacy(self) -> str:
-        return hashlib.sha256(bytes(self._window)).hexdigest()[:8]
-
-
-def write_stream(path: Path, specs: Iterable[OutSpec], metadata: Mapping[str, str] | None,
-                 produce: Callable[[OutSpec], Buffer], *, musubi_hashes: bool = True,
-                 late: Mapping[str, Callable[[], str]] | None = None, in_place: bool = False) -> None:
-    """Write a safetensors file, asking ``produce`` for each tensor's bytes (any contiguous buffer: bytes,
-    a numpy array) in file (library) order.
-
-    With ``musubi_hashes`` the file carries ``sshs_model_hash``/``sshs_legacy_hash`` computed the way
-    musubi-tuner computes them, so tools that index LoRAs by them see new weights as a new model.
-    ``late`` maps placeholders (see ``placeholder``) found in metadata values to functions giving their
-    final text, of the same width, once every tensor has been produced: the header is patched before the
-    rename. The file is written atomically (``kohyawan.files.atomic``), or with ``in_place`` straight to
-    ``path`` without fsync, as the real trainer saves (a crash mid-save leaves a partial file).
-    """
-    path = Path(path)
-    ordered = library_order(specs)
-    meta = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
-    late = dict(late or {})
-    hashes = None
-    if musubi_hashes:
-        meta = dict(meta or {})
-        hashes = MusubiHashes(ordered, meta)
-        meta["sshs_model_hash"] = placeholder("sshs_model_hash", 64)
-        meta["sshs_legacy_hash"] = placeholder("legacy", 8)
-        late[meta["sshs_model_hash"]] = hashes.model
-        late[meta["sshs_legacy_hash"]] = hashes.legacy
-    header = header_bytes(ordered, meta)
-    for token in late:
-        if header.count(token.encode()) != 1:
-            raise RuntimeError(f"placeholder {token!r} must appear exactly once in the header")
-    if in_place:
-        with open(path, "wb") as fh:
-            _write_body(fh, header, ordered, produce, hashes, late)
-        return
-    from kohyawan.files import atomic
-
-    with atomic.replacing(path) as fh:
-        _write_body(fh, header, ordered, produce, hashes, late)
-
-
-def _write_body(fh, header: bytes, ordered: list[OutSpec], produce, hashes: MusubiHashes | None,
-                late: Mapping[str, Callable[[], str]]) -> None:
-    fh.write(struct.pack("<Q", len(header)))
-    fh.write(header)
-    for spec in ordered:
-        data = memoryview(produce(spec)).cast("B")
-        if len(data) != spec.nbytes:
-            raise RuntimeError(f"{spec.name}: produced {len(data)} bytes, expected {spec.nbytes}")
-        fh.write(data)
-        if hashes:
-            hashes.update(data)
-    for token, final in late.items():
-        value = final().encode()
-        if len(value) != len(token.encode()):
-            raise RuntimeError(f"late value {value!r} does not fit placeholder {token!r}")
-        fh.seek(8 + header.index(token.encode()))
-        fh.write(value)
-
-
-def write_sparse(path: Path, specs: Iterable[OutSpec], metadata: Mapping[str, str] | None = None) -> Path:
-    """The header for ``specs``, then the file extended to its full length without writing data: a hole
-    the filesystem allocates no blocks for (stand-ins for multi-gigabyte model files). Atomic."""
-    from kohyawan.files import atomic
-
-    path = Path(path)
-    ordered = library_order(specs)
-    header = header_bytes(ordered, metadata)
-    with atomic.replacing(path) as fh:
-        fh.write(struct.pack("<Q", len(header)))
-        fh.write(header)
-        fh.truncate(8 + len(header) + sum(s.nbytes for s in ordered))
-    return path

@@ -15,7 +15,8 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from kohyawan.files.safetensors import FROM_SHORT, OutSpec, write_stream
+from kohyawan.files.safetensors import FROM_SHORT, OutSpec
+from kohyawan.files.stream import write_stream
 from kohyawan.lora import keys as K
 
 

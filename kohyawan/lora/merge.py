@@ -17,8 +17,8 @@ from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
 from kohyawan.lora.inspect import info_from_header
-from kohyawan.files.digest import sha256_file
-from kohyawan.files.safetensors import OutSpec, short_name, write_stream
+from kohyawan.files.safetensors import OutSpec, placeholder, short_name
+from kohyawan.files.stream import write_stream
 from kohyawan.lora.modules import LoraModules, Module, load_modules
 
 
@@ -77,39 +77,41 @@ def merge_files(inputs: list[tuple[Path, float]], dst: Path, *, dtype: str | Non
     loras = [load_modules(p) for p, _ in inputs]
     weights = [w for _, w in inputs]
     check_mergeable(loras)
-    from contextlib import ExitStack
-
     from kohyawan.lora import tensors as T
 
     code = T.dtype_code(dtype, loras[0].dtype)
     paths = _by_path(loras)
     specs, owner = _merge_specs(paths, code)
-    with ExitStack() as stack:
-        handles = [stack.enter_context(T.opened(lm.header)) for lm in loras]
+    with T.opened_all([lm.header for lm in loras]) as sources:
+        cache = T.ModuleCache(lambda path: _merged_module(sources, weights, paths[path]))
 
-        def compute(path: str):
-            import torch
-
-            ups, downs = [], []
-            for i, m in paths[path]:
-                scale = T.scalar(handles[i], m.alpha, m.rank) / m.rank
-                c = weights[i] * scale
-                root = math.sqrt(abs(c))
-                ups.append(T.fp32(handles[i], m.up).reshape(m.out, m.rank) * (root if c >= 0 else -root))
-                downs.append(T.fp32(handles[i], m.down) * root)
-            up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-            return {"up": up, "down": down, "alpha": torch.tensor(float(up.shape[1]))}
-
-        cache = T.ModuleCache(compute)
-
-        def produce(spec: OutSpec) -> bytes:
+        def produce(spec: OutSpec):
             what, path = owner[spec.name]
-            return T.to_bytes(cache.get(path)[what], code)
+            return T.to_buffer(cache.get(path)[what], code)
 
-        meta, merged_rank = _merged_metadata(inputs, loras, paths)
-        write_stream(dst, specs, meta, produce)
+        shas = [placeholder(f"sha256-{i}", 64) for i in range(len(loras))]  # hashed while the inputs are read
+        meta, merged_rank = _merged_metadata(inputs, loras, paths, shas)
+        write_stream(dst, specs, meta, produce, late={sha: s.sha256 for sha, s in zip(shas, sources)})
     return MergeResult(str(dst), [{"file": str(p), "weight": w} for p, w in inputs], merged_rank, len(paths),
                        short_name(code))
+
+
+def _merged_module(sources, weights: list[float], parts: list[tuple[int, Module]]) -> dict:
+    """One module of the merge: the inputs' factors scaled by sqrt(|w * alpha / rank|) (the sign on up)
+    and stacked along the rank, alpha = the new rank (scale 1)."""
+    import torch
+
+    rank = sum(m.rank for _, m in parts)
+    m0 = parts[0][1]
+    up, down = torch.empty(m0.out, rank), torch.empty(rank, *m0.inp)
+    at = 0
+    for i, m in parts:  # each input scaled straight into its slice of the stacked factors
+        c = weights[i] * (sources[i].scalar(m.alpha, m.rank) / m.rank)
+        root = math.sqrt(abs(c))
+        torch.mul(sources[i].fp32(m.up).reshape(m.out, m.rank), root if c >= 0 else -root, out=up[:, at:at + m.rank])
+        torch.mul(sources[i].fp32(m.down), root, out=down[at:at + m.rank])
+        at += m.rank
+    return {"up": up, "down": down, "alpha": torch.tensor(float(rank))}
 
 
 def _by_path(loras: list[LoraModules]) -> dict[str, list[tuple[int, Module]]]:
@@ -139,12 +141,12 @@ def _merge_specs(paths: dict[str, list[tuple[int, Module]]], code: str):
 
 
 def _merged_metadata(inputs: list[tuple[Path, float]], loras: list[LoraModules],
-                     paths: dict[str, list[tuple[int, Module]]]) -> tuple[dict[str, str], int]:
+                     paths: dict[str, list[tuple[int, Module]]], shas: list[str]) -> tuple[dict[str, str], int]:
     """The first input's metadata, extended with what was merged; and the merged rank."""
     facts = []
-    for (p, w), lm in zip(inputs, loras):
+    for (p, w), lm, sha in zip(inputs, loras, shas):
         ranks = sorted({m.rank for m in lm.modules})
-        entry = {"file": Path(p).name, "sha256": sha256_file(Path(p)), "weight": w, "rank": ranks[-1],
+        entry = {"file": Path(p).name, "sha256": sha, "weight": w, "rank": ranks[-1],
                  "modules": len(lm.modules)}
         if lm is not loras[0]:  # the first file's metadata is the base; keep the others' in full
             entry["metadata"] = lm.header.metadata

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from kohyawan.files.safetensors import FROM_SHORT, OutSpec, write_sparse
+from kohyawan.files.safetensors import FROM_SHORT, OutSpec
+from kohyawan.files.stream import write_sparse
 from kohyawan.modelfiles.layouts import dit_layout, t5_layout, vae_layout
 
 ST_DTYPES = {short: FROM_SHORT[short] for short in ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2")}

@@ -7,7 +7,8 @@ import os
 import sys
 import time
 
-from kohyawan.files.safetensors import OutSpec, write_stream
+from kohyawan.files.safetensors import OutSpec
+from kohyawan.files.stream import write_stream
 from kohyawan.rehearse import BANNER, env
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import items, load
