@@ -1,7 +1,7 @@
 """Export: choose a checkpoint, check it would load in ComfyUI, stamp kohyawan metadata, publish a version.
 
-The heavy part (metadata rewrite or dtype conversion, sha256) writes hidden temp files in the model's
-folder without holding the registry lock; only numbering the version, renaming the files into place and
+The heavy part (metadata rewrite or dtype conversion, hashed while written) writes hidden temp files in
+the model's folder without holding the registry lock; only numbering the version, renaming the files into place and
 writing the index happen under the lock, so several exports at once each get their own version quickly.
 """
 
@@ -125,15 +125,15 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
             temps.append(tmp)
             meta = _metadata(req, settings, task, expert, ck, src, key)
             if req.dtype:
-                lorafile.convert(ck.path, tmp, req.dtype, meta)
+                written = lorafile.convert(ck.path, tmp, req.dtype, meta)
             else:
-                lorafile.rewrite_metadata(ck.path, tmp, meta)
+                written = lorafile.rewrite_metadata(ck.path, tmp, meta)
             verdict = lora_check.verify(tmp, task)
             if not verdict.ok:
                 raise WorkFailed(f"the exported copy of {ck.path.name} fails verification: {'; '.join(verdict.problems[:3])}")
             counts = lorafile.tensor_dtypes(tmp)
             prepared.append({
-                "expert": expert, "tmp": tmp, "sha256": store.sha256_file(tmp), "bytes": tmp.stat().st_size,
+                "expert": expert, "tmp": tmp, "sha256": written.sha256, "bytes": written.bytes,
                 "dtype": lorafile.dtype_name(max(counts, key=counts.get)) if counts else None,
                 "checkpoint": str(ck.path), "step": ck.step, "why": why,
             })
