@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from kohyawan import __version__
 from kohyawan.errors import BadInput, ModelFileError, WorkFailed
+from kohyawan.lora import metadata as lora_metadata
 from kohyawan.registry import lora_check, lorafile, naming, roles, sources, store, versions
 
 
@@ -81,6 +82,16 @@ def _metadata(req, settings, task, expert, ck, src, key) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items() if v is not None}
 
 
+def _run_metadata(src: sources.Source, ck: sources.Checkpoint) -> dict[str, str]:
+    """For a checkpoint of a kohyawan run: the whole run's absolute ss_* values (a resumed run's files
+    describe their last attempt only), from the run's ledger; nothing for other sources."""
+    entry = next((c for c in src.run.get("checkpoints") or []
+                  if isinstance(c, dict) and Path(str(c.get("path"))).name == ck.path.name), None)
+    if src.kind != "run" or entry is None:
+        return {}
+    return lora_metadata.absolute_training(src.run, {**entry, "step": ck.step}, lorafile.metadata_of(ck.path))
+
+
 def export(root: Path, req: ExportRequest, *, user: str | None = None, today: date | None = None,
            warn=lambda msg: None) -> dict[str, Any]:
     kind = naming.check_kind(req.kind)
@@ -123,7 +134,7 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
         for expert, ck, why in picked:
             tmp = store.temp_path(folder, f"export-{expert}.safetensors")
             temps.append(tmp)
-            meta = _metadata(req, settings, task, expert, ck, src, key)
+            meta = {**_metadata(req, settings, task, expert, ck, src, key), **_run_metadata(src, ck)}
             if req.dtype:
                 written = lorafile.convert(ck.path, tmp, req.dtype, meta)
             else:

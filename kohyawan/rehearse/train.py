@@ -216,7 +216,7 @@ def main() -> int:
     out(f"  batch size per device / バッチサイズ: {', '.join(str(d.batch_size) for d in datasets)}")
     out(f"  gradient accumulation steps / 勾配を合計するステップ数 = {args.gradient_accumulation_steps or 1}")
     out(f"  total optimization steps / 学習ステップ数: {max_steps}")
-    return _loop(args, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peak, hold)
+    return _loop(args, rank, dim, alpha, max_steps, batches, epochs, sched, trained, gpu, peak, hold)
 
 
 def _save_weights(path: str, task: str, rank: int, alpha: float, seed: int, trained_steps: int, code: str,
@@ -227,7 +227,10 @@ def _save_weights(path: str, task: str, rank: int, alpha: float, seed: int, trai
                         up=1e-3 * trained_steps, musubi_hashes=False, in_place=True)
 
 
-def _loop(args, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peak, hold) -> int:
+def _loop(args, rank, dim, alpha, max_steps, batches, epochs, sched, trained, gpu, peak, hold) -> int:
+    accumulation = args.gradient_accumulation_steps or 1
+    per_epoch = math.ceil(batches / accumulation)
+    started = time.time()  # musubi's ss_training_started_at: when this process began training
     seed = args.seed if args.seed is not None else 42
     faults = env.faults()
     step_s = env.step_s()
@@ -245,6 +248,9 @@ def _loop(args, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, 
         meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(steps),
                 "ss_epoch": str(epoch_no), "ss_learning_rate": str(sched.base), "ss_output_name": name,
                 "ss_network_module": args.network_module, "ss_training_comment": str(args.training_comment),
+                "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
+                "ss_num_batches_per_epoch": str(batches), "ss_gradient_accumulation_steps": str(accumulation),
+                "ss_num_epochs": str(epochs), "ss_max_train_steps": str(max_steps),
                 "modelspec.architecture": "wan2.1/lora", "modelspec.title": args.metadata_title or name,
                 "kohyawan.rehearsal": "true", "kohyawan.rehearsal_rank": str(rank),
                 "kohyawan.rehearsal_requested_dim": str(dim), "kohyawan.rehearsal_trained_steps": str(trained + steps),

@@ -385,7 +385,7 @@ class Run:
         return led.data
 
     def verify(self) -> None:
-        from kohyawan.lora.io import read_metadata
+        from kohyawan.lora.stamp import stamp_run_checkpoint
 
         self.status.stage = "verify"
         outputs = []
@@ -396,7 +396,7 @@ class Run:
             if not path or not Path(path).is_file():
                 raise _Stop("failed", f"{rec['name']}: the final LoRA file is missing ({path})")
             try:
-                meta = read_metadata(path)
+                meta = stamp_run_checkpoint(self.ledger.data, path)  # absolute ss_* values from the ledger
             except Exception as exc:
                 raise _Stop("failed", f"{path} is not a readable safetensors file ({exc})") from None
             entry = next(c for c in self.ledger.data["checkpoints"] if c["path"] == path)
