@@ -152,6 +152,8 @@ class _Resize:
 
     def take(self, m: Module, what: str):
         while m.path not in self.done:
+            if self._next >= len(self.order):
+                raise RuntimeError(f"{m.path}: asked for after it was written")
             self._batch()
         out = self.done[m.path][what]
         self.left[m.path] -= 1

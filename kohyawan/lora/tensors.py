@@ -33,8 +33,9 @@ class Source:
     def __init__(self, header: Header, *, digest: bool = True):
         self.header = header
         self._file = open(header.path, "rb")
-        # a private mapping is writable (torch wants a writable buffer) but nothing here writes to it
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        # read-only: a private writable mapping would count against the commit limit of a machine with
+        # strict overcommit, a gigabyte per file, for pages nothing here ever writes
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self._sha: list[str] = []
         self._hasher = threading.Thread(target=self._digest, name="sha256-source", daemon=True) if digest else None
         if self._hasher:
@@ -57,12 +58,12 @@ class Source:
         return memoryview(self._map)[start:end]
 
     def tensor(self, key: str) -> torch.Tensor:
-        """A tensor in its own dtype: a view of the file's pages (never write to it)."""
+        """A tensor in its own dtype: a read-only view of the file's pages (writing to it would crash)."""
         e = self.header.tensors[key]
         if e.numel == 0:
             return torch.empty(e.shape, dtype=TORCH_DTYPE[e.dtype])
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # an unaligned offset is fine on every CPU this runs on
+            warnings.simplefilter("ignore", UserWarning)  # "not writable": these views are only ever read
             flat = torch.frombuffer(self._map, dtype=TORCH_DTYPE[e.dtype], count=e.numel,
                                     offset=self.header.data_start + e.start)
         return flat.reshape(e.shape)
