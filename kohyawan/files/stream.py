@@ -3,9 +3,9 @@
 The caller produces one tensor's bytes at a time, in the library's order (``safetensors.library_order``);
 a writer thread writes each buffer and a hasher thread feeds it to the hashes that want it while the
 caller computes the next (file writes and sha256 release the GIL, so they run on other cores). The
-queues hold two buffers each, so memory stays near one module's tensors however large the file. Nothing is read back: the
-whole-file sha256 and musubi-tuner's ``sshs_model_hash``/``sshs_legacy_hash`` come from the bytes as
-they go out. The format itself (dtypes, header layout, reading) is ``kohyawan.files.safetensors``; see
+queues hold two buffers each, so memory stays near one module's tensors however large the file.
+Nothing is read back: the whole-file sha256 and musubi-tuner's ``sshs_model_hash``/``sshs_legacy_hash``
+come from the bytes as they go out. The format itself (dtypes, header layout, reading) is ``kohyawan.files.safetensors``; see
 docs/architecture.md for the design.
 """
 
