@@ -19,10 +19,11 @@ from kohyawan.lora.io import read_header
 
 def stamp_run_checkpoint(ledger: dict[str, Any], path: str | Path) -> dict[str, str]:
     """Give the checkpoint the ledger lists at ``path`` the run's absolute metadata (the ledger dict's
-    entry is updated, not saved). Returns the file's metadata as it now is."""
-    entry = next(c for c in ledger.get("checkpoints") or [] if c.get("path") == str(path))
+    entry is updated, not saved; a file the ledger does not list is left alone). Returns the file's
+    metadata as it now is."""
+    entry = next((c for c in ledger.get("checkpoints") or [] if c.get("path") == str(path)), None)
     header = read_header(path)
-    updates = M.absolute_training(ledger, entry, header.metadata)
+    updates = M.absolute_training(ledger, entry, header.metadata) if entry else {}
     if not updates:
         return dict(header.metadata)
     meta = {**header.metadata, **updates}
