@@ -2,11 +2,11 @@
 
 The caller produces one tensor's bytes at a time, in the library's order (``safetensors.library_order``);
 a writer thread writes each buffer and a hasher thread feeds it to the hashes that want it while the
-caller computes the next (file writes and sha256 release the GIL, so they run on other cores). The
-queues hold two buffers each, so memory stays near one module's tensors however large the file.
-Nothing is read back: the whole-file sha256 and musubi-tuner's ``sshs_model_hash``/``sshs_legacy_hash``
-come from the bytes as they go out. The format itself (dtypes, header layout, reading) is ``kohyawan.files.safetensors``; see
-docs/architecture.md for the design.
+caller computes the next (file writes and sha256 release the GIL, so they run on other cores). Each
+thread holds one buffer and has one waiting, so memory stays within a few tensors (measured: about three
+modules' worth) however large the file. Nothing is read back: the whole-file sha256 and musubi-tuner's
+``sshs_model_hash``/``sshs_legacy_hash`` come from the bytes as they go out. The format itself (dtypes,
+header layout, reading) is ``kohyawan.files.safetensors``; see docs/architecture.md for the design.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ _WRITE_BEHIND = 32 << 20
 class _Worker:
     """A thread that applies ``work`` to each buffer put to it, in order, while the caller goes on."""
 
-    def __init__(self, work: Callable[[Buffer, bool], None], name: str, depth: int = 2):
+    def __init__(self, work: Callable[[Buffer, bool], None], name: str, depth: int = 1):
         self._work = work
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
@@ -115,7 +115,7 @@ class _Worker:
 
 class _Sink:
     """Two threads: one writes the buffers to the file, one feeds them to the hashes, while the caller
-    produces the next (each holds at most two buffers, so memory stays near one module).
+    produces the next (each works on one buffer and has one waiting).
 
     With ``write_behind`` every 32 MiB written is handed to the disk at once (``POSIX_FADV_DONTNEED``
     starts its writeback), so the final fsync finds little left to do and a large output does not trip

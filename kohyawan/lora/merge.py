@@ -83,7 +83,7 @@ def merge_files(inputs: list[tuple[Path, float]], dst: Path, *, dtype: str | Non
     paths = _by_path(loras)
     specs, owner = _merge_specs(paths, code)
     with T.opened_all([lm.header for lm in loras]) as sources:
-        cache = T.ModuleCache(lambda path: _merged_module(sources, weights, paths[path]))
+        cache = T.ModuleCache(lambda path: _merged_module(sources, weights, paths[path]), keep=1)
 
         def produce(spec: OutSpec):
             what, path = owner[spec.name]
