@@ -3,10 +3,10 @@
 The caller produces one tensor's bytes at a time, in the library's order (``safetensors.library_order``);
 a writer thread writes each buffer and a hasher thread feeds it to the hashes that want it while the
 caller computes the next (file writes and sha256 release the GIL, so they run on other cores). Each
-thread holds one buffer and has one waiting, so memory stays within a few tensors (measured: about three
-modules' worth) however large the file. Nothing is read back: the whole-file sha256 and musubi-tuner's
-``sshs_model_hash``/``sshs_legacy_hash`` come from the bytes as they go out. The format itself (dtypes,
-header layout, reading) is ``kohyawan.files.safetensors``; see docs/architecture.md for the design.
+thread holds one buffer and has one waiting, so memory stays within a few modules' tensors however large
+the file (``benchmarks/lora_bench.py`` measures it). Nothing is read back: the whole-file sha256 and
+musubi-tuner's ``sshs_model_hash``/``sshs_legacy_hash`` come from the bytes as they go out. The format
+itself (dtypes, header layout, reading) is ``kohyawan.files.safetensors``; see docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ WORDS = st.Wording(
     truncated_header="{name}: truncated: header needs {need} bytes, file has {size}",
     truncated_data="{name}: truncated: tensors need {data_need} bytes of data, file has {data_have}",
     # a header that contradicts itself
-    bad_metadata="{name}: malformed safetensors metadata", bad_entry="{name}: malformed safetensors header entry {key!r}",
+    bad_metadata="{name}: malformed safetensors metadata",
+    bad_entry="{name}: malformed safetensors header entry {key!r}",
     bad_size="{name}: malformed safetensors header: {key} has {got} bytes for shape {shape}",
 )
 

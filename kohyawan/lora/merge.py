@@ -133,8 +133,8 @@ def _merge_specs(paths: dict[str, list[tuple[int, Module]]], code: str):
         rank = sum(m.rank for _, m in parts)
         m0 = parts[0][1]
         base = K.musubi_name(path)
-        for what, suffix, shape in (("up", ".lora_up.weight", (m0.out, rank)), ("down", ".lora_down.weight", (rank, *m0.inp)),
-                                    ("alpha", ".alpha", ())):
+        for what, suffix, shape in (("up", ".lora_up.weight", (m0.out, rank)),
+                                    ("down", ".lora_down.weight", (rank, *m0.inp)), ("alpha", ".alpha", ())):
             specs.append(OutSpec(base + suffix, code, shape))
             owner[base + suffix] = (what, path)
     return specs, owner
@@ -153,7 +153,8 @@ def _merged_metadata(inputs: list[tuple[Path, float]], loras: list[LoraModules],
         facts.append(entry)
     ranks = {sum(m.rank for _, m in parts) for parts in paths.values()}
     merged_rank = max(ranks)
-    updates = {M.SS_NETWORK_DIM: str(merged_rank), M.SS_NETWORK_ALPHA: str(float(merged_rank))} if len(ranks) == 1 else {}
+    updates = ({M.SS_NETWORK_DIM: str(merged_rank), M.SS_NETWORK_ALPHA: str(float(merged_rank))}
+               if len(ranks) == 1 else {})
     meta = M.extended(loras[0].header.metadata, M.MERGED_FROM, {"inputs": facts}, updates)
     tasks = {lm.header.metadata.get(M.TASK) for lm in loras} - {None}
     if len(tasks) == 1:

@@ -104,7 +104,8 @@ def absolute_training(ledger: Mapping[str, Any], checkpoint: Mapping[str, Any],
 
 def _run_values(ledger: Mapping[str, Any], checkpoint: Mapping[str, Any], per_epoch: int | None) -> dict[str, Any]:
     stage = checkpoint.get("stage")
-    attempts = [a for a in ledger.get("attempts") or [] if a.get("stage") == stage] or list(ledger.get("attempts") or [])
+    every = list(ledger.get("attempts") or [])
+    attempts = [a for a in every if a.get("stage") == stage] or every
     record = next((r for r in ledger.get("stages") or [] if r.get("name") == stage), {})
     total = record.get("total_steps") or ledger.get("total_steps")
     step = checkpoint.get("step")

@@ -68,7 +68,8 @@ def pick_device(device: str | None) -> str:
     raise BadInput(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
 
 
-def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None, device: str | None = "auto") -> ResizeResult:
+def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None,
+                device: str | None = "auto") -> ResizeResult:
     src, dst = Path(src), Path(dst)
     if rank < 1:
         raise BadInput("--rank must be at least 1")

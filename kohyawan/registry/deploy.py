@@ -3,9 +3,10 @@
 Files go to ``<ComfyUI>/models/loras/kohyawan/<kind>/`` under their versioned registry name. ComfyUI
 caches loaded LoRA tensors by path, so a file of the same name is never overwritten: identical content is
 a no-op, different content is refused. The copy is written to a hidden temp name, its sha256 (computed
-from the bytes as they are copied) checked against the index, then hard-linked into place (an atomic "create only if absent"; a plain rename is
-used where the file system has no hard links). Every deployment is recorded in the index, and
-``undeploy`` removes only recorded files whose sha256 still matches.
+from the bytes as they are copied) checked against the index, then hard-linked into place (an atomic
+"create only if absent"; a plain rename is used where the file system has no hard links). Every
+deployment is recorded in the index, and ``undeploy`` removes only recorded files whose sha256 still
+matches. See docs/architecture.md.
 """
 
 from __future__ import annotations
