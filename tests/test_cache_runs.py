@@ -101,7 +101,7 @@ def test_a_changed_caption_a_removed_file_and_a_removed_item_redo_exactly_those(
     assert [Path(x["file"]).name for x in log.since(mark, TEXT)] == ["img 1_wan_te.safetensors"]
     # the removed item's caches are gone: training globs the folder and would train on them
     assert not list(folder.glob("img 3_*"))
-    from kohyawan.rehearse.model import read_metadata
+    from kohyawan.lora.io import read_metadata
 
     assert read_metadata(str(folder / "img 1_wan_te.safetensors"))["caption1"] == "a photo of sks person, new hair"
 

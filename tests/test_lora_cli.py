@@ -90,9 +90,14 @@ def test_convert_resize_merge_and_checkpoints_commands(tmp_path):
                               "rank 6, 10 modules, fp32\n")
     code, _, err = run("lora", "resize", a, "--rank", "8", "--out", tmp_path / "r8.safetensors")
     assert (code, err) == (2, "error: a.safetensors has rank 4; resize only lowers the rank (asked for 8)\n")
+    code, out, _ = run("lora", "resize", a, "--rank", "3", "--device", "cpu")
+    assert code == 0 and out.startswith(f"wrote {tmp_path}/a-r3.safetensors: rank 4 -> 3, fp32 (SVD on cpu)\n")
+    code, _, err = run("lora", "resize", a, "--rank", "3", "--device", "tpu", "--out", tmp_path / "t.safetensors")
+    assert (code, err) == (2, "error: --device 'tpu': expected auto, cpu, cuda or cuda:N\n")
     code, out, _ = run("checkpoints", tmp_path, "--json")
     assert code == 0 and {c["path"].rsplit("/", 1)[1] for c in json.loads(out)} == {
-        "a.safetensors", "b.safetensors", "a-comfy-bf16.safetensors", "a-r2.safetensors", "m.safetensors"}
+        "a.safetensors", "b.safetensors", "a-comfy-bf16.safetensors", "a-r2.safetensors", "a-r3.safetensors",
+        "m.safetensors"}
     code, out, _ = run("checkpoints", tmp_path, "--no-effect")
     assert code == 0 and out.splitlines()[0].split() == ["file", "step", "ep", "att", "expert", "size", "dtype",
                                                           "rank", "effect", "loss", "trend"]

@@ -8,8 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")  # the LoRA tools need torch; the Python 3.10 CI run has none
 from safetensors.torch import load_file, save
 
-from kohyawan.lora.io import _umask, LoraFileError, OutSpec, read_header, write_stream
-from kohyawan.lora.tensors import to_bytes
+from kohyawan.files.atomic import current_umask as _umask
+from kohyawan.files.safetensors import OutSpec
+from kohyawan.files.stream import write_stream
+from kohyawan.lora.io import LoraFileError, read_header
+from kohyawan.lora.tensors import to_buffer as to_bytes
 
 
 def _specs_and_tensors():

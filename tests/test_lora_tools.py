@@ -12,7 +12,8 @@ from kohyawan.lora import keys as K
 from kohyawan.lora.convert import convert_file
 from kohyawan.lora.fabricate import write_lora
 from kohyawan.lora.inspect import read_info
-from kohyawan.lora.io import data_hash, read_header
+from kohyawan.files.safetensors import data_hash
+from kohyawan.lora.io import read_header
 from kohyawan.lora.merge import merge_files, parse_weighted
 from kohyawan.lora.resize import resize_file
 from kohyawan.lora.verify import verify_file

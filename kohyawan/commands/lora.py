@@ -161,22 +161,25 @@ def convert(file: Path, to: str, dtype, keep_alpha: bool, out, force: bool, as_j
 @click.option("--dtype", type=_DTYPES, default=None, help="Output dtype (default: the input's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file (default: FILE-r<R>.safetensors).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the SVDs run: auto (the GPU when torch sees one), cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result, with every module's energy, as JSON.")
-def resize(file: Path, rank: int, dtype, out, force: bool, as_json: bool):
+def resize(file: Path, rank: int, dtype, out, force: bool, device: str, as_json: bool):
     """Lower a LoRA's rank by SVD and report how much of each module's update is kept.
 
     \b
     Example:
       kohyawan lora resize sarah.safetensors --rank 16 --out sarah-r16.safetensors
+      kohyawan lora resize sarah.safetensors --rank 16 --device cuda
     """
     from kohyawan.lora.resize import resize_file
 
     out = _fresh_output(out or _default_out(file, f"r{rank}"), force)
-    result = resize_file(file, out, rank=rank, dtype=dtype)
+    result = resize_file(file, out, rank=rank, dtype=dtype, device=device)
     if as_json:
         print_json(result.to_dict())
         return
-    click.echo(f"wrote {result.path}: rank {result.rank} -> {result.new_rank}, {result.dtype}")
+    click.echo(f"wrote {result.path}: rank {result.rank} -> {result.new_rank}, {result.dtype} (SVD on {result.device})")
     click.echo(f"retained energy {result.retained:.2%} overall, lowest module {result.min_retained:.2%}")
     for m in sorted(result.modules, key=lambda m: m.retained)[:5]:
         click.echo(f"  {m.module}: {m.retained:.2%}")

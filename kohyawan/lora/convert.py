@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kohyawan.errors import BadInput
+from kohyawan.files.safetensors import OutSpec, placeholder, short_name
+from kohyawan.files.stream import write_stream
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
-from kohyawan.lora.io import SHORT_DTYPE, OutSpec, sha256_file, write_stream
-from kohyawan.lora.modules import load_modules
+from kohyawan.lora.modules import Module, load_modules
 
 TARGETS = ("musubi", "comfy")
 
@@ -47,8 +48,20 @@ def convert_file(src: Path, dst: Path, *, to: str, dtype: str | None = None, kee
 
     out_code = T.dtype_code(dtype, lm.dtype)
     fold = to == "comfy" and not keep_alpha
+    specs, plan = _convert_specs(lm, to, keep_alpha, out_code)
+    with T.opened(lm.header) as source:
+        sha = placeholder("sha256", 64)  # the source's, hashed while it is read
+        fact = {"file": src.name, "sha256": sha, "naming": _naming(lm), "dtype": short_name(lm.dtype), "to": to,
+                "alpha_folded": fold}
+        meta = M.extended(lm.header.metadata, M.CONVERTED_FROM, fact)
+        write_stream(dst, specs, meta, _producer(source, plan, out_code, fold), late={sha: source.sha256})
+    return ConvertResult(str(dst), str(src), to, short_name(out_code), len(lm.modules), len(specs), fold)
+
+
+def _convert_specs(lm, to: str, keep_alpha: bool, out_code: str) -> tuple[list[OutSpec], dict[str, tuple[str, Module]]]:
+    """The output's tensors in the target naming, and for each which part of which module it holds."""
     specs: list[OutSpec] = []
-    plan: dict[str, tuple[str, object]] = {}   # output key -> (what, module)
+    plan: dict[str, tuple[str, Module]] = {}
     for m in lm.modules:
         if to == "musubi":
             base = K.musubi_name(m.path)
@@ -56,32 +69,34 @@ def convert_file(src: Path, dst: Path, *, to: str, dtype: str | None = None, kee
         else:
             base = K.comfy_name(m.path)
             names = (base + ".lora_B.weight", base + ".lora_A.weight", base + ".alpha" if keep_alpha else None)
-        specs.append(OutSpec(names[0], out_code, (m.out, m.rank)))
-        specs.append(OutSpec(names[1], out_code, (m.rank, *m.inp)))
+        specs += [OutSpec(names[0], out_code, (m.out, m.rank)), OutSpec(names[1], out_code, (m.rank, *m.inp))]
         plan[names[0]], plan[names[1]] = ("up", m), ("down", m)
         if names[2]:
             specs.append(OutSpec(names[2], out_code, ()))
             plan[names[2]] = ("alpha", m)
+    return specs, plan
 
-    with T.opened(lm.header) as handle:
-        def produce(spec: OutSpec) -> bytes:
-            import torch
 
-            what, m = plan[spec.name]
-            alpha = T.scalar(handle, m.alpha, m.rank)  # no alpha key: ComfyUI and musubi use factor 1
-            if what == "alpha":
-                return T.to_bytes(torch.tensor(alpha), out_code)
-            t = T.fp32(handle, m.up if what == "up" else m.down)
-            if fold:
-                f = math.sqrt(abs(alpha) / m.rank)
-                t = t * (f if what == "down" or alpha >= 0 else -f)
-            return T.to_bytes(t, out_code)
+def _producer(source, plan: dict[str, tuple[str, Module]], out_code: str, fold: bool):
+    import torch
 
-        fact = {"file": src.name, "sha256": sha256_file(src), "naming": _naming(lm), "dtype": SHORT_DTYPE.get(lm.dtype, lm.dtype),
-                "to": to, "alpha_folded": fold}
-        meta = M.extended(lm.header.metadata, M.CONVERTED_FROM, fact)
-        write_stream(dst, specs, meta, produce)
-    return ConvertResult(str(dst), str(src), to, SHORT_DTYPE[out_code], len(lm.modules), len(specs), fold)
+    from kohyawan.lora import tensors as T
+
+    def produce(spec: OutSpec):
+        what, m = plan[spec.name]
+        alpha = source.scalar(m.alpha, m.rank)  # no alpha key: ComfyUI and musubi use factor 1
+        if what == "alpha":
+            return T.to_buffer(torch.tensor(alpha), out_code)
+        key = m.up if what == "up" else m.down
+        if not fold and source.header.tensors[key].dtype == out_code:
+            return source.raw(key)  # the same bytes: straight from the page cache to the output
+        t = source.fp32(key)
+        if fold:
+            f = math.sqrt(abs(alpha) / m.rank)
+            t = t * (f if what == "down" or alpha >= 0 else -f)
+        return T.to_buffer(t, out_code)
+
+    return produce
 
 
 def _naming(lm) -> str:

@@ -40,11 +40,11 @@ def measure(lm: LoraModules) -> Effect:
     norms2: list[float] = []
     rms: list[tuple[float, str]] = []
     zero = 0
-    with T.opened(lm.header) as handle:
+    with T.opened(lm.header, digest=False) as source:
         for m in lm.modules:
-            up = T.fp32(handle, m.up).reshape(m.out, m.rank)
-            down = T.fp32(handle, m.down).reshape(m.rank, m.in_features)
-            scale = T.scalar(handle, m.alpha, m.rank) / m.rank
+            up = source.fp32(m.up).reshape(m.out, m.rank)
+            down = source.fp32(m.down).reshape(m.rank, m.in_features)
+            scale = source.scalar(m.alpha, m.rank) / m.rank
             n2 = float(((up.T @ up) * (down @ down.T)).sum()) * scale * scale
             n2 = max(n2, 0.0)  # rounding can make a zero norm slightly negative
             zero += n2 == 0.0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
-from kohyawan.lora.io import ITEMSIZE, SHORT_DTYPE, Header, read_header
+from kohyawan.files.safetensors import DTYPES, Header, short_name
+from kohyawan.lora.io import read_header
 from kohyawan.lora.verify import require_lora, verify_header
 from kohyawan.trainer import comment
 
@@ -50,6 +51,31 @@ def read_info(path: Path) -> LoraInfo:
 
 def info_from_header(header: Header) -> LoraInfo:
     groups = K.group_targets(list(header.tensors))
+    ranks, paths = _ranks_and_paths(header, groups)
+    alphas = sorted(set(_alpha_values(header)) - {None})
+    dtypes = Counter(e.dtype for e in header.tensors.values() if not e.name.endswith(".alpha"))
+    dtype = short_name(next(iter(dtypes))) if len(dtypes) == 1 else "mixed"
+    namings = {K.family_of(k) for k in header.tensors}
+    model_size = _detect_size(header, groups)
+    image_attn = any(p.endswith(("k_img", "v_img")) for p in paths)
+    rank = next(iter(ranks)) if len(ranks) == 1 else None
+    expected = _expected_bytes(model_size, image_attn, rank, dtypes)
+    actual = sum(e.nbytes for e in header.tensors.values())
+    meta = header.metadata
+    return LoraInfo(
+        path=str(header.path), bytes=header.file_size, keys=len(header.tensors), modules=sum(ranks.values()),
+        rank=rank, ranks=sorted(ranks), alpha=alphas[0] if len(alphas) == 1 else None, alphas=alphas,
+        dtype=dtype, naming=namings.pop() if len(namings) == 1 else "mixed",
+        model=f"wan-{model_size}" if model_size else None, image_attn=image_attn,
+        blocks=len({p.split(".")[1] for p in paths if p.startswith("blocks.")}),
+        compatible_tasks=[t for t in K.TASKS if verify_header(header, t).ok], expected_bytes=expected,
+        size_ok=None if expected is None else abs(actual - expected) <= SIZE_TOLERANCE * expected,
+        task=recorded_task(meta), expert=guess_expert(meta, header.path.name), metadata=dict(meta),
+    )
+
+
+def _ranks_and_paths(header: Header, groups) -> tuple[Counter[int], list[str]]:
+    """How many LoRA pairs have each rank, and the module paths of those kohyawan can name."""
     ranks: Counter[int] = Counter()
     paths: list[str] = []
     for target, suffixes in groups.items():
@@ -59,31 +85,15 @@ def info_from_header(header: Header) -> LoraInfo:
             path = K.module_path(target)
             if path:
                 paths.append(path)
-    alphas = sorted(set(_alpha_values(header)) - {None})
-    dtypes = Counter(e.dtype for e in header.tensors.values() if not e.name.endswith(".alpha"))
-    dtype = SHORT_DTYPE.get(next(iter(dtypes)), next(iter(dtypes)).lower()) if len(dtypes) == 1 else "mixed"
-    namings = {K.family_of(k) for k in header.tensors}
-    model_size = _detect_size(header, groups)
-    image_attn = any(p.endswith(("k_img", "v_img")) for p in paths)
-    blocks = len({p.split(".")[1] for p in paths if p.startswith("blocks.")})
-    compatible = [t for t in K.TASKS if verify_header(header, t).ok]
-    rank = next(iter(ranks)) if len(ranks) == 1 else None
-    expected = size_ok = None
-    if model_size and rank and len(dtypes) == 1:
-        task = _reference_task(model_size, image_attn)
-        if task:
-            expected = K.expected_bytes(task, rank, ITEMSIZE[next(iter(dtypes))])
-            actual = sum(e.nbytes for e in header.tensors.values())
-            size_ok = abs(actual - expected) <= SIZE_TOLERANCE * expected
-    meta = header.metadata
-    return LoraInfo(
-        path=str(header.path), bytes=header.file_bytes, keys=len(header.tensors), modules=sum(ranks.values()),
-        rank=rank, ranks=sorted(ranks), alpha=alphas[0] if len(alphas) == 1 else None, alphas=alphas,
-        dtype=dtype, naming=namings.pop() if len(namings) == 1 else "mixed",
-        model=f"wan-{model_size}" if model_size else None, image_attn=image_attn, blocks=blocks,
-        compatible_tasks=compatible, expected_bytes=expected, size_ok=size_ok,
-        task=recorded_task(meta), expert=guess_expert(meta, header.path.name), metadata=dict(meta),
-    )
+    return ranks, paths
+
+
+def _expected_bytes(model_size: str | None, image_attn: bool, rank: int | None, dtypes: Counter) -> int | None:
+    """Tensor bytes of a full LoRA of this model, rank and (single) dtype; None when that is not one thing."""
+    if not (model_size and rank and len(dtypes) == 1):
+        return None
+    task = _reference_task(model_size, image_attn)
+    return int(K.expected_bytes(task, rank, DTYPES[next(iter(dtypes))].bits / 8)) if task else None
 
 
 def recorded_task(metadata: dict[str, str]) -> str | None:

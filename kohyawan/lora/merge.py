@@ -17,8 +17,9 @@ from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
 from kohyawan.lora import metadata as M
 from kohyawan.lora.inspect import info_from_header
-from kohyawan.lora.io import SHORT_DTYPE, OutSpec, sha256_file, write_stream
-from kohyawan.lora.modules import LoraModules, load_modules
+from kohyawan.files.safetensors import OutSpec, placeholder, short_name
+from kohyawan.files.stream import write_stream
+from kohyawan.lora.modules import LoraModules, Module, load_modules
 
 
 @dataclass
@@ -76,68 +77,89 @@ def merge_files(inputs: list[tuple[Path, float]], dst: Path, *, dtype: str | Non
     loras = [load_modules(p) for p, _ in inputs]
     weights = [w for _, w in inputs]
     check_mergeable(loras)
-    from contextlib import ExitStack
-
     from kohyawan.lora import tensors as T
 
     code = T.dtype_code(dtype, loras[0].dtype)
-    paths: dict[str, list[tuple[int, object]]] = {}
+    paths = _by_path(loras)
+    specs, owner = _merge_specs(paths, code)
+    with T.opened_all([lm.header for lm in loras]) as sources:
+        cache = T.ModuleCache(lambda path: _merged_module(sources, weights, paths[path]), keep=1)
+
+        def produce(spec: OutSpec):
+            what, path = owner[spec.name]
+            return T.to_buffer(cache.get(path)[what], code)
+
+        shas = [placeholder(f"sha256-{i}", 64) for i in range(len(loras))]  # hashed while the inputs are read
+        meta, merged_rank = _merged_metadata(inputs, loras, paths, shas)
+        write_stream(dst, specs, meta, produce, late={sha: s.sha256 for sha, s in zip(shas, sources)})
+    return MergeResult(str(dst), [{"file": str(p), "weight": w} for p, w in inputs], merged_rank, len(paths),
+                       short_name(code))
+
+
+def _merged_module(sources, weights: list[float], parts: list[tuple[int, Module]]) -> dict:
+    """One module of the merge: the inputs' factors scaled by sqrt(|w * alpha / rank|) (the sign on up)
+    and stacked along the rank, alpha = the new rank (scale 1)."""
+    import torch
+
+    rank = sum(m.rank for _, m in parts)
+    m0 = parts[0][1]
+    up, down = torch.empty(m0.out, rank), torch.empty(rank, *m0.inp)
+    at = 0
+    for i, m in parts:  # each input scaled straight into its slice of the stacked factors
+        c = weights[i] * (sources[i].scalar(m.alpha, m.rank) / m.rank)
+        root = math.sqrt(abs(c))
+        torch.mul(sources[i].fp32(m.up).reshape(m.out, m.rank), root if c >= 0 else -root, out=up[:, at:at + m.rank])
+        torch.mul(sources[i].fp32(m.down), root, out=down[at:at + m.rank])
+        at += m.rank
+    return {"up": up, "down": down, "alpha": torch.tensor(float(rank))}
+
+
+def _by_path(loras: list[LoraModules]) -> dict[str, list[tuple[int, Module]]]:
+    """Module path -> (input index, module) for every input that has it, in natural module order."""
+    paths: dict[str, list[tuple[int, Module]]] = {}
     for i, lm in enumerate(loras):
         for m in lm.modules:
             paths.setdefault(m.path, []).append((i, m))
     order = sorted(paths, key=lambda p: [int(t) if t.isdigit() else t for t in p.replace(".", " ").split()])
+    return {p: paths[p] for p in order}
+
+
+def _merge_specs(paths: dict[str, list[tuple[int, Module]]], code: str):
+    """The merged file's tensors (musubi naming, rank = the sum of the inputs' ranks) and, per key, which
+    part of which module it is."""
     specs: list[OutSpec] = []
     owner: dict[str, tuple[str, str]] = {}
-    for path in order:
-        parts = paths[path]
+    for path, parts in paths.items():
         rank = sum(m.rank for _, m in parts)
         m0 = parts[0][1]
         base = K.musubi_name(path)
-        for what, shape in (("up", (m0.out, rank)), ("down", (rank, *m0.inp)), ("alpha", ())):
-            key = base + {"up": ".lora_up.weight", "down": ".lora_down.weight", "alpha": ".alpha"}[what]
-            specs.append(OutSpec(key, code, shape))
-            owner[key] = (what, path)
+        for what, suffix, shape in (("up", ".lora_up.weight", (m0.out, rank)),
+                                    ("down", ".lora_down.weight", (rank, *m0.inp)), ("alpha", ".alpha", ())):
+            specs.append(OutSpec(base + suffix, code, shape))
+            owner[base + suffix] = (what, path)
+    return specs, owner
 
-    with ExitStack() as stack:
-        handles = [stack.enter_context(T.opened(lm.header)) for lm in loras]
 
-        def compute(path: str):
-            import torch
-
-            ups, downs = [], []
-            for i, m in paths[path]:
-                scale = T.scalar(handles[i], m.alpha, m.rank) / m.rank
-                c = weights[i] * scale
-                root = math.sqrt(abs(c))
-                ups.append(T.fp32(handles[i], m.up).reshape(m.out, m.rank) * (root if c >= 0 else -root))
-                downs.append(T.fp32(handles[i], m.down) * root)
-            up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-            return {"up": up, "down": down, "alpha": torch.tensor(float(up.shape[1]))}
-
-        cache = T.ModuleCache(compute)
-
-        def produce(spec: OutSpec) -> bytes:
-            what, path = owner[spec.name]
-            return T.to_bytes(cache.get(path)[what], code)
-
-        facts = []
-        for (p, w), lm in zip(inputs, loras):
-            ranks = sorted({m.rank for m in lm.modules})
-            entry = {"file": Path(p).name, "sha256": sha256_file(Path(p)), "weight": w, "rank": ranks[-1],
-                     "modules": len(lm.modules)}
-            if lm is not loras[0]:  # the first file's metadata is the base; keep the others' in full
-                entry["metadata"] = lm.header.metadata
-            facts.append(entry)
-        ranks = {sum(m.rank for _, m in paths[p]) for p in order}
-        merged_rank = max(ranks)
-        updates = {M.SS_NETWORK_DIM: str(merged_rank), M.SS_NETWORK_ALPHA: str(float(merged_rank))} if len(ranks) == 1 else {}
-        meta = M.extended(loras[0].header.metadata, M.MERGED_FROM, {"inputs": facts}, updates)
-        tasks = {lm.header.metadata.get(M.TASK) for lm in loras} - {None}
-        if len(tasks) == 1:
-            meta[M.TASK] = tasks.pop()
-        experts = {lm.header.metadata.get(M.EXPERT) for lm in loras}
-        if len(experts) > 1:
-            meta[M.EXPERT] = (experts - {None, "both"} or {"both"}).pop()
-        write_stream(dst, specs, meta, produce)
-    return MergeResult(str(dst), [{"file": str(p), "weight": w} for p, w in inputs], merged_rank, len(order),
-                       SHORT_DTYPE[code])
+def _merged_metadata(inputs: list[tuple[Path, float]], loras: list[LoraModules],
+                     paths: dict[str, list[tuple[int, Module]]], shas: list[str]) -> tuple[dict[str, str], int]:
+    """The first input's metadata, extended with what was merged; and the merged rank."""
+    facts = []
+    for (p, w), lm, sha in zip(inputs, loras, shas):
+        ranks = sorted({m.rank for m in lm.modules})
+        entry = {"file": Path(p).name, "sha256": sha, "weight": w, "rank": ranks[-1],
+                 "modules": len(lm.modules)}
+        if lm is not loras[0]:  # the first file's metadata is the base; keep the others' in full
+            entry["metadata"] = lm.header.metadata
+        facts.append(entry)
+    ranks = {sum(m.rank for _, m in parts) for parts in paths.values()}
+    merged_rank = max(ranks)
+    updates = ({M.SS_NETWORK_DIM: str(merged_rank), M.SS_NETWORK_ALPHA: str(float(merged_rank))}
+               if len(ranks) == 1 else {})
+    meta = M.extended(loras[0].header.metadata, M.MERGED_FROM, {"inputs": facts}, updates)
+    tasks = {lm.header.metadata.get(M.TASK) for lm in loras} - {None}
+    if len(tasks) == 1:
+        meta[M.TASK] = tasks.pop()
+    experts = {lm.header.metadata.get(M.EXPERT) for lm in loras}
+    if len(experts) > 1:
+        meta[M.EXPERT] = (experts - {None, "both"} or {"both"}).pop()
+    return meta, merged_rank

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kohyawan.lora import keys as K
-from kohyawan.lora.io import Header, LoraFileError, read_header
+from kohyawan.files.safetensors import Header
+from kohyawan.lora.io import LoraFileError, read_header
 from kohyawan.lora.verify import require_lora
 
 

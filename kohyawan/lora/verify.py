@@ -14,7 +14,8 @@ from pathlib import Path
 
 from kohyawan.errors import BadInput
 from kohyawan.lora import keys as K
-from kohyawan.lora.io import Header, LoraFileError, read_header
+from kohyawan.files.safetensors import Header
+from kohyawan.lora.io import LoraFileError, read_header
 
 
 @dataclass
@@ -75,73 +76,89 @@ def _why_unmapped(target: str, task: str) -> str:
     return "unknown_module"
 
 
+@dataclass
+class _Tally:
+    reasons: dict[str, str] = field(default_factory=dict)   # ignored key -> reason code
+    loaded: int = 0
+    modules: int = 0
+    shape_examples: list[str] = field(default_factory=list)
+
+
 def verify_header(header: Header, task: str) -> VerifyReport:
-    tm = K.TASK_MODELS[task]
-    size = K.SIZES[tm.size]
     renamed = K.comfy_prepare(list(header.tensors))
     back = {v: k for k, v in renamed.items()}
     key_map = K.comfy_key_map(task)
-    params = K.model_params(task)
-    reasons: dict[str, str] = {}
-    loaded = modules = 0
-    shape_examples: list[str] = []
+    tally = _Tally()
     for target, suffixes in K.group_targets(list(renamed.values())).items():
         originals = {s: back[k] for s, k in suffixes.items()}
-        if target not in key_map:
+        if target in key_map:
+            _check_target(header, task, target, key_map[target], originals, tally)
+        else:
             why = _why_unmapped(target, task)
-            for key in originals.values():
-                reasons[key] = why
+            tally.reasons.update((key, why) for key in originals.values())
+    ignored = sorted(tally.reasons, key=_natural)
+    problems = _problems(tally.reasons, task, K.SIZES[K.TASK_MODELS[task].size], tally.shape_examples)
+    if tally.loaded == 0 and not problems:
+        problems.append("no key would be loaded")
+    return VerifyReport(str(header.path), task, not ignored and tally.loaded > 0, tally.loaded, tally.modules,
+                        ignored, problems, tally.reasons)
+
+
+def _check_target(header: Header, task: str, target: str, weight_name: str, originals: dict[str, str],
+                  tally: _Tally) -> None:
+    """One target ComfyUI maps onto ``weight_name``: which of its keys it loads, and which it drops."""
+    shapes = {s: header.tensors[k].shape for s, k in originals.items()}
+    params = K.model_params(task)
+    wshape = params[weight_name]
+    bias = params.get(weight_name[: -len(".weight")] + ".bias") if weight_name.endswith(".weight") else None
+    pair_used, pair_bad, pair_ok = _pair_check(target, shapes, wshape, tally)
+    weight_used, weight_bad, weight_ok = _weight_checks(shapes, wshape, bias)
+    consumed, applied = pair_used | weight_used, pair_ok or weight_ok
+    lyco = {s for s in shapes if s in K.OTHER_ADAPTER_SUFFIXES}
+    if lyco and not pair_used:  # LoHa/LoKr: loaded by ComfyUI; kohyawan does not check their shapes
+        consumed |= lyco | {"alpha", "dora_scale"}
+        applied = True
+    for s in (pair_bad | weight_bad) & set(originals):
+        tally.reasons[originals[s]] = "shape"
+    for s, key in originals.items():
+        if key in tally.reasons:
             continue
-        weight_name = key_map[target]
-        wshape = params[weight_name]
-        consumed: set[str] = set()
-        applied = False
-        pair = K.lora_pair(suffixes)
-        if pair:
-            up, down = (header.tensors[back[k]].shape for k in pair)
-            ok = (len(up) >= 2 and len(down) >= 2 and up[1] == down[0] and up[0] == wshape[0]
-                  and math.prod(down[1:]) == math.prod(wshape[1:]))
-            up_suffix = next(s for s in K.LORA_PAIRS if suffixes.get(s) == pair[0])
-            consumed |= {up_suffix, K.LORA_PAIRS[up_suffix], "alpha", "dora_scale", "lora_mid.weight", "reshape_weight"}
-            if not ok:  # ComfyUI logs ERROR and skips the patch; the target's other keys still count
-                for s in consumed & set(originals):
-                    reasons[originals[s]] = "shape"
-                if len(shape_examples) < 1:
-                    shape_examples.append(f"{target}: up {list(up)} x down {list(down)} vs weight {list(wshape)}")
+        if s not in consumed:
+            tally.reasons[key] = "suffix"
+        else:
+            tally.loaded += 1
+    tally.modules += 1 if applied else 0
+
+
+def _pair_check(target: str, shapes: dict[str, tuple], wshape: tuple, tally: _Tally) -> tuple[set[str], set[str], bool]:
+    """(suffixes a LoRA pair makes ComfyUI read, those dropped for their shape, whether the patch applies)."""
+    up_suffix = next((u for u, d in K.LORA_PAIRS.items() if u in shapes and d in shapes), None)
+    if up_suffix is None:
+        return set(), set(), False
+    up, down = shapes[up_suffix], shapes[K.LORA_PAIRS[up_suffix]]
+    ok = (len(up) >= 2 and len(down) >= 2 and up[1] == down[0] and up[0] == wshape[0]
+          and math.prod(down[1:]) == math.prod(wshape[1:]))
+    consumed = {up_suffix, K.LORA_PAIRS[up_suffix], "alpha", "dora_scale", "lora_mid.weight", "reshape_weight"}
+    if ok:
+        return consumed, set(), True
+    # ComfyUI logs ERROR and skips the patch; the target's other keys still count
+    if not tally.shape_examples:
+        tally.shape_examples.append(f"{target}: up {list(up)} x down {list(down)} vs weight {list(wshape)}")
+    return consumed, consumed, False
+
+
+def _weight_checks(shapes: dict[str, tuple], wshape: tuple, bias: tuple | None) -> tuple[set[str], set[str], bool]:
+    """Full-weight and bias patches (diff, set_weight, norms): (read, dropped for their shape, applied)."""
+    consumed, bad, applied = set(), set(), False
+    for suffix, want in (("diff", wshape), ("set_weight", wshape), ("w_norm", wshape), ("diff_b", bias),
+                         ("b_norm", bias)):
+        if suffix in shapes:
+            consumed.add(suffix)
+            if want is None or shapes[suffix] != want:
+                bad.add(suffix)
             else:
                 applied = True
-        for s in ("diff", "set_weight", "w_norm"):
-            if s in suffixes:
-                consumed.add(s)
-                if header.tensors[originals[s]].shape != wshape:
-                    reasons[originals[s]] = "shape"
-                else:
-                    applied = True
-        for s in ("diff_b", "b_norm"):
-            if s in suffixes:
-                consumed.add(s)
-                bias = params.get(weight_name[: -len(".weight")] + ".bias") if weight_name.endswith(".weight") else None
-                if bias is None or header.tensors[originals[s]].shape != bias:
-                    reasons[originals[s]] = "shape"
-                else:
-                    applied = True
-        lyco = [s for s in suffixes if s in K.OTHER_ADAPTER_SUFFIXES]
-        if lyco and not pair:
-            consumed |= set(lyco) | {"alpha", "dora_scale"}
-            applied = True  # LoHa/LoKr: loaded by ComfyUI; kohyawan does not check their shapes
-        for s, key in originals.items():
-            if key in reasons:
-                continue
-            if s not in consumed:
-                reasons[key] = "suffix"
-            else:
-                loaded += 1
-        modules += 1 if applied else 0
-    ignored = sorted(reasons, key=_natural)
-    problems = _problems(reasons, task, size, shape_examples)
-    if loaded == 0 and not problems:
-        problems.append("no key would be loaded")
-    return VerifyReport(str(header.path), task, not ignored and loaded > 0, loaded, modules, ignored, problems, reasons)
+    return consumed, bad, applied
 
 
 def _natural(key: str):

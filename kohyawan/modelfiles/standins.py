@@ -11,17 +11,16 @@ code that only needs names and shapes should use ``kohyawan.modelfiles.header.re
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from kohyawan import wan
-from kohyawan.modelfiles.header import ITEMSIZE
+from kohyawan.files.safetensors import FROM_SHORT, OutSpec
+from kohyawan.files.stream import write_sparse
 from kohyawan.modelfiles.layouts import dit_layout, t5_layout, vae_layout
 
-ST_DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8_e4m3fn": "F8_E4M3", "fp8_e5m2": "F8_E5M2"}
+ST_DTYPES = {short: FROM_SHORT[short] for short in ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2")}
 DIT_DTYPES = (*ST_DTYPES, "fp8_scaled")
 
 Entry = tuple[str, str, tuple[int, ...]]  # name, safetensors dtype, shape
@@ -31,40 +30,11 @@ def write_safetensors(path: os.PathLike | str, entries: Iterable[Entry],
                       metadata: Mapping[str, str] | None = None) -> Path:
     """Write the header for ``entries`` and extend the file to its full length without writing data.
 
-    Tensors are laid out like the safetensors library does (larger item sizes first, then by name), the
-    header padded with spaces to a multiple of 8. Atomic: a temp file in the same folder, then os.replace.
+    Tensors are laid out as the safetensors library lays them out; atomic (a temp file, then rename).
     """
-    path = Path(path)
-    ordered = sorted(entries, key=lambda e: (-ITEMSIZE[e[1]], e[0]))
-    doc: dict = {}
-    if metadata:
-        doc["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for name, dtype, shape in ordered:
-        n = ITEMSIZE[dtype]
-        for x in shape:
-            n *= x
-        doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(len(raw).to_bytes(8, "little"))
-            fh.write(raw)
-            fh.truncate(8 + len(raw) + offset)  # a hole: no blocks allocated for the tensor data
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the stand-in less readable than a download
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    specs = [OutSpec(name, dtype, tuple(shape)) for name, dtype, shape in entries]
+    meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    return write_sparse(Path(path), specs, meta)
 
 
 def _is_block_linear(name: str, shape: tuple[int, ...]) -> bool:

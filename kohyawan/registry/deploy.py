@@ -2,21 +2,22 @@
 
 Files go to ``<ComfyUI>/models/loras/kohyawan/<kind>/`` under their versioned registry name. ComfyUI
 caches loaded LoRA tensors by path, so a file of the same name is never overwritten: identical content is
-a no-op, different content is refused. The copy is written to a hidden temp name, its sha256 checked
-against the index, then hard-linked into place (an atomic "create only if absent"; a plain rename is
-used where the file system has no hard links). Every deployment is recorded in the index, and
-``undeploy`` removes only recorded files whose sha256 still matches.
+a no-op, different content is refused. The copy is written to a hidden temp name, its sha256 (computed
+from the bytes as they are copied) checked against the index, then hard-linked into place (an atomic
+"create only if absent"; a plain rename is used where the file system has no hard links). Every
+deployment is recorded in the index, and ``undeploy`` removes only recorded files whose sha256 still
+matches. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from kohyawan.errors import BadInput, WorkFailed
+from kohyawan.files import stream
 from kohyawan.registry import roles, store
 
 SUBDIR = ("models", "loras", "kohyawan")
@@ -68,10 +69,7 @@ def deploy(root: Path, name: str, version: str, comfy: str | os.PathLike, *, cli
             raise WorkFailed(f"{src} is missing from the registry; run 'kohyawan registry verify'")
         tmp = store.temp_path(target, dest.name)
         try:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            got = store.sha256_file(tmp)
+            got = stream.copy_file(src, tmp, atomic=False).sha256  # hashed as copied: one read
             if got != f["sha256"]:
                 raise WorkFailed(f"copy of {src.name} has sha256 {got[:16]}, the index says {f['sha256'][:16]}: "
                                  "the registry copy is damaged (run 'kohyawan registry verify'); nothing deployed")

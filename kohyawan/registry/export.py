@@ -1,7 +1,7 @@
 """Export: choose a checkpoint, check it would load in ComfyUI, stamp kohyawan metadata, publish a version.
 
-The heavy part (metadata rewrite or dtype conversion, sha256) writes hidden temp files in the model's
-folder without holding the registry lock; only numbering the version, renaming the files into place and
+The heavy part (metadata rewrite or dtype conversion, hashed while written) writes hidden temp files in
+the model's folder without holding the registry lock; only numbering the version, renaming the files into place and
 writing the index happen under the lock, so several exports at once each get their own version quickly.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from kohyawan import __version__
 from kohyawan.errors import BadInput, ModelFileError, WorkFailed
+from kohyawan.lora import metadata as lora_metadata
 from kohyawan.registry import lora_check, lorafile, naming, roles, sources, store, versions
 
 
@@ -81,6 +82,16 @@ def _metadata(req, settings, task, expert, ck, src, key) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items() if v is not None}
 
 
+def _run_metadata(src: sources.Source, ck: sources.Checkpoint) -> dict[str, str]:
+    """For a checkpoint of a kohyawan run: the whole run's absolute ss_* values (a resumed run's files
+    describe their last attempt only), from the run's ledger; nothing for other sources."""
+    entry = next((c for c in src.run.get("checkpoints") or []
+                  if isinstance(c, dict) and Path(str(c.get("path"))).name == ck.path.name), None)
+    if src.kind != "run" or entry is None:
+        return {}
+    return lora_metadata.absolute_training(src.run, {**entry, "step": ck.step}, lorafile.metadata_of(ck.path))
+
+
 def export(root: Path, req: ExportRequest, *, user: str | None = None, today: date | None = None,
            warn=lambda msg: None) -> dict[str, Any]:
     kind = naming.check_kind(req.kind)
@@ -123,17 +134,17 @@ def export(root: Path, req: ExportRequest, *, user: str | None = None, today: da
         for expert, ck, why in picked:
             tmp = store.temp_path(folder, f"export-{expert}.safetensors")
             temps.append(tmp)
-            meta = _metadata(req, settings, task, expert, ck, src, key)
+            meta = {**_metadata(req, settings, task, expert, ck, src, key), **_run_metadata(src, ck)}
             if req.dtype:
-                lorafile.convert(ck.path, tmp, req.dtype, meta)
+                written = lorafile.convert(ck.path, tmp, req.dtype, meta)
             else:
-                lorafile.rewrite_metadata(ck.path, tmp, meta)
+                written = lorafile.rewrite_metadata(ck.path, tmp, meta)
             verdict = lora_check.verify(tmp, task)
             if not verdict.ok:
                 raise WorkFailed(f"the exported copy of {ck.path.name} fails verification: {'; '.join(verdict.problems[:3])}")
             counts = lorafile.tensor_dtypes(tmp)
             prepared.append({
-                "expert": expert, "tmp": tmp, "sha256": store.sha256_file(tmp), "bytes": tmp.stat().st_size,
+                "expert": expert, "tmp": tmp, "sha256": written.sha256, "bytes": written.bytes,
                 "dtype": lorafile.dtype_name(max(counts, key=counts.get)) if counts else None,
                 "checkpoint": str(ck.path), "step": ck.step, "why": why,
             })

@@ -33,7 +33,9 @@ import numpy as np
 from kohyawan.cachestore.folder import whole
 from kohyawan.rehearse import decode, env
 from kohyawan.rehearse.args import parse
-from kohyawan.rehearse.model import read_metadata, save_safetensors
+from kohyawan.files.safetensors import OutSpec
+from kohyawan.files.stream import write_stream
+from kohyawan.lora.io import read_metadata
 from kohyawan.rehearse.standin import BANNER
 from kohyawan.trainer.cachefiles import TEXT_SUFFIX, caption_path, item_key, items, load, sources
 
@@ -62,7 +64,9 @@ class _Log:
                 fh.write(json.dumps({"script": self.script, "pid": os.getpid(), **record}) + "\n")
 
     def save(self, path: str, tensors: dict, metadata: dict) -> None:
-        save_safetensors(path, tensors, "BF16", metadata)
+        # zeros in bf16, written in place without hashes, as musubi's cache scripts write theirs
+        specs = [OutSpec(name, "BF16", tuple(arr.shape)) for name, arr in tensors.items()]
+        write_stream(path, specs, metadata, lambda spec: bytes(spec.nbytes), musubi_hashes=False, in_place=True)
         self.encoded += 1
         if self.encoded == self.kill_at:  # a write cut short: half the file, then a hard kill
             with open(path, "r+b") as fh:

@@ -1,17 +1,13 @@
-"""What the simulation knows about WAN models: shapes, a memory model, LoRA files (numpy, no torch)."""
+"""What the simulation knows about WAN models: shapes and a memory model (no torch). The LoRA files it saves
+come from ``kohyawan.lora.fabricate``, its other files from ``kohyawan.files.stream``."""
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass
-
-import numpy as np
 
 from kohyawan import wan
 from kohyawan.estimate import memory
-from kohyawan.lora.keys import musubi_name
 
 
 @dataclass(frozen=True)
@@ -40,12 +36,6 @@ def _arch(task: str) -> Arch:
 
 
 ARCHS = {task: _arch(task) for task in wan.TASKS}
-
-
-def lora_modules(arch: Arch) -> list[tuple[str, int, int]]:
-    """(key prefix, in features, out features) in musubi's naming: a LoRA on every Linear of every block."""
-    return [(musubi_name(f"blocks.{i}.{path}"), fin, fout)
-            for i in range(arch.blocks) for path, (fout, fin) in wan.block_linears(arch.dit, arch.img)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,56 +109,6 @@ def cuda_oom_text(total_gb: float, need_gb: float, try_gb: float) -> str:
         "fragmentation.  See documentation for Memory Management  "
         "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# safetensors written directly (numpy has no bfloat16; the format is a JSON header and raw bytes)
-
-_DT = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2)}
-
-
-def _to_bytes(arr: np.ndarray, dtype: str) -> bytes:
-    a = np.ascontiguousarray(arr, dtype=np.float32)
-    if dtype == "BF16":
-        return (a.view(np.uint32) >> 16).astype("<u2").tobytes()
-    return a.astype(_DT[dtype][0]).tobytes()
-
-
-def save_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: str, metadata: dict[str, str]) -> None:
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    blobs = []
-    for name, arr in tensors.items():
-        blob = _to_bytes(arr, dtype)
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    # like the real trainer, write in place: a crash mid-save leaves a partial file
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
-
-
-def read_metadata(path: str) -> dict[str, str]:
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)).get("__metadata__", {})
-
-
-def lora_tensors(arch: Arch, rank: int, alpha: float, seed: int, trained_steps: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    drift = np.float32(1e-3 * trained_steps)
-    out = {}
-    for key, fin, fout in lora_modules(arch):
-        down = rng.standard_normal((rank, fin), dtype=np.float32) * np.float32(0.01)
-        out[f"{key}.lora_down.weight"] = down
-        out[f"{key}.lora_up.weight"] = np.full((fout, rank), drift, dtype=np.float32)
-        out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
-    return out
 
 
 SAVE_DTYPES = {None: "F32", "float": "F32", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}

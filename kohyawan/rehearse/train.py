@@ -16,8 +16,10 @@ from kohyawan.rehearse import env
 from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import cached_items, load
-from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, allocated_share, allocator_peaks, cuda_oom_text, lora_tensors, ram_need,
-                                     read_metadata, save_safetensors, tokens, vram_need)
+from kohyawan.lora import fabricate
+from kohyawan.lora.io import read_metadata
+from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, allocated_share, allocator_peaks, cuda_oom_text, ram_need,
+                                     tokens, vram_need)
 from kohyawan.trainer.pyshim import kohyawan_mem
 from kohyawan.trainer.pyshim.kohyawan_lr import lr_factor
 
@@ -220,10 +222,20 @@ def main() -> int:
     out(f"  batch size per device / バッチサイズ: {', '.join(str(d.batch_size) for d in datasets)}")
     out(f"  gradient accumulation steps / 勾配を合計するステップ数 = {args.gradient_accumulation_steps or 1}")
     out(f"  total optimization steps / 学習ステップ数: {max_steps}")
-    return _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold, share)
+    return _loop(args, rank, dim, alpha, max_steps, batches, per_epoch, epochs, sched, trained, gpu, peaks, hold, share)
 
 
-def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, trained, gpu, peaks, hold, share) -> int:
+def _save_weights(path: str, task: str, rank: int, alpha: float, seed: int, trained_steps: int, code: str,
+                  meta: dict) -> None:
+    """The LoRA with the task's real keys; its up matrices drift with the steps trained (never zero, so the
+    checkpoints' effect grows), written in place without hashes as the simulated save always was."""
+    fabricate.save_lora(path, task=task, rank=rank, alpha=alpha, code=code, metadata=meta, seed=seed, scale=0.01,
+                        up=1e-3 * trained_steps, musubi_hashes=False, in_place=True)
+
+
+def _loop(args, rank, dim, alpha, max_steps, batches, per_epoch, epochs, sched, trained, gpu, peaks, hold,
+          share) -> int:
+    started = time.time()  # musubi's ss_training_started_at: when this process began training
     seed = args.seed if args.seed is not None else 42
     faults = env.faults()
     step_s = env.step_s()
@@ -241,11 +253,15 @@ def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, tra
         meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(steps),
                 "ss_epoch": str(epoch_no), "ss_learning_rate": str(sched.base), "ss_output_name": name,
                 "ss_network_module": args.network_module, "ss_training_comment": str(args.training_comment),
+                "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
+                "ss_num_batches_per_epoch": str(batches),
+                "ss_gradient_accumulation_steps": str(args.gradient_accumulation_steps or 1),
+                "ss_num_epochs": str(epochs), "ss_max_train_steps": str(max_steps),
                 "modelspec.architecture": "wan2.1/lora", "modelspec.title": args.metadata_title or name,
                 "kohyawan.rehearsal": "true", "kohyawan.rehearsal_rank": str(rank),
                 "kohyawan.rehearsal_requested_dim": str(dim), "kohyawan.rehearsal_trained_steps": str(trained + steps),
                 "kohyawan.rehearsal_note": "written by kohyawan's simulated trainer: no training happened"}
-        save_safetensors(path, lora_tensors(arch, rank, alpha, seed, trained + steps), save_dtype, meta)
+        _save_weights(path, args.task, rank, alpha, seed, trained + steps, save_dtype, meta)
 
     def save_state(state_name: str, steps: int, what: str) -> None:
         log(TU, "")
@@ -253,8 +269,8 @@ def _loop(args, arch, rank, dim, alpha, max_steps, per_epoch, epochs, sched, tra
         d = os.path.join(outdir, state_name)
         log("accelerate.accelerator", f"Saving current state to {d}")
         os.makedirs(d, exist_ok=True)
-        save_safetensors(os.path.join(d, "model.safetensors"), lora_tensors(arch, rank, alpha, seed, trained + steps),
-                         "F32", {"kohyawan.rehearsal": "true", "kohyawan.rehearsal_requested_dim": str(dim)})
+        _save_weights(os.path.join(d, "model.safetensors"), args.task, rank, alpha, seed, trained + steps, "F32",
+                      {"kohyawan.rehearsal": "true", "kohyawan.rehearsal_requested_dim": str(dim)})
         log("accelerate.checkpointing", f"Model weights saved in {d}/model.safetensors")
         for fname, data in (("optimizer.bin", {"rehearsal": True, "trained_steps": trained + steps}),
                             ("scheduler.bin", {"rehearsal": True, "last_epoch": sched.counter}),

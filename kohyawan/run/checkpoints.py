@@ -144,7 +144,7 @@ def _describe(path: Path, extra: dict, with_effect: bool) -> tuple[CheckpointInf
     meta = header.metadata
     step = extra.get("step") if extra.get("step") is not None else (step if step is not None else _int(meta.get("ss_steps")))
     epoch = extra.get("epoch") if extra.get("epoch") is not None else (epoch if epoch is not None else _int(meta.get("ss_epoch")))
-    ck = CheckpointInfo(str(path), name, step, epoch, extra.get("attempt"), final, header.file_bytes, info.dtype,
+    ck = CheckpointInfo(str(path), name, step, epoch, extra.get("attempt"), final, header.file_size, info.dtype,
                         info.rank, info.alpha, sha256_file(path), info.expert, info.task)
     if extra.get("sha256") and extra["sha256"] != ck.sha256:
         ck.flags.append("sha256 differs from run.json: the file changed or is corrupted")

@@ -52,12 +52,10 @@ def trainer(trainer_dir: Path | None, python: str, launcher: str, timeout_s: flo
 
 
 def lora_bytes(task: str, rank: int, save_precision: str | None) -> int:
-    """A LoRA file's size: down [rank, in] and up [out, rank] for every module musubi-tuner trains."""
-    from kohyawan.lora.keys import TASK_MODELS, lora_modules
+    from kohyawan.lora import keys
 
     per = {"fp16": 2, "bf16": 2}.get(save_precision or "", 4)
-    modules = lora_modules(task if task in TASK_MODELS else "t2v-14B")
-    return sum((fin + fout) * rank * per for _, (fout, fin) in modules)
+    return keys.expected_bytes(task if task in keys.TASK_MODELS else "t2v-14B", rank, per)
 
 
 def disk_needed(task: str, train: Mapping, total_steps: int, epochs: int, outputs: int, rank: int) -> int:

@@ -12,7 +12,6 @@ import os
 import signal
 from pathlib import Path
 
-from kohyawan.lora.io import read_header
 from kohyawan.run import caches, gpuenv, lrschedule, rehearsal
 from kohyawan.run.ladder import Next
 from kohyawan.run.ledger import Ledger
@@ -214,6 +213,8 @@ class Run:
 
     def verify(self) -> None:
         """Every training stage left a readable final LoRA: run.json's ``final`` lists them."""
+        from kohyawan.lora.stamp import stamp_run_checkpoint
+
         self.status.stage = "verify"
         outputs = []
         for rec in self.ledger.data.get("stages", []):
@@ -223,7 +224,7 @@ class Run:
             if not path or not Path(path).is_file():
                 raise Stop("failed", f"{rec['name']}: the final LoRA file is missing ({path})")
             try:
-                meta = read_header(Path(path)).metadata
+                meta = stamp_run_checkpoint(self.ledger.data, path)  # absolute ss_* values from the ledger
             except Exception as exc:
                 raise Stop("failed", f"{path} is not a readable safetensors file ({exc})") from None
             entry = next(c for c in self.ledger.data["checkpoints"] if c["path"] == path)
