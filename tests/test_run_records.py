@@ -252,7 +252,9 @@ def test_checkpoints_record_task_and_expert_and_a_resumed_runs_epochs_are_absolu
         assert str(c["epoch"]) == truth[(c["step"], c["final"])]["ss_epoch"], c
         assert (info["run"]["step"], info["run"]["epoch"], info["run"]["attempt"]) == (c["step"], c["epoch"],
                                                                                      c["attempt"])
-        if c["attempt"] == 2:  # resumed: the file itself counts from the attempt's start
+        if c["attempt"] == 2 and not c["final"]:  # resumed: the trainer's own file counts from the attempt's start
             assert info["metadata"]["ss_steps"] != str(c["step"])
+        if c["final"]:  # the run's final LoRA is stamped with the whole run's values (the trainer's kept aside)
+            assert info["metadata"]["ss_steps"] == str(c["step"]) != info["metadata"]["kohyawan.trainer_ss_steps"]
     text = run_cli([*KOHYAWAN, "lora", "inspect", resumed[-1]["path"]]).stdout
     assert "trained   task t2v-1.3B, expert both" in text and f"run       a8 ({runs / 'a8'}): step 20, epoch" in text
