@@ -29,8 +29,8 @@ def test_estimate_table_marks_the_starting_rung(tmp_path):
     # what it rests on: the clips here are empty files, so it says it assumed their size and length
     assert "40 media file(s) could not be read" in r.output and "NOT read from the data" in r.output
     assert "Peak from step 2 on, when the optimizer state exists" in r.output
-    assert "Time: fitted to 2 measured steps on h200 (A, D)" in r.output and "rtx4090 scaled from it" in r.output
-    assert "Memory model checked against 7 GPU measurements on NVIDIA H200" in r.output
+    assert "Time: fitted to 3 measured steps on h200 (A, D, C-calibrate)" in r.output and "rtx4090 scaled from it" in r.output
+    assert "Memory model checked against 10 GPU measurements on NVIDIA H200" in r.output
 
 
 def test_estimate_json_schema(tmp_path):

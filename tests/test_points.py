@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kohyawan.config import profiles
-from kohyawan.estimate import memory, offers, points
+from kohyawan.estimate import memory, offers, points, steptime
 from kohyawan.estimate import plan as est
 from kohyawan.run import rungs
 
@@ -67,8 +67,10 @@ def test_the_checks_can_fail():
 def test_fitted_constants_are_what_the_points_give():
     assert memory.WORKING_SET_D == pytest.approx(points.fit_working_set())
     assert memory.ALLOC_GAP_D == pytest.approx(points.fit_alloc_gap())
+    assert (memory.ALLOC_EXPANDABLE_BASE_GIB, memory.ALLOC_GAP_EXPANDABLE_D) == pytest.approx(
+        points.fit_alloc_expandable())
     h200 = offers.load_gpus()["h200"]
-    assert h200.mfu == pytest.approx(points.fit_mfu(h200)) and h200.mfu_from is None
+    assert (h200.mfu, steptime.UNPINNED_RATE) == pytest.approx(points.fit_time(h200)) and h200.mfu_from is None
     assert offers.load_gpus()["rtx4090"].mfu == h200.mfu and offers.load_gpus()["rtx4090"].mfu_from == "h200"
 
 
@@ -80,11 +82,11 @@ def test_context_is_the_nvml_minus_reserved_of_run_d():
 def test_time_band_comes_from_the_residuals_of_the_fit():
     h200 = offers.load_gpus()["h200"]
     band = points.time_band(h200)
-    assert band.points == ("A", "D")
+    assert band.points == ("A", "D", "C-calibrate")
     for p, r in zip([p for p in POINTS if p.s_per_step], band.residuals):
         assert r == pytest.approx(points.predicted_seconds(p, h200) / p.s_per_step - 1)
     assert band.relative == max(abs(r) for r in band.residuals) < 0.3
-    # before: the old model said 8.79 and 16.11 s; now both are within the band
+    # before: the old model said 8.79, 16.11 and 1.23 s; now all three are within the band
     assert all(abs(points.predicted_seconds(p, h200) / p.s_per_step - 1) <= band.relative + 1e-9
                for p in POINTS if p.s_per_step)
 
@@ -133,6 +135,25 @@ def test_ladder_case_starts_at_a_rung_the_table_shows_fitting(tmp_path, cap):
 
 def test_the_checked_against_line_names_the_points():
     line = points.checked_line()
-    assert "NVIDIA H200" in line and "7 GPU measurements" in line and "4 published" in line
+    assert "NVIDIA H200" in line and "10 GPU measurements" in line and "4 published" in line
+    assert "step time fitted to 3 of them (A, D, C-calibrate)" in line
     doc = points.checked_json()
     assert [c["id"] for c in doc["points"]] == [p.id for p in POINTS] and all(c["ok"] for c in doc["points"])
+
+
+def test_expandable_segments_measured_less_reserve_and_the_model_follows():
+    by = {p.id: p for p in POINTS}
+    d, d_exp = by["D"], by["D-expandable"]
+    assert d_exp.allocated_gib == pytest.approx(d.allocated_gib, rel=0.01)         # same tensors
+    assert d.nvml_gib - d_exp.nvml_gib > 5                                         # 5.8 GiB less with them
+    on, off = memory.vram(d_exp.inputs()), memory.vram(d.inputs())
+    assert off.total_gib - on.total_gib > 4 and points.check(d_exp).ok and points.check(d).ok
+
+
+def test_host_ram_is_never_below_a_measured_peak():
+    """The trainer's RSS was sampled every few seconds: a lower bound the host-RAM model must not undercut
+    (with block swap the 16-bit file and its fp8 copy are in RAM together while the DiT loads)."""
+    sampled = [p for p in POINTS if p.ram_gib]
+    assert {p.id for p in sampled} == {"ladder-auto", "C-calibrate"}
+    for p in sampled:
+        assert memory.host_ram(p.inputs())["total"] >= p.ram_gib, p.id

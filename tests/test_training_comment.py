@@ -1,11 +1,12 @@
 """The task and expert ride in the training comment musubi-tuner writes into every checkpoint (issue 15,
 item 8): rendered for every training run, the user's own comment kept, read back by lora inspect."""
 
-import tomllib
+import pytest
 
 from conftest import make_dataset, make_models
 from kohyawan.config import profiles, render
 from kohyawan.config.spec import Models
+from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 from kohyawan.lora.fabricate import write_lora
 from kohyawan.lora.inspect import read_info
 from kohyawan.trainer import comment
@@ -28,6 +29,7 @@ def test_every_training_config_names_its_task_and_expert_and_keeps_the_users_com
 
 
 def test_inspect_reads_task_and_expert_from_the_trainers_comment(tmp_path):
+    pytest.importorskip("torch")  # the LoRA fabricator writes through torch
     text = comment.training_comment("9.9", task="i2v-A14B", expert="low", profile="style", variant="aggressive")
     path = write_lora(tmp_path / "x.safetensors", task="i2v-A14B", rank=2, blocks=range(2),
                       metadata={comment.METADATA_KEY: text})
@@ -42,6 +44,7 @@ def test_no_metadata_warns_that_checkpoints_will_not_record_the_task(tmp_path):
 
 
 def test_export_of_a_bare_checkpoint_finds_the_task_in_the_trainers_comment(tmp_path, kohyawan_argv):
+    pytest.importorskip("torch")  # the LoRA fabricator writes through torch
     import subprocess
 
     text = comment.training_comment("9.9", task="t2v-1.3B", expert="both", profile="character")

@@ -40,21 +40,21 @@ The parts:
    which grows with the activation tensors it cycles through: ALLOC_GAP_D per token per unit of width
    without ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ALLOC_GAP_EXPANDABLE_D with it.
 
-**Fitted constants** (``points.fit_working_set``, ``points.fit_alloc_gap``; a test recomputes them from
-``points.toml``): the smallest values (0.1 steps) that put torch's allocated and reserved memory at or above
-every measured point. WORKING_SET_D comes from run D (832x480x81 clips, fp16, no swap: 62.47 GiB allocated;
-run A's lower bound asks for less). ALLOC_GAP_D comes from the ladder's blocks_to_swap=10 rung, which ran
-out of memory in step 2 under a 23.5 GiB cap (so its reserved memory would have exceeded 23.5 GiB); D's own
-gap (7.5 GiB) and A's lower bound (6.07 GiB) ask for less, so the model puts D 2-3 % above its NVML peak.
-CUDA_CONTEXT_GIB is D's NVML peak 70.7 minus its reserved 69.97. All measured on an NVIDIA H200, torch 2.11,
-musubi-tuner 0.3.4. ALLOC_GAP_EXPANDABLE_D is NOT measured yet: it keeps ALLOC_GAP_D's conservative value
-until a GPU run with expandable segments measures it.
+**Fitted constants** (``points.fit_working_set``, ``points.fit_alloc_gap``, ``points.fit_alloc_expandable``;
+a test recomputes them from ``points.toml``): the smallest values (0.1 steps) that put torch's allocated and
+reserved memory at or above every measured point. WORKING_SET_D comes from run D (832x480x81 clips, fp16, no
+swap: 62.47 GiB allocated). ALLOC_GAP_D (no expandable segments) comes from the ladder's blocks_to_swap=10
+rung, which ran out of memory in step 2 under a 23.5 GiB cap. With expandable segments (D-expandable,
+ladder-auto, C-calibrate: reserved minus allocated 1.8, 1.2 and 0.8 GiB) the reserve does not grow with the
+tokens: ALLOC_GAP_EXPANDABLE_D = 0 and a fixed ALLOC_EXPANDABLE_BASE_GIB. CUDA_CONTEXT_GIB is D's NVML peak
+70.7 minus its reserved 69.97. All measured on an NVIDIA H200, torch 2.11, musubi-tuner 0.3.4.
 
 Host RAM (peak of the training process tree): the process itself (HOST_BASE_GIB = 3.5: python, torch, CUDA
 libraries), WORKER_GIB = 0.4 per data-loader worker, every resident expert's swapped blocks plus one (pinned)
 or two (staging) transfer buffers of a block, the inactive expert under ``offload_inactive_dit``, offloaded
-checkpoint activations, and at start-up the whole of every expert when block swap is on (musubi then loads
-to CPU first). Step time is in ``steptime``.
+checkpoint activations, and at start-up, when block swap is on (musubi then loads to CPU first), the experts
+loaded before as kept and the one loading with its 16-bit file and, with fp8, the copy made from it
+(``load_bytes``; measured: 41.2 GiB RSS for one fp16 14B expert cast to fp8). Step time is in ``steptime``.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ from kohyawan.trainer import musubi
 GIB = float(2**30)
 
 CUDA_CONTEXT_GIB = 0.73     # NVML minus torch's reserved memory, H200 run D (points.toml)
-WORKING_SET_D = 99.7        # fitted: bytes per token per unit of width, one block recomputed + its backward
-ALLOC_GAP_D = 60.5          # fitted: allocator reserve above allocated per token per unit of width
-ALLOC_GAP_EXPANDABLE_D = ALLOC_GAP_D   # NOT measured: conservative until a GPU run with expandable segments
+WORKING_SET_D = 113.8        # fitted: bytes per token per unit of width, one block recomputed + its backward
+ALLOC_GAP_D = 46.4          # fitted: allocator reserve above allocated per token per unit of width
+ALLOC_GAP_EXPANDABLE_D = 0.0         # fitted: with expandable segments the reserve has no per-token part...
+ALLOC_EXPANDABLE_BASE_GIB = 1.25     # ...but a fixed one (points.fit_alloc_expandable, H200 runs of 2026-12-04)
 STORED_D = 61               # bytes per token per unit of width kept by a block without checkpointing
 CKPT_STORED_D = 2           # a checkpointed block keeps its fp16/bf16 input only
 TEXT_TOKENS_MAX = wan.UMT5.text_len   # umT5 context length used by WAN
@@ -315,8 +316,10 @@ def allocator_gap_d(expandable: bool) -> float:
     return ALLOC_GAP_EXPANDABLE_D if expandable else ALLOC_GAP_D
 
 
-def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: float | None = None) -> Vram:
-    """The peak; ``working_set_d`` and ``alloc_gap_d`` replace the fitted constants (``points`` fits them)."""
+def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: float | None = None,
+         alloc_base_gib: float | None = None) -> Vram:
+    """The peak; ``working_set_d``, ``alloc_gap_d`` and ``alloc_base_gib`` replace the fitted constants
+    (``points`` fits them)."""
     s = inp.shape
     experts = 2 if inp.dual_resident else 1
     params = lora_params(inp)
@@ -329,7 +332,8 @@ def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: flo
     steady = max(backward + state, optimizer_step + state)
     first = max(backward, optimizer_step + state)     # the first step creates the state at its very end
     gap = allocator_gap_d(inp.expandable_segments) if alloc_gap_d is None else alloc_gap_d
-    reserve = gap * s.dim * inp.tokens
+    base = (ALLOC_EXPANDABLE_BASE_GIB if alloc_base_gib is None else alloc_base_gib) if inp.expandable_segments else 0
+    reserve = gap * s.dim * inp.tokens + base * GIB
     add = reserve / GIB + CUDA_CONTEXT_GIB
     phase = "backward" if backward >= optimizer_step else "optimizer_step"
     parts = {"weights": weights, "lora_weights": lora_weights, "optimizer_state": state}
@@ -340,6 +344,14 @@ def vram(inp: MemoryInputs, working_set_d: float | None = None, alloc_gap_d: flo
     parts = {k: v / GIB for k, v in parts.items()}
     parts.update(allocator_reserve=reserve / GIB, cuda_context=CUDA_CONTEXT_GIB)
     return Vram(parts=parts, total_gib=steady / GIB + add, first_step_gib=first / GIB + add, phase=phase)
+
+
+def load_bytes(inp: MemoryInputs) -> float:
+    """Host RAM one DiT takes while musubi loads it to the CPU (block swap): the weights as the file holds them
+    (16-bit), and with ``fp8_base`` the fp8 copy made from them before the 16-bit tensors are let go. Measured
+    on the H200 (points.toml, C-calibrate): 41.2 GiB of RSS for one fp16 14B expert cast to fp8."""
+    sixteen = dit_bytes(replace(inp, fp8_base=False, fp8_scaled=False))
+    return sixteen + (dit_bytes(inp) if inp.fp8_base else 0.0)
 
 
 def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
@@ -357,9 +369,11 @@ def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
                                       if inp.grad_ckpt and inp.grad_ckpt_cpu_offload else 0.0)
     # With block swap musubi loads every DiT into host RAM first (trainer_base: loading_device = "cpu" when
     # blocks_to_swap > 0; wan_train_network loads the high-noise expert before either is moved), so the peak
-    # is at start-up: every expert whole in RAM at once. The steady parts above come after it.
+    # is at start-up: the experts loaded before, as kept, and the last one while it loads (load_bytes: its
+    # 16-bit file and, with fp8, the copy made from it). The steady parts above come after it.
     steady = sum(parts.values())
-    load_peak = HOST_BASE_GIB + (experts * dit_bytes(inp) / GIB if inp.swapped else 0.0) + parts["inactive_expert"]
+    loading = ((experts - 1) * dit_bytes(inp) + load_bytes(inp)) / GIB if inp.swapped else 0.0
+    load_peak = HOST_BASE_GIB + loading + parts["inactive_expert"]
     parts["load_transient"] = max(0.0, load_peak - steady)
     parts["total"] = steady + parts["load_transient"]
     return parts
@@ -368,29 +382,6 @@ def host_ram(inp: MemoryInputs) -> Mapping[str, float]:
 def caching_vram_gib(fp8_t5: bool = False) -> float:
     """Peak VRAM of the text-encoder caching stage (umT5-XXL encoder, 5.7 B parameters)."""
     return 5.7e9 * (1 if fp8_t5 else 2) / GIB + CUDA_CONTEXT_GIB + 0.3
-
-
-def latent_cache_bytes(inp: MemoryInputs) -> float:
-    """One item's latent cache: [16, latent frames, H/8, W/8] bf16 (I2V adds a 20-channel image latent: the
-    frame mask and the start image's latents, as the I2V DiT's input takes them)."""
-    _, rows, cols = wan.TRAINING_VAE.stride
-    per_frame = (inp.height // rows) * (inp.width // cols) * 2
-    channels = wan.IN_DIM["i2v"] if inp.model.start_image else wan.TRAINING_VAE.z_dim
-    return channels * inp.latent_frames * per_frame
-
-
-def text_cache_bytes() -> float:
-    """Upper bound of one item's text cache: [tokens <= 512, 4096] bf16."""
-    return TEXT_TOKENS_MAX * wan.UMT5.dim * 2.0
-
-
-def lora_file_bytes(inp: MemoryInputs, precision_bytes: int = 2) -> float:
-    return lora_params(inp) * precision_bytes + lora_modules(inp) * 4
-
-
-def state_bytes(inp: MemoryInputs) -> float:
-    """A saved accelerate state: fp32 LoRA weights plus the optimizer's state, plus small RNG/scheduler files."""
-    return lora_params(inp) * 4 + _optimizer_bytes(inp) + 1e5
 
 
 def with_shape(inp: MemoryInputs, width: int, height: int, frames: int, batch: int) -> MemoryInputs:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from kohyawan.estimate import memory, steptime, workload as workload_mod
+from kohyawan.estimate import disk as sizes, memory, steptime, workload as workload_mod
 from kohyawan.estimate.offers import Gpu
 from kohyawan.estimate.observations import Corrections, Observation, fit_corrections
 
@@ -125,10 +125,10 @@ def disk(inp: memory.MemoryInputs, train: Mapping[str, Any], items: int | None,
     saves = _saves(total_steps, train, epochs) * files
     states = saves if train.get("save_state") else 0
     parts = {
-        "latent_cache": count * memory.latent_cache_bytes(inp) / memory.GIB,
-        "text_cache": count * memory.text_cache_bytes() / memory.GIB,
-        "checkpoints": saves * memory.lora_file_bytes(inp, save_bytes) / memory.GIB,
-        "states": states * memory.state_bytes(inp) / memory.GIB,
+        "latent_cache": count * sizes.latent_cache_bytes(inp) / memory.GIB,
+        "text_cache": count * sizes.text_cache_bytes() / memory.GIB,
+        "checkpoints": saves * sizes.lora_file_bytes(inp, save_bytes) / memory.GIB,
+        "states": states * sizes.state_bytes(inp) / memory.GIB,
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -317,8 +317,9 @@ def basis_lines(e: Estimate) -> list[str]:
                      f"{e.first_step_vram_gib:.1f} GiB.")
     if e.time_basis:
         lines.append(f"Time: {e.time_basis}.")
-    lines.append("Allocator: " + ("expandable segments (PYTORCH_CUDA_ALLOC_CONF); their reserve is not measured "
-                                  "yet, so the measured one without them is used" if e.expandable_segments else
-                                  "without expandable segments (the measured reserve)") + ".")
+    lines.append("Allocator: " + ("expandable segments (PYTORCH_CUDA_ALLOC_CONF): their reserve, measured on the "
+                                  "H200 (run D-expandable)" if e.expandable_segments else
+                                  "without expandable segments: their larger reserve, measured on the H200 (run D)")
+                 + ".")
     lines.append(points.checked_line(e.margin_gib))
     return lines

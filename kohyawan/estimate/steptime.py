@@ -14,7 +14,7 @@ pass, so a pass takes the longer of the two, plus a 5 % synchronisation cost of 
 Without pinned memory the copies go through staging buffers at about half the link's rate (assumed).
 
 ``mfu`` per GPU is in ``gpus.toml``: fitted on an NVIDIA H200 to the measured steps in ``points.toml``
-(``points.fit_mfu``; the residuals give the band ``points.time_band``); other GPUs use the same fraction of
+(``points.fit_time``, with UNPINNED_RATE; the residuals give the band ``points.time_band``); other GPUs use the same fraction of
 their own dense bf16 rate, which is not measured. A user's own runs correct it (``observations``).
 """
 
@@ -26,7 +26,7 @@ from kohyawan.estimate.memory import CKPT_STORED_D, TEXT_TOKENS_MAX, MemoryInput
 ATTN_BWD = 2.5
 FP8_SLOWDOWN = 1.05
 SWAP_SYNC = 0.05
-UNPINNED_RATE = 0.5
+UNPINNED_RATE = 0.15   # fitted with mfu (points.fit_time): block swap copies reach 15 % of the link on the H200
 
 
 def pass_flops(inp: MemoryInputs) -> tuple[float, float]:
@@ -47,12 +47,13 @@ def step_flops(inp: MemoryInputs) -> float:
 
 
 def step_seconds(inp: MemoryInputs, bf16_tflops: float, mfu: float, h2d_gbps: float,
-                 timestep_boundary: float = 0.875) -> dict[str, float]:
-    """Predicted seconds per optimizer step, by component, with "total"."""
+                 timestep_boundary: float = 0.875, unpinned_rate: float | None = None) -> dict[str, float]:
+    """Predicted seconds per optimizer step, by component, with "total" (``unpinned_rate`` replaces the
+    fitted UNPINNED_RATE, for fitting)."""
     rate = bf16_tflops * 1e12 * mfu
     slow = FP8_SLOWDOWN if inp.fp8_base else 1.0
     forward, backward = (f / rate * slow for f in pass_flops(inp))
-    link = h2d_gbps * 1e9 * (1.0 if inp.swap_pinned else UNPINNED_RATE)
+    link = h2d_gbps * 1e9 * (1.0 if inp.swap_pinned else UNPINNED_RATE if unpinned_rate is None else unpinned_rate)
     swap_pass = inp.swapped * 2 * block_bytes(inp) / link      # each swapped block out and in, once per pass
     swap = sum(max(0.0, swap_pass - c) for c in (forward, backward)) + SWAP_SYNC * 2 * swap_pass
     offload = 0.0

@@ -5,10 +5,12 @@ The candidates are ``rungs.ram_rungs`` of the settings in effect (no pinned memo
 workers, fp8 weights, then block swap down the grid to 0). The estimate's host-RAM model
 (``kohyawan.estimate.memory.host_ram``) judges them for the phase that failed: a trainer killed before its
 first step died loading the DiTs (with block swap musubi loads every expert whole into host RAM first, so
-only fp8, which halves them, or no swap at all, which loads them straight to the GPU, lowers that peak);
+only no swap at all, which loads them straight to the GPU, lowers that peak: fp8 adds its copy to the 16-bit
+weights while loading);
 one killed later died in the steady state, where every swapped block, worker and pinned buffer counts.
 A step is kept when the model says it lowers that phase's need and its VRAM estimate still fits the GPU
-with the margin (fewer swapped blocks cost VRAM). One exception: when torch's CPU allocator refused memory
+with the margin (fewer swapped blocks cost VRAM); a step that lowers it but fits the GPU only with VRAM
+savers passed over before it (fp8 weights) is taken together with them, as one step ``a+b``. One exception: when torch's CPU allocator refused memory
 while block swap pins it, turning pinned memory off is kept whatever the model says (the model counts pinned
 transfers as the cheaper kind; what fails there is the limit on page-locked memory, which it does not know). When nothing is left, ``exhausted`` names the smallest
 setting that fits the GPU, the host RAM it needs and what else would do. See docs/architecture.md.
@@ -60,26 +62,37 @@ def plan(spec: Any, candidates: Sequence[Any], *, phase: str, vram_gib: float | 
     """The RAM rungs worth an attempt after a host-RAM failure in ``phase`` ("load" or "train");
     ``pinned_refused``: the failure was torch's CPU allocator refusing memory."""
     current, now = spec, need(spec)
-    kept = []
+    kept, held = [], []   # held: steps passed over that lower the VRAM need, which a later step may require
     for rung in candidates:
         trial = rungs_mod.apply(current, [rung])
         after = need(trial)
         fits = vram_gib is None or after.vram_gib + margin_gib <= vram_gib
         unpins = pinned_refused and rung.changes.get(PINNED) is False
-        if fits and (unpins or _ram(after, phase) < _ram(now, phase) - MIN_SAVING_GIB):
+        lowers = unpins or _ram(after, phase) < _ram(now, phase) - MIN_SAVING_GIB
+        if lowers and not fits and held:
+            # e.g. no block swap fits the GPU only with fp8 weights, which alone raise the load: one step, both
+            joined = rungs_mod.combined([*held, rung])
+            trial = rungs_mod.apply(current, [joined])
+            after = need(trial)
+            if vram_gib is None or after.vram_gib + margin_gib <= vram_gib:
+                rung, fits, lowers = joined, True, _ram(after, phase) < _ram(now, phase) - MIN_SAVING_GIB
+        if fits and lowers:
             kept.append(rung)
-            current, now = trial, after
+            current, now, held = trial, after, []
+        elif after.vram_gib < now.vram_gib:
+            held.append(rung)
     return RamPlan(tuple(kept), exhausted(current, now, phase, vram_gib=vram_gib, margin_gib=margin_gib,
                                           ram_gib=ram_gib, need=need), phase)
 
 
 def exhausted(spec: Any, now: Need, phase: str, *, vram_gib: float | None, margin_gib: float,
               ram_gib: float | None, need: Callable[[Any], Need] = need_of) -> str:
-    """'the smallest setting that fits the GPU (...) needs ~X GiB host RAM ...; add RAM, or ...'."""
+    """'needs ~X GiB host RAM ... at the lowest-RAM setting the ladder reaches on this GPU (...): add host RAM,
+    or ...'. The settings named are where the ladder ends, which may be where it started."""
     when = "while the DiTs load" if phase == "load" else "while training"
     here = f"; {ram_gib:.0f} GiB here" if ram_gib else ""
-    text = (f"needs ~{_ram(now, phase):.1f} GiB host RAM {when} (estimate{here}) at the smallest setting that fits "
-            f"the GPU ({describe(spec)}): add host RAM")
+    text = (f"needs ~{_ram(now, phase):.1f} GiB host RAM {when} (estimate{here}) at the lowest-RAM setting "
+            f"the ladder reaches on this GPU ({describe(spec)}): add host RAM")
     if int(rungs_mod.effective(spec, "train.blocks_to_swap") or 0) > 0:
         unswapped = spec.with_changes({"train.blocks_to_swap": 0}, "hostram")
         alone = need(unswapped)

@@ -122,7 +122,7 @@ def _crashed(e: Ended) -> Next:
 
 
 def _swap_lowered_for_ram(applied: Sequence[str]) -> bool:
-    return any(name.startswith(RAM_SWAP_STEP) for name in applied)
+    return any(part.startswith(RAM_SWAP_STEP) for name in applied for part in name.split("+"))
 
 
 def _raises_swap(rung: RungLike) -> bool:

@@ -191,8 +191,28 @@ def ram_rungs(spec: RunSpec) -> list[Rung]:
     return _build(spec, spec.extra.get("ladder", {}).get("ram", []), "ladder")
 
 
+JOIN = "+"   # a step made of several rungs taken in one attempt ("fp8_base+fewer_blocks_to_swap=0")
+
+
+def combined(rungs: Sequence[Rung]) -> Rung:
+    """Several rungs as one step of one attempt: their changes in order, named ``a+b``."""
+    changes: dict[str, Any] = {}
+    for rung in rungs:
+        changes.update(rung.changes)
+    return Rung(JOIN.join(r.name for r in rungs), changes, any(r.needs_recache for r in rungs),
+                all(r.keeps_state for r in rungs))
+
+
 def named(name: str, spec: RunSpec) -> Rung | None:
     """The rung ``name`` as it applies to ``spec`` (a name run.json recorded), or None when it changes nothing."""
+    if JOIN in name:
+        parts, current = [], spec
+        for part in name.split(JOIN):
+            rung = named(part, current)
+            if rung is not None:
+                parts.append(rung)
+                current = apply(current, [rung])
+        return combined(parts) if parts else None
     if name.split("=", 1)[0] not in {n.split("=", 1)[0] for n in KNOWN_RUNGS} or name == "fewer_blocks_to_swap":
         return None
     built = _build(spec, [name], "ladder")
