@@ -95,7 +95,9 @@ def exhausted(spec: Any, now: Need, phase: str, *, vram_gib: float | None, margi
             f"the ladder reaches on this GPU ({describe(spec)}): add host RAM")
     if int(rungs_mod.effective(spec, "train.blocks_to_swap") or 0) > 0:
         unswapped = spec.with_changes({"train.blocks_to_swap": 0}, "hostram")
-        alone = need(unswapped)
+        fp8 = rungs_mod.named("fp8_base", unswapped)      # the smallest GPU for no swap: with fp8 weights
+        alone = min((need(s) for s in (unswapped, *([rungs_mod.apply(unswapped, [fp8])] if fp8 else []))),
+                    key=lambda n: n.vram_gib)
         if _ram(alone, phase) < _ram(now, phase):
             text += (f", or use a GPU with {alone.vram_gib + margin_gib:.0f} GiB or more, where no block swap is "
                      f"needed (~{_ram(alone, phase):.1f} GiB host RAM)")
