@@ -11,11 +11,12 @@ Block swap (``modules/custom_offloading_utils.py``) EXCHANGES blocks: after a bl
 weights go to host RAM and a swapped block's come back, so every swapped block costs a copy in each
 direction in the forward pass and again in the backward pass. The copies run beside the compute of the same
 pass, so a pass takes the longer of the two, plus a 5 % synchronisation cost of the copies (assumed).
-Without pinned memory the copies go through staging buffers at about half the link's rate (assumed).
+Without pinned memory the copies go through staging buffers at UNPINNED_RATE of the link's rate (fitted:
+0.15 on the H200, where 20 swapped blocks made a 1280x720 image step four times slower than the model first said).
 
 ``mfu`` per GPU is in ``gpus.toml``: fitted on an NVIDIA H200 to the measured steps in ``points.toml``
-(``points.fit_time``, with UNPINNED_RATE; the residuals give the band ``points.time_band``); other GPUs use the same fraction of
-their own dense bf16 rate, which is not measured. A user's own runs correct it (``observations``).
+(``points.fit_time``, with UNPINNED_RATE; the residuals give the band ``points.time_band``); other GPUs use
+the same fraction of their own dense bf16 rate, which is not measured. A user's own runs correct it (``observations``).
 """
 
 from __future__ import annotations
