@@ -3,17 +3,20 @@ torch's CPU allocator) refused the trainer host memory, and what would be needed
 
 The candidates are ``rungs.ram_rungs`` of the settings in effect (no pinned memory, fewer data-loader
 workers, fp8 weights, then block swap down the grid to 0). The estimate's host-RAM model
-(``kohyawan.estimate.memory.host_ram``) judges them for the phase that failed: a trainer killed before its
-first step died loading the DiTs (with block swap musubi loads every expert whole into host RAM first, so
-only no swap at all, which loads them straight to the GPU, lowers that peak: fp8 adds its copy to the 16-bit
-weights while loading);
-one killed later died in the steady state, where every swapped block, worker and pinned buffer counts.
+(``kohyawan.estimate.memory.host_ram``) judges them for the phase that failed. A trainer killed before its
+first step died loading the DiTs: with block swap musubi loads the experts into host RAM first, the one
+loading with its 16-bit tensors and, with fp8, the copy made from them (measured), so only no swap at all,
+which loads them straight to the GPU, lowers that peak. One killed later died in the steady state, where
+every swapped block, worker and pinned buffer counts.
+
 A step is kept when the model says it lowers that phase's need and its VRAM estimate still fits the GPU
-with the margin (fewer swapped blocks cost VRAM); a step that lowers it but fits the GPU only with VRAM
-savers passed over before it (fp8 weights) is taken together with them, as one step ``a+b``. One exception: when torch's CPU allocator refused memory
-while block swap pins it, turning pinned memory off is kept whatever the model says (the model counts pinned
-transfers as the cheaper kind; what fails there is the limit on page-locked memory, which it does not know). When nothing is left, ``exhausted`` names the smallest
-setting that fits the GPU, the host RAM it needs and what else would do. See docs/architecture.md.
+with the margin (fewer swapped blocks cost VRAM). A step that lowers it but fits the GPU only with VRAM
+savers passed over before it (fp8 weights) is taken together with them, as one step named ``a+b``
+(``rungs.combined``). One exception: when torch's CPU allocator refused memory while block swap pins it,
+turning pinned memory off is kept whatever the model says (the model counts pinned transfers as the cheaper
+kind; what fails there is the limit on page-locked memory, which it does not know). When nothing is left,
+``exhausted`` names where the ladder ended, the host RAM needed there and the GPU that would need no block
+swap. See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Protocol, Sequence
 RANK_KEYS = ("train.network_dim", "network_dim")
 HALF_LR = "half_lr"
 RAM_SWAP_STEP = "fewer_blocks_to_swap="   # host-RAM rungs that lower block swap (``kohyawan.run.rungs``)
+JOINED = "+"     # several rungs taken in one attempt are named a+b (``kohyawan.run.rungs.JOIN``)
 
 
 class RungLike(Protocol):
@@ -122,7 +123,7 @@ def _crashed(e: Ended) -> Next:
 
 
 def _swap_lowered_for_ram(applied: Sequence[str]) -> bool:
-    return any(part.startswith(RAM_SWAP_STEP) for name in applied for part in name.split("+"))
+    return any(part.startswith(RAM_SWAP_STEP) for name in applied for part in name.split(JOINED))
 
 
 def _raises_swap(rung: RungLike) -> bool:
