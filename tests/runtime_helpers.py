@@ -66,3 +66,19 @@ def trainer_processes(marker: str) -> list:
         if marker in cmd and ("wan_train_network" in cmd or "kohyawan.run.guard" in cmd):
             found.append(p)
     return found
+
+
+def holder(script: str, *args: str) -> subprocess.Popen:
+    """A real process running ``script`` with ``args``; it prints 'held' once it holds what it takes and keeps
+    it until ``release``."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def release(proc: subprocess.Popen) -> int:
+    """Tell a ``holder`` to let go; its exit code."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return proc.wait(timeout=30)

@@ -17,7 +17,7 @@ from kohyawan.config import profiles, render
 from kohyawan.config.spec import Models
 from kohyawan.trainer.cachefiles import load
 from kohyawan.rehearse.standin import trainer_dir
-from runtime_helpers import FAST
+from runtime_helpers import FAST, holder, release
 
 
 # --- keys -----------------------------------------------------------------------------------------------
@@ -194,16 +194,7 @@ HOLD = ("import sys, time; from pathlib import Path; from kohyawan.cachestore.le
 
 
 def _hold(folder, how):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), how], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def _free(proc):
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    proc.wait(timeout=30)
+    return holder(HOLD, folder, how)
 
 
 def test_trainers_share_a_folder_and_a_writer_waits_for_them(tmp_path):
@@ -220,7 +211,7 @@ def test_trainers_share_a_folder_and_a_writer_waits_for_them(tmp_path):
         assert mine.settle([a], lambda: True, lambda: waited.append(1)) == SHARED and not waited
         mine.release_all()
     finally:
-        _free(trainer)
+        release(trainer)
     assert Leases().settle([a], lambda: False, lambda: None) == EXCLUSIVE
 
 
@@ -234,7 +225,7 @@ def test_a_writer_keeps_others_out_until_it_is_done(tmp_path):
     def finish():
         time.sleep(0.5)
         done["now"] = True
-        _free(writer)
+        release(writer)
 
     threading.Thread(target=finish).start()
     t0 = time.monotonic()

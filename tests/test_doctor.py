@@ -7,80 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pynvml
 import pytest
 
+from fake_nvml import GIB, FakeGpu, FakeNvml
 from kohyawan.doctor import checklist, host, nvml, result
 from kohyawan.doctor import trainer as doctor_trainer
 
-GIB = 2**30
 HAS_GPU = Path("/dev/nvidia0").exists()
 
 
-class FakeNvml:
-    """Behaves like nvidia-ml-py through the Nvml interface: bytes, handles, NVMLError on a missing driver."""
-
-    def __init__(self, devices=(), driver="550.54.15", cuda=12040, no_driver=False):
-        self.devices = list(devices)     # (name, total, free, [(pid, used)])
-        self.driver, self.cuda, self.no_driver = driver, cuda, no_driver
-        self.initialised = self.shut = False
-
-    def init(self):
-        if self.no_driver:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-        self.initialised = True
-
-    def shutdown(self):
-        self.shut = True
-
-    def _need(self):
-        if not self.initialised:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
-
-    def driver_version(self):
-        self._need()
-        return self.driver
-
-    def cuda_version(self):
-        self._need()
-        return self.cuda
-
-    def device_count(self):
-        self._need()
-        return len(self.devices)
-
-    def handle(self, index):
-        self._need()
-        if index >= len(self.devices):
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return index
-
-    def name(self, handle):
-        return self.devices[handle][0]
-
-    def memory(self, handle):
-        _, total, free, _ = self.devices[handle]
-        return total, free, total - free
-
-    def processes(self, handle):
-        return list(self.devices[handle][3])
-
-    def uuid(self, handle):
-        return f"GPU-{handle:08d}-0000-0000-0000-000000000000"
-
-    def pci_bus_id(self, handle):
-        return f"00000000:{handle + 1:02X}:00.0"
-
-    def mig_devices(self, handle):
-        return []
+def fake(*devices, **kwargs) -> FakeNvml:
+    """The shared fake NVML with a GPU per (name, total bytes, free bytes, [(pid, used bytes)]), in that order."""
+    return FakeNvml([FakeGpu(name=name, total=total, used=total - free, owners=dict(procs),
+                             pci=f"00000000:{i + 1:02X}:00.0", uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000")
+                     for i, (name, total, free, procs) in enumerate(devices)], **kwargs)
 
 
 def gpu_check(*devices):
-    return host.check_gpus(nvml.probe_gpus(FakeNvml(devices)))
+    return host.check_gpus(nvml.probe_gpus(fake(*devices)))
 
 
 def test_fake_nvml_24gb_card_is_a_warning_below_the_recommended_40():
-    nv = FakeNvml([("NVIDIA GeForce RTX 4090", int(23.99 * GIB), int(23.5 * GIB), [])])
+    nv = fake(("NVIDIA GeForce RTX 4090", int(23.99 * GIB), int(23.5 * GIB), []))
     gpus = nvml.probe_gpus(nv)
     assert nv.shut
     assert gpus == [{"index": 0, "name": "NVIDIA GeForce RTX 4090", "total_gib": 23.99, "free_gib": 23.5,
@@ -110,7 +58,7 @@ def test_fake_nvml_other_processes_holding_vram_are_named():
 
 
 def test_fake_nvml_without_driver_means_no_gpu():
-    nv = FakeNvml(no_driver=True)
+    nv = fake(no_driver=True)
     assert nvml.probe_gpus(nv) == []
     check = host.check_gpus([])
     assert check.status == "fail" and check.summary.startswith("no NVIDIA GPU")
@@ -225,7 +173,7 @@ def test_model_checks_without_files_are_skipped_and_missing_files_fail(tmp_path)
 
 
 def test_run_checks_with_a_fake_gpu_and_the_json_schema(tmp_path):
-    nv = FakeNvml([("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, [])])
+    nv = fake(("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, []))
     report = result.summarise(checklist.run_checks(nvml=nv, runs_dir=tmp_path, comfyui=None, environ={}))
     assert report["version"] == 1 and set(report["counts"]) == set(result.STATUSES)
     ids = [c["id"] for c in report["checks"]]

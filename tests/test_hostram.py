@@ -2,8 +2,6 @@
 estimate's host-RAM model says help in the phase that failed and that still fit the GPU, and the message that
 names what would be needed once none is left."""
 
-from dataclasses import dataclass, field
-
 from kohyawan.config import profiles
 from kohyawan.run import hostram, rungs
 from kohyawan.run.ladder import decide
@@ -99,12 +97,8 @@ def test_plan_uses_the_need_it_is_given():
     assert flat.steps == () and "~40.0 GiB host RAM while training" in flat.exhausted
 
 
-@dataclass(frozen=True)
-class R:
-    name: str
-    changes: dict = field(default_factory=dict)
-    needs_recache: bool = False
-    keeps_state: bool = True
+def R(name, changes):
+    return rungs.Rung(name, changes, needs_recache=False, keeps_state=True)
 
 
 def test_the_ladder_stops_with_what_would_be_needed_and_never_swaps_deeper_again():
@@ -115,3 +109,5 @@ def test_the_ladder_stops_with_what_would_be_needed_and_never_swaps_deeper_again
     n = decide("oom_vram", vram=vram, applied=("blocks_to_swap=20", "fewer_blocks_to_swap=10"))
     assert n.new_rung == "fewer_frames"                 # a deeper swap would run out of host RAM again
     assert decide("oom_vram", vram=vram, applied=("fp8_base",)).new_rung == "blocks_to_swap=30"
+    # a joined step that turned block swap off counts too
+    assert decide("oom_vram", vram=vram, applied=("fp8_base+fewer_blocks_to_swap=0",)).new_rung == "fewer_frames"

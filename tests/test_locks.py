@@ -1,13 +1,12 @@
 """files.locks: exclusive flock taken with or without waiting, the holder probed and named, across real processes."""
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from kohyawan.files import locks
+from runtime_helpers import holder, release
 
 HOLD = ("import sys, time; from pathlib import Path; from kohyawan.files import locks\n"
         "lock = locks.FileLock(Path(sys.argv[1]))\n"
@@ -18,16 +17,11 @@ HOLD = ("import sys, time; from pathlib import Path; from kohyawan.files import 
 
 
 def _holder(path, record="pid"):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), record], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    return holder(HOLD, path, record)
 
 
 def _let_go(proc):
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    assert proc.wait(timeout=30) == 0
+    assert release(proc) == 0
 
 
 def test_a_missing_or_free_lock_has_no_holder(tmp_path):
