@@ -56,6 +56,19 @@ def test_estimate_json_schema(tmp_path):
     assert all(c["ok"] for c in doc["checked_against"]["points"]) and doc["checked_against"]["tolerance"] == 0.07
 
 
+def test_torchs_newer_allocator_variable_is_the_one_the_estimate_follows(tmp_path):
+    """torch reads PYTORCH_ALLOC_CONF before PYTORCH_CUDA_ALLOC_CONF; kohyawan run does too, so must the estimate."""
+    data = make_dataset(tmp_path / "d")
+    args = ["estimate", "--profile", "motion", "--dataset", str(data), "--vram", "80", "--json", "--runs-dir",
+            str(tmp_path)]
+    env = {"PYTORCH_ALLOC_CONF": "expandable_segments:False", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    off = json.loads(CliRunner().invoke(cli, args, env=env).stdout)
+    on = json.loads(CliRunner().invoke(cli, args, env={"PYTORCH_ALLOC_CONF": None}).stdout)
+    assert off["alloc_conf"] == "expandable_segments:False" and on["alloc_conf"] == "expandable_segments:True"
+    assert [r["expandable_segments"] for r in off["rungs"]] == [False] * len(off["rungs"])
+    assert off["rungs"][0]["vram_gib"] > on["rungs"][0]["vram_gib"]    # the larger reserve without them
+
+
 def test_estimate_accepts_every_config_render_option(tmp_path):
     data = make_dataset(tmp_path / "d")
     dit = tmp_path / "dit.safetensors"

@@ -137,7 +137,7 @@ def test_attempt_of_a_killed_kohyawan_is_closed_at_the_last_step_its_metrics_and
 
 # --- item 10: every attempt names the config that ran ---------------------------------------------------
 def _toml(path: Path) -> dict:
-    import tomllib
+    from kohyawan.files import toml as tomllib  # stdlib tomllib, or tomli on Python 3.10
 
     flat = {}
     for body in tomllib.loads(path.read_text()).values():

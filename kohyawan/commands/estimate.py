@@ -211,7 +211,7 @@ def _expandable() -> bool:
 
     from kohyawan.estimate import allocator
 
-    return allocator.expandable(allocator.trainer_conf(os.environ))
+    return allocator.expandable(allocator.conf(os.environ)[0])
 
 
 def _basis_doc(margin) -> dict:
@@ -219,7 +219,7 @@ def _basis_doc(margin) -> dict:
 
     from kohyawan.estimate import allocator, points
 
-    return {"alloc_conf": allocator.trainer_conf(os.environ), "checked_against": points.checked_json(margin)}
+    return {"alloc_conf": allocator.conf(os.environ)[0], "checked_against": points.checked_json(margin)}
 
 
 def _print_basis(ladder) -> None:

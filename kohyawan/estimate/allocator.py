@@ -4,7 +4,8 @@ allocator reserve is the one for expandable segments (pure; see docs/architectur
 torch reads ``PYTORCH_CUDA_ALLOC_CONF`` (comma-separated ``key:value`` pairs) when the trainer process
 starts. ``expandable_segments:True`` lets the caching allocator grow segments in place instead of keeping
 many fixed-size ones, which shrinks the memory it reserves above what tensors use (fragmentation). kohyawan
-starts the trainer with it unless the user set the variable (then the user's value is used as it is).
+starts the trainer with it unless the user set the variable, or torch's newer name for it,
+``PYTORCH_ALLOC_CONF``, which torch reads first (then the user's value is used as it is).
 """
 
 from __future__ import annotations
@@ -12,17 +13,27 @@ from __future__ import annotations
 from typing import Mapping
 
 VAR = "PYTORCH_CUDA_ALLOC_CONF"
+NEW_VAR = "PYTORCH_ALLOC_CONF"     # torch's newer name for it, read first
 EXPANDABLE = "expandable_segments:True"
 
 
+def in_effect(environ: Mapping[str, str]) -> str | None:
+    """The setting a torch process started with ``environ`` uses (None: torch's default)."""
+    return environ.get(NEW_VAR, environ.get(VAR))
+
+
+def conf(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(the setting the trainer runs with when kohyawan starts it from ``environ``, where it comes from:
+    "kohyawan" or the user's variable)."""
+    for var in (NEW_VAR, VAR):
+        if var in environ:
+            return environ[var], var
+    return EXPANDABLE, "kohyawan"
+
+
 def trainer_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """What to add to the trainer's environment: expandable segments, unless the user set the variable."""
-    return {} if VAR in environ else {VAR: EXPANDABLE}
-
-
-def trainer_conf(environ: Mapping[str, str]) -> str:
-    """The value the trainer runs with (for run.json and the estimate)."""
-    return environ.get(VAR, EXPANDABLE)
+    """What to add to the trainer's environment: expandable segments, unless the user set either variable."""
+    return {VAR: EXPANDABLE} if conf(environ)[1] == "kohyawan" else {}
 
 
 def expandable(conf: str | None) -> bool:

@@ -57,7 +57,7 @@ def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, tuple[flo
     expert = "both" if getattr(args, "dit_high_noise", None) else "low"
     peak = workload.Shape(0, "video" if frames > 1 else "image", width, height, frames, batch, batch)
     inp = memory.inputs_from_values(vars(args), {}, args.task, expert, peak,
-                                    allocator.expandable(os.environ.get(allocator.VAR)))
+                                    allocator.expandable(allocator.in_effect(os.environ)))
     need = memory.vram(inp)
     first = need.total_gib if getattr(args, "resume", None) else need.first_step_gib
     return need.parts["weights"] + need.parts["cuda_context"], (first, need.total_gib)
@@ -72,7 +72,7 @@ def allocated_share(args, bucket: tuple[int, int, int, int]) -> float:
     expert = "both" if getattr(args, "dit_high_noise", None) else "low"
     shape = workload.Shape(0, "video" if frames > 1 else "image", width, height, frames, batch, batch)
     need = memory.vram(memory.inputs_from_values(vars(args), {}, args.task, expert, shape,
-                                                 allocator.expandable(os.environ.get(allocator.VAR))))
+                                                 allocator.expandable(allocator.in_effect(os.environ))))
     return need.allocated_gib / need.reserved_gib
 
 

@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 from kohyawan.doctor.nvml import ORDER_VAR, PCI_BUS_ID, VISIBLE_VAR, VisibleGpu
 from kohyawan.estimate import allocator
 
-NEW_ALLOC_VAR = "PYTORCH_ALLOC_CONF"     # torch's newer name for PYTORCH_CUDA_ALLOC_CONF
 REHEARSAL_GPU = "kohyawan rehearsal (virtual GPU)"
 REHEARSAL_GIB = 24.0                     # the simulated trainer's default (KOHYAWAN_REHEARSE_GPU_GB)
 
@@ -36,14 +35,6 @@ def device_count(gpus: str | None, environ: Mapping[str, str]) -> int:
     return len([g for g in (visible(gpus, environ) or "").split(",") if g.strip()])
 
 
-def alloc_conf(environ: Mapping[str, str]) -> tuple[str, str]:
-    """(the allocator setting the trainer runs with, where it comes from: "kohyawan" or the variable's name)."""
-    for var in (NEW_ALLOC_VAR, allocator.VAR):
-        if var in environ:
-            return environ[var], var
-    return allocator.EXPANDABLE, "kohyawan"
-
-
 def trainer_env(environ: Mapping[str, str], gpus: str | None) -> dict[str, str]:
     """What kohyawan adds to (or changes in) its own environment for the trainer."""
     env: dict[str, str] = {}
@@ -51,15 +42,14 @@ def trainer_env(environ: Mapping[str, str], gpus: str | None) -> dict[str, str]:
         env[VISIBLE_VAR] = gpus
     if ORDER_VAR not in environ:
         env[ORDER_VAR] = PCI_BUS_ID
-    if alloc_conf(environ)[1] == "kohyawan":
-        env.update(allocator.trainer_env(environ))
+    env.update(allocator.trainer_env(environ))
     return env
 
 
 def env_record(environ: Mapping[str, str], gpus: str | None) -> dict[str, Any]:
     """run.json's record of the trainer's GPU-related environment."""
     full = {**environ, **trainer_env(environ, gpus)}
-    conf, source = alloc_conf(environ)
+    conf, source = allocator.conf(environ)
     return {"cuda_visible_devices": full.get(VISIBLE_VAR), "cuda_device_order": full.get(ORDER_VAR),
             "alloc_conf": conf, "alloc_conf_from": source, "expandable_segments": allocator.expandable(conf)}
 
