@@ -134,3 +134,24 @@ def test_an_oom_under_a_gpu_memory_budget_counts_against_the_budget_not_the_card
     run_json.write_text(json.dumps(doc))
     (obs,) = observations.load_observations(tmp_path / "runs")
     assert obs.oom_vram and obs.gpu_total_gib == 23.5
+
+
+def test_a_mixed_runs_step_time_is_compared_with_the_same_epoch_average_the_estimate_makes():
+    """The estimate averages step time over an epoch's batches (images cheap, long clips dear); what a run took
+    per step is compared with that same average for what the run trained on, not with its largest batch."""
+    from kohyawan.estimate import offers, steptime, workload
+
+    gpu = offers.load_gpus()["h200"]
+    work = workload.Workload((workload.Shape(0, "image", 1280, 720, 1, 20, 1),
+                              workload.Shape(1, "video", 832, 480, 81, 10, 1)), "report")
+    spec = spec_for("fp8_base=true", "blocks_to_swap=20")
+    inputs = memory.inputs_from_values(spec.train, spec.dataset, spec.task, spec.expert, work.peak())
+    exact = steptime.mean_step_seconds(inputs, work, gpu)          # the run took exactly what the model says
+    peak_only = steptime.step_seconds(inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
+    assert exact < 0.8 * peak_only                                 # the images make the average much cheaper
+    seen = observations.Observation("r1", 1, gpu.names[0], inputs, None, exact, work=work)
+    corr = observations.fit_corrections([seen], inputs, gpu_name=gpu.names[0], gpu=gpu)
+    assert corr.time_runs == 1 and corr.time_factor == pytest.approx(1.0, abs=0.01)
+    slower = observations.Observation("r1", 1, gpu.names[0], inputs, None, 1.5 * exact, work=work)
+    assert observations.fit_corrections([slower], inputs, gpu_name=gpu.names[0], gpu=gpu).time_factor == \
+        pytest.approx(1.5, abs=0.01)

@@ -42,8 +42,8 @@ The parts:
 
 **Fitted constants** (``points.fit_working_set``, ``points.fit_alloc_gap``, ``points.fit_alloc_expandable``;
 a test recomputes them from ``points.toml``): the smallest values (0.1 steps) that put torch's allocated and
-reserved memory at or above every measured point. WORKING_SET_D comes from run D (832x480x81 clips, fp16, no
-swap: 62.47 GiB allocated). ALLOC_GAP_D (no expandable segments) comes from the ladder's blocks_to_swap=10
+reserved memory at or above every measured point. WORKING_SET_D comes from ladder-auto (512x512x25, fp8
+scaled, 20 swapped blocks: 18.64 GiB allocated); C-calibrate asks 111.1, run D 99.7. ALLOC_GAP_D (no expandable segments) comes from the ladder's blocks_to_swap=10
 rung, which ran out of memory in step 2 under a 23.5 GiB cap. With expandable segments (D-expandable,
 ladder-auto, C-calibrate: reserved minus allocated 1.8, 1.2 and 0.8 GiB) the reserve does not grow with the
 tokens: ALLOC_GAP_EXPANDABLE_D = 0 and a fixed ALLOC_EXPANDABLE_BASE_GIB. CUDA_CONTEXT_GIB is D's NVML peak
@@ -80,7 +80,6 @@ TIME_EMBED_D = 28           # Wan 2.2: e [L, d] + e0 [L, 6, d], fp32, alive for 
 MODULATION_D = 32           # Wan 2.2: a block's per-token modulation (fp32 [L, 6, d] sum, two fp32 [L, d])
 HOST_BASE_GIB = 3.5         # python + torch + CUDA libraries + the trainer's own objects
 WORKER_GIB = 0.4            # one data-loader worker process (a forked python with torch imported)
-PER_TOKEN_TIME_TASKS = ("t2v-A14B", "i2v-A14B")   # Wan 2.2 configs (v2_2): time embedding per token
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,7 @@ class MemoryInputs:
     @property
     def per_token_time(self) -> bool:
         """Wan 2.2 computes the time embedding and the blocks' modulation per token."""
-        return self.task in PER_TOKEN_TIME_TASKS and not self.force_v2_1_time_embedding
+        return self.model.dual and not self.force_v2_1_time_embedding    # Wan 2.2 (v2_2) configs
 
     @property
     def dual_resident(self) -> bool:

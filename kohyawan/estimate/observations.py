@@ -50,6 +50,8 @@ class Observation:
     oom_vram: bool = False          # ran out of GPU memory: needed more than ``gpu_total_gib``
     gpu_total_gib: float | None = None
     calibration: bool = False       # measured by ``kohyawan calibrate``
+    work: workload.Workload | None = None   # what the attempt trained on (its dataset.toml), when known
+    boundary: float = 0.875                 # its timestep_boundary, as a fraction
 
 
 def _values(plan: Mapping[str, Any]) -> tuple[dict, dict, str, str] | None:
@@ -149,12 +151,11 @@ def _attempt_values(run_dir: Path, n: int, fallback: tuple | None) -> tuple | No
     return values if values is not None else fallback
 
 
-def _peak_shape(run_dir: Path, n: int) -> workload.Shape | None:
-    """The largest batch the attempt trained on, from its own dataset config (older runs: the run's)."""
+def _workload(run_dir: Path, n: int) -> workload.Workload | None:
+    """What the attempt trained on, from its own dataset config (older runs: the run's)."""
     for path in (run_dir / "attempts" / f"{n:02d}" / "dataset.toml", run_dir / "dataset.toml"):
         if path.is_file():
-            found = workload.of_dataset_toml(path)
-            return found.peak() if found is not None else None
+            return workload.of_dataset_toml(path)
     return None
 
 
@@ -162,13 +163,15 @@ def _observation(run_dir: Path, run: Mapping, attempt: Mapping, values: tuple, t
     train, dataset, task, expert = dict(values[0]), dict(values[1]), values[2], values[3]
     _apply(train, dataset, attempt.get("changes") or {})
     n = int(attempt.get("n", 1))
-    inputs = memory.inputs_from_values(train, dataset, task, expert, _peak_shape(run_dir, n),
+    work = _workload(run_dir, n)
+    inputs = memory.inputs_from_values(train, dataset, task, expert, work.peak() if work is not None else None,
                                        allocator.expandable(run.get("alloc_conf")))
     return Observation(run_id=run_dir.name, attempt=n, gpu=_gpu_name(attempt, run),
                        inputs=inputs, peak_vram_gib=_peak(attempt),
                        s_per_step=steady_rate(times.get(n, [])),
                        oom_vram=attempt.get("outcome") == "oom_vram", gpu_total_gib=_gpu_total(attempt, run),
-                       calibration=bool(run.get("calibration")))
+                       calibration=bool(run.get("calibration")), work=work,
+                       boundary=steptime.timestep_boundary(train))
 
 
 def load_observations(runs_dir: Path) -> list[Observation]:
@@ -224,8 +227,10 @@ def fit_corrections(observations: list[Observation], inputs: memory.MemoryInputs
     time_ratios = []
     if gpu is not None:
         for o in relevant:
-            if o.s_per_step:
-                predicted = steptime.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps)["total"]
+            if o.s_per_step:     # against the model's figure for the same batches the estimate averages over
+                predicted = (steptime.mean_step_seconds(o.inputs, o.work, gpu, o.boundary) if o.work is not None
+                             else steptime.step_seconds(o.inputs, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps,
+                                                        o.boundary)["total"])
                 time_ratios.append(o.s_per_step / predicted)
     notes = []
     where = ", ".join(sorted({o.gpu for o in relevant if o.gpu})) or gpu_name

@@ -146,17 +146,6 @@ def _workload_dict(w: workload_mod.Workload | None) -> dict[str, Any] | None:
                          "frames": s.frames, "items": s.items, "batch_size": s.batch_size} for s in w.shapes]}
 
 
-def mean_step_seconds(inp: memory.MemoryInputs, work: workload_mod.Workload, gpu: Gpu, boundary: float) -> float:
-    """Seconds per step averaged over one epoch's batches (images are cheap, long clips dear)."""
-    rows = workload_mod.epoch_batches(work)
-    total = steps = 0.0
-    for shape, size, count in rows:
-        one = memory.with_shape(inp, shape.width, shape.height, shape.frames, size)
-        total += count * steptime.step_seconds(one, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"]
-        steps += count
-    return total / steps if steps else 0.0
-
-
 def _hours(s_per_step: float, inp: memory.MemoryInputs, total_steps: int) -> float:
     runs = 2 if inp.expert == "sequential" else 1     # high then low: two full trainings
     return runs * (total_steps * s_per_step + STARTUP_SECONDS) / 3600
@@ -185,7 +174,7 @@ def _costs(inp: memory.MemoryInputs, work: workload_mod.Workload, offers: Sequen
         if g.vram_gib < need_gib:
             continue
         factor = time_factor if g.key == learnt_on else 1.0   # a learnt time factor belongs to its GPU
-        g_hours = _hours(mean_step_seconds(inp, work, g, boundary) * factor, inp, total_steps)
+        g_hours = _hours(steptime.mean_step_seconds(inp, work, g, boundary) * factor, inp, total_steps)
         for o in g.offers:
             costs.append(Cost(o.provider, g.key, g_hours * o.usd_per_hour,
                               g_hours * o.usd_per_hour_max if o.usd_per_hour_max else None,
@@ -214,12 +203,11 @@ def estimate_values(train: Mapping[str, Any], dataset: Mapping[str, Any], *, tas
                                                                           else None), gpu=gpu)
     v = memory.vram(inp)
     ram = memory.host_ram(inp)
-    boundary = float(train.get("timestep_boundary") or 875)
-    boundary = boundary / 1000 if boundary > 1 else boundary
+    boundary = steptime.timestep_boundary(train)
     s_per_step = hours = band = None
     basis = ""
     if gpu is not None:
-        s_per_step = mean_step_seconds(inp, work, gpu, boundary) * corr.time_factor
+        s_per_step = steptime.mean_step_seconds(inp, work, gpu, boundary) * corr.time_factor
         band, basis = _time_basis(gpu)
         if total_steps:
             hours = _hours(s_per_step, inp, total_steps)
@@ -319,7 +307,8 @@ def basis_lines(e: Estimate) -> list[str]:
         lines.append(f"Time: {e.time_basis}.")
     lines.append("Allocator: " + ("expandable segments (PYTORCH_CUDA_ALLOC_CONF): their reserve, measured on the "
                                   "H200 (run D-expandable)" if e.expandable_segments else
-                                  "without expandable segments: their larger reserve, measured on the H200 (run D)")
+                                  "without expandable segments: their larger reserve, measured on the H200 (the "
+                                  "ladder's blocks_to_swap=10 rung)")
                  + ".")
     lines.append(points.checked_line(e.margin_gib))
     return lines

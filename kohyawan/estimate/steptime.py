@@ -21,8 +21,12 @@ the same fraction of their own dense bf16 rate, which is not measured. A user's 
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from kohyawan import wan
-from kohyawan.estimate.memory import CKPT_STORED_D, TEXT_TOKENS_MAX, MemoryInputs, block_bytes, dit_bytes
+from kohyawan.estimate import workload as workload_mod
+from kohyawan.estimate.memory import (CKPT_STORED_D, TEXT_TOKENS_MAX, MemoryInputs, block_bytes, dit_bytes,
+                                     with_shape)
 
 ATTN_BWD = 2.5
 FP8_SLOWDOWN = 1.05
@@ -43,10 +47,6 @@ def pass_flops(inp: MemoryInputs) -> tuple[float, float]:
     return forward, backward
 
 
-def step_flops(inp: MemoryInputs) -> float:
-    return sum(pass_flops(inp))
-
-
 def step_seconds(inp: MemoryInputs, bf16_tflops: float, mfu: float, h2d_gbps: float,
                  timestep_boundary: float = 0.875, unpinned_rate: float | None = None) -> dict[str, float]:
     """Predicted seconds per optimizer step, by component, with "total" (``unpinned_rate`` replaces the
@@ -61,10 +61,27 @@ def step_seconds(inp: MemoryInputs, bf16_tflops: float, mfu: float, h2d_gbps: fl
     if inp.grad_ckpt and inp.grad_ckpt_cpu_offload:
         offload = 0.5 * 2 * inp.shape.blocks * CKPT_STORED_D * inp.shape.dim * inp.tokens / (h2d_gbps * 1e9)
     switch = 0.0
-    if "A14B" in inp.task and inp.expert == "both" and inp.offload_inactive_dit:
+    if inp.both_experts and inp.offload_inactive_dit:
         p = 1.0 - timestep_boundary        # chance a step samples the high-noise expert
         switch = 2 * p * (1 - p) * dit_bytes(inp) / link
     parts = {"compute": forward + backward, "block_swap": swap, "activation_offload": offload,
              "expert_switch": switch}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def timestep_boundary(train: Mapping[str, Any]) -> float:
+    """musubi's ``timestep_boundary`` as a fraction (it takes 875 or 0.875)."""
+    boundary = float(train.get("timestep_boundary") or 875)
+    return boundary / 1000 if boundary > 1 else boundary
+
+
+def mean_step_seconds(inp: MemoryInputs, work: workload_mod.Workload, gpu: Any, boundary: float = 0.875) -> float:
+    """Seconds per step averaged over one epoch's batches of ``work`` (images are cheap, long clips dear) on
+    ``gpu`` (its ``bf16_tflops``, ``mfu``, ``h2d_gbps``)."""
+    total = steps = 0.0
+    for shape, size, count in workload_mod.epoch_batches(work):
+        one = with_shape(inp, shape.width, shape.height, shape.frames, size)
+        total += count * step_seconds(one, gpu.bf16_tflops, gpu.mfu, gpu.h2d_gbps, boundary)["total"]
+        steps += count
+    return total / steps if steps else 0.0

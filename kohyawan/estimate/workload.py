@@ -265,11 +265,3 @@ def from_settings(dataset: Mapping[str, Any], why: str) -> Workload:
 def epoch_batches(workload: Workload) -> list[tuple[Shape, int, int]]:
     """(shape, batch size, how many such batches) over one epoch: what the time per step averages over."""
     return [(s, size, n) for s in workload.shapes for size, n in s.batch_sizes().items()]
-
-
-def mean_tokens(workload: Workload) -> float:
-    """Tokens per step averaged over one epoch's batches."""
-    rows = epoch_batches(workload)
-    steps = sum(n for _, _, n in rows)
-    return sum(s.tokens * size * n for s, size, n in rows) / steps if steps else 0.0
-
