@@ -138,6 +138,20 @@ def test_a_cache_killed_half_way_is_redone_and_its_cut_file_never_trusted(tmp_pa
     assert ledger(runs, "cut")["status"] == "succeeded"
 
 
+def test_a_cache_script_that_succeeds_and_leaves_an_item_out_stops_the_run_once(tmp_path, log):
+    """musubi leaves out a clip shorter than every target frame count and still exits 0: running it again
+    would leave it out again, so the run stops and says what is missing instead of relaunching the encoder."""
+    data = make_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+    mark = log.mark()
+    r = run_cli(base_args(data, runs, "gap"), KOHYAWAN_REHEARSE_CACHE_SKIP="2", timeout=60)
+    assert r.returncode == 1
+    assert "cache_latents: the cache script finished but the cache is still incomplete (" in r.stderr
+    assert ": 1 of 4 item(s) to cache); see the stage's log" in r.stderr
+    assert len([x for x in log.since(mark, LATENTS)]) == 3                 # one launch, three items encoded
+    assert ledger(runs, "gap")["status"] == "failed"
+
+
 def test_two_concurrent_runs_make_one_complete_cache_and_both_train(tmp_path, log):
     data = make_dataset(tmp_path / "data")
     runs = tmp_path / "runs"

@@ -110,7 +110,7 @@ def main_latents() -> int:
         return 1
     print(f"INFO:{logger}:Loading VAE model from {model}", file=sys.stderr, flush=True)
     log = _Log("wan_cache_latents", args.dataset_config)
-    per_item = env.cache_s()
+    per_item, skip = env.cache_s(), env.cache_skip()
     for ds in load(args.dataset_config):
         os.makedirs(ds.cache_directory, exist_ok=True)
         print(f"INFO:musubi_tuner.cache_latents:Encoding dataset [{ds.index}]", file=sys.stderr, flush=True)
@@ -125,6 +125,8 @@ def main_latents() -> int:
         for n, item in enumerate(todo, 1):
             if args.skip_existing and os.path.exists(item.latent_cache):
                 log.skipped += 1
+                continue
+            if n == skip:
                 continue
             time.sleep(per_item)
             w, h = item.size

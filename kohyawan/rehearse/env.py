@@ -17,6 +17,8 @@ KOHYAWAN_REHEARSE_FAULT_STATE a JSON file: each fault listed there fires once ac
 KOHYAWAN_REHEARSE_LR_LOG      a file: one JSON line per step with the learning rate used
 KOHYAWAN_REHEARSE_CACHE_LOG   a file: the cache scripts append one JSON line per start, item encoded and end
 KOHYAWAN_REHEARSE_CACHE_KILL  N: a cache script cuts its N-th written file in half and kills itself (SIGKILL)
+KOHYAWAN_REHEARSE_CACHE_SKIP  N: the latent cacher leaves its N-th item out and still succeeds (as musubi does
+                              with a clip shorter than every target frame count)
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def step_s() -> float:
 
 def startup_s() -> float:
     return _float("KOHYAWAN_REHEARSE_STARTUP_S", 1.0)
+
+
+def cache_skip() -> int:
+    return int(os.environ.get("KOHYAWAN_REHEARSE_CACHE_SKIP", "0") or 0)
 
 
 def cache_s() -> float:

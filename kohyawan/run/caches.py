@@ -29,7 +29,7 @@ from kohyawan.cachestore import store
 from kohyawan.cachestore.folder import Survey, clear, dataset_sources, mark, survey, tidy
 from kohyawan.cachestore.keys import CacheFolder
 from kohyawan.cachestore.lease import SHARED, Leases
-from kohyawan.run.steps import stage_record
+from kohyawan.run.steps import Stop, stage_record
 from kohyawan.trainer.cachefiles import items, load
 
 TEXT_STAGE = "cache_text_encoder"
@@ -80,7 +80,11 @@ class Caching:
                 break
             wrote = self._write(stage, pairs, wanted, record)
             wanted = False
+            left = [r for r in (survey(stage.name, ds, cf.path, cf.key).reason() for cf, ds in pairs) if r]
             self.leases.release_all()
+            if left:   # the script succeeded and still left items out: running it again would do the same
+                raise Stop("failed", f"{stage.name}: the cache script finished but the cache is still incomplete "
+                                     f"({'; '.join(left)}); see the stage's log")
         self._used(stage.name, folders, record)
         if wrote is None and not quiet_skip:
             record.update(status="skipped", reason=f"caches complete in {names}")
@@ -110,7 +114,6 @@ class Caching:
             self.run.view.say(f"{stage.name}: nothing to encode ({why})")
         for cf, ds, checked in found:
             mark(checked, ds, cf.key)
-        record.update(cache_dirs=[str(cf.path) for cf, _, _ in found])
         self.run.ledger.save()
         return why
 
