@@ -181,6 +181,14 @@ def test_run_starts_at_the_rung_the_estimate_says_fits(data, tmp_path):
     assert "estimate: starting at rung" in r.stderr
 
 
+def test_the_virtual_gpu_recorded_and_planned_for_is_the_one_the_simulation_has(data, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli(base_args(data, runs, "small-gpu"), KOHYAWAN_REHEARSE_GPU_GB="5")
+    assert r.returncode == 0, r.stderr
+    d = ledger(runs, "small-gpu")
+    assert d["gpu"]["total_gib"] == 5.0 and d["estimate"]["gpu_gib"] == 5.0
+
+
 def _start(data, runs, name, step_s="0.2"):
     return subprocess.Popen(base_args(data, runs, name), env=env(KOHYAWAN_REHEARSE_STEP_S=step_s),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

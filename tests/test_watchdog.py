@@ -70,6 +70,16 @@ def test_low_utilisation_warns_once_and_rearms():
     assert wd.check(10.0 + 12 * 60) == []
 
 
+def test_nearly_full_vram_warns_on_a_mig_instance_too():
+    """A MIG instance reports memory but no utilisation of its own: the memory margin still counts."""
+    wd = Watchdog({"vram_margin_gb": 1.5, "stall_minutes": 100}, started=0.0)
+    wd.step(1, 0.1, 1.0)
+    wd.gpu(None, 23.5, 24.0, 2.0)
+    alerts = wd.check(3.0)
+    assert [a.kind for a in alerts] == ["vram_margin"] and "23.5 of 24.0 GB" in alerts[0].message
+    assert wd.low_util_since is None
+
+
 def test_settings_take_profile_values():
     cfg = settings({"stall_minutes": 3, "unknown": 1})
     assert cfg["stall_minutes"] == 3.0 and "unknown" not in cfg and not math.isnan(cfg["loss_spike_factor"])

@@ -22,7 +22,6 @@ from kohyawan.doctor.nvml import ORDER_VAR, PCI_BUS_ID, VISIBLE_VAR, VisibleGpu
 from kohyawan.estimate import allocator
 
 REHEARSAL_GPU = "kohyawan rehearsal (virtual GPU)"
-REHEARSAL_GIB = 24.0                     # the simulated trainer's default (KOHYAWAN_REHEARSE_GPU_GB)
 
 
 def visible(gpus: str | None, environ: Mapping[str, str]) -> str | None:
@@ -65,5 +64,6 @@ def gpu_record(devices: Sequence[VisibleGpu]) -> dict[str, Any]:
             "gpus": [d.to_dict() for d in devices]}
 
 
-def rehearsal_record(gpu_memory_gb: float | None) -> dict[str, Any]:
-    return {"gpu": {"name": REHEARSAL_GPU, "total_gib": float(gpu_memory_gb or REHEARSAL_GIB), "virtual": True}}
+def rehearsal_record(gpu_gib: float) -> dict[str, Any]:
+    """run.json's ``gpu`` for a rehearsal: the simulation's virtual GPU of ``gpu_gib``."""
+    return {"gpu": {"name": REHEARSAL_GPU, "total_gib": float(gpu_gib), "virtual": True}}

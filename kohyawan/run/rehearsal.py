@@ -21,6 +21,13 @@ def use_simulator(opts) -> None:
     opts.trainer_dir, opts.python = trainer_dir(), sys.executable
 
 
+def virtual_gpu_gib() -> float:
+    """The simulated trainer's GPU memory without --gpu-memory (KOHYAWAN_REHEARSE_GPU_GB, as it reads it)."""
+    from kohyawan.rehearse import env
+
+    return env.gpu_gb()
+
+
 def virtual_ram_gib() -> float:
     """The simulated trainer's host RAM (KOHYAWAN_REHEARSE_RAM_GB, as it reads it)."""
     from kohyawan.rehearse import env

@@ -77,7 +77,8 @@ class Run:
         no GPU: its VRAM is the simulation's, reported through the allocator file like a real trainer's."""
         record = gpuenv.env_record(os.environ, self.opts.gpus)
         if self.opts.rehearse:
-            self.ledger.set(**record, **gpuenv.rehearsal_record(self.opts.gpu_memory_gb))
+            self.ledger.set(**record, **gpuenv.rehearsal_record(self.opts.gpu_memory_gb
+                                                                 or rehearsal.virtual_gpu_gib()))
             return None
         env = self.env()
         sampler = GpuSampler(env.get(gpuenv.VISIBLE_VAR), processes=self.opts.processes,

@@ -7,12 +7,11 @@ See docs/architecture.md ("A run").
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Sequence
 
 from kohyawan.estimate import allocator
 from kohyawan.estimate.observations import load_observations
-from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, estimate_values, ladder_estimates
+from kohyawan.estimate.plan import DEFAULT_MARGIN_GIB, ladder_estimates
 from kohyawan.run import rungs as rungs_mod
 from kohyawan.run.ladder import RungLike
 
@@ -21,13 +20,9 @@ def estimate_kwargs(opts, data: dict) -> dict[str, Any]:
     """What the estimate needs to speak for this run: what was learnt on its GPU (runs and calibrations in
     the runs folder) and whether the trainer runs with expandable segments."""
     gpu_name = (data.get("gpu") or {}).get("name")
-    kwargs: dict[str, Any] = {"observations": load_observations(opts.runs_dir) if gpu_name else [],
-                              "gpu_name": gpu_name}
-    # the estimate's allocator reserve follows the trainer's setting (an estimate without the keyword
-    # predates that reserve and assumes one reserve for both)
-    if "expandable_segments" in inspect.signature(estimate_values).parameters:
-        kwargs["expandable_segments"] = allocator.expandable(data.get("alloc_conf"))
-    return kwargs
+    return {"observations": load_observations(opts.runs_dir) if gpu_name else [], "gpu_name": gpu_name,
+            # the estimate's allocator reserve follows the trainer's setting
+            "expandable_segments": allocator.expandable(data.get("alloc_conf"))}
 
 
 def planned_gib(opts, data: dict) -> float | None:

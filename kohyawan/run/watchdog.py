@@ -88,13 +88,15 @@ class Watchdog:
             self.bad_loss = (step, loss)
 
     def gpu(self, util_percent: float | None, used_gb: float | None, total_gb: float | None, now: float) -> None:
-        if util_percent is None or self.first_step_at is None:
+        if self.first_step_at is None:
+            return
+        self._margin = (used_gb, total_gb)
+        if util_percent is None:     # a MIG instance has no utilisation of its own; its memory still counts
             return
         if util_percent < self.cfg["low_util_percent"]:
             self.low_util_since = self.low_util_since if self.low_util_since is not None else now
         else:
             self.low_util_since, self.low_util_warned = None, False
-        self._margin = (used_gb, total_gb)
 
     # --- decisions ----------------------------------------------------------------------------------
     def stall_limit_s(self) -> float:
