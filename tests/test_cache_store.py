@@ -292,3 +292,17 @@ def test_simulated_scripts_skip_existing_files_even_cut_ones_and_remove_what_is_
     assert r.returncode == 0 and not stray_text.exists() and "encoded 0 item(s)" in r.stderr
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert events.count("start") == 5 and events.count("encoded") == 3 + 1   # img 0 of the failed text run
+
+
+def test_a_run_that_named_the_store_through_a_symlink_still_refers_to_its_folder(tmp_path):
+    """prune must never take a folder a run lists, whatever spelling of the store's path the run used."""
+    real = tmp_path / "disk" / "store" / "sarah-images-0123"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"caches": [{"cache_directory": str(tmp_path / "link" / "store" /
+                                                                                  "sarah-images-0123")}]}))
+    assert store.refers(str(run), real)
+    assert not store.refers(str(run), tmp_path / "disk" / "store" / "other")
+    assert not store.refers(str(tmp_path / "gone"), real)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kohyawan.errors import ModelFileError
-from kohyawan.files import atomic
+from kohyawan.files import atomic, jsonfile
 from kohyawan.modelfiles.header import read_header
 from kohyawan.trainer.cachefiles import LATENT_SUFFIX, TEXT_SUFFIX, DatasetCfg, cache_file_key, caption_path, \
     item_key, sources
@@ -120,11 +120,8 @@ def item_input(stage: str, src: Source) -> str:
 
 def read_marker(stage: str, folder: Path, key: str | None) -> dict[str, Any]:
     """The items a marker vouches for ({} without a usable marker, or one written for another key)."""
-    try:
-        doc = json.loads((folder / MARKERS[stage]).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("version") != MARKER_VERSION or (key and doc.get("key") != key):
+    doc = jsonfile.read_object(folder / MARKERS[stage])
+    if doc is None or doc.get("version") != MARKER_VERSION or (key and doc.get("key") != key):
         return {}
     items = doc.get("items")
     return items if isinstance(items, dict) else {}

@@ -54,9 +54,11 @@ def record_use(folder: Path, run_dir: Path, run_id: str) -> None:
 def refers(run_dir: str, folder: Path) -> bool:
     """Does the run in ``run_dir`` still exist and list ``folder`` among its caches?"""
     data = jsonfile.read_object(Path(run_dir) / "run.json")
-    if not isinstance(data, dict):
+    if data is None:
         return False
-    return any(str(c.get("cache_directory")) == str(folder) for c in data.get("caches") or [] if isinstance(c, dict))
+    here = os.path.realpath(folder)      # the run may have named the store through a symlink, or another cwd
+    return any(os.path.realpath(str(c.get("cache_directory"))) == here
+               for c in data.get("caches") or [] if isinstance(c, dict))
 
 
 @dataclass

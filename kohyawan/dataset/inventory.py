@@ -8,11 +8,11 @@ prepared resolution are known only from the report.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from kohyawan.dataset.layout import REPORT
+from kohyawan.files import jsonfile
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -53,11 +53,7 @@ def _media(folder: Path, exts: tuple[str, ...]) -> list[Path]:
 
 def _read_report(root: Path) -> dict:
     """The prepare report of a dataset folder, or {} (none, or unreadable: nothing is known from it)."""
-    try:
-        report = json.loads((root / REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
+    return jsonfile.read_object(root / REPORT) or {}
 
 
 def _prepared_resolution(report: dict) -> int | None:
