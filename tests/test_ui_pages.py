@@ -256,7 +256,10 @@ def test_busy_port_and_bad_token_are_one_line_exit_2():
     assert r.returncode == 2 and r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     assert r.stderr.count("\n") == 1
     r = cli("ui", "--token", "short")
-    assert r.returncode == 2 and r.stderr == "error: --token: use at least 8 characters\n"
+    rule = "error: --token: use at least 8 characters, each a letter, a digit or one of . _ ~ -\n"
+    assert r.returncode == 2 and r.stderr == rule
+    r = cli("ui", "--token", "s3cr+t&x=1#y")      # would be read back from the printed URL as another token
+    assert r.returncode == 2 and r.stderr == rule
 
 
 BATCH = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import click
@@ -51,8 +52,9 @@ def ui(runs_dirs, registry_dir, batch_dirs, grid_dirs, host, port, token):
     from kohyawan.ui.config import UiConfig
     from kohyawan.ui.server import serve
 
-    if token is not None and len(token) < 8:
-        raise BadInput("--token: use at least 8 characters")
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", token):
+        # it travels in the printed URL and a cookie as it is: only characters neither needs to escape
+        raise BadInput("--token: use at least 8 characters, each a letter, a digit or one of . _ ~ -")
     if registry_dir is None:
         try:
             registry_dir = store.locate(None)

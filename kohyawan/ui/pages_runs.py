@@ -120,8 +120,9 @@ def run_resume(request: Request) -> Response:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             tail = [line for line in report.tail_lines(run_dir / report.RESUME_LOG) if line.startswith("error:")]
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise Conflict(tail[-1][len("error: "):] if tail else f"runs resume exited with {status}")
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise Conflict(tail[-1][len("error: "):] if tail else f"runs resume exited with {code}")
             return message(request, f"run {run_dir.name} resumed and finished")
         if runlock.is_locked(run_dir):
             return message(request, f"resumed run {run_dir.name}: kohyawan pid {pid} supervises it "
