@@ -184,3 +184,26 @@ def test_parse_weighted_handles_colons_in_paths():
     assert parse_weighted("a.safetensors:0.9") == (Path("a.safetensors"), 0.9)
     assert parse_weighted("C:/x/a.safetensors")[1] == 1.0
     assert parse_weighted("dir:with:colons/a.safetensors:-0.5")[1] == -0.5
+
+
+def test_a_gpu_that_refuses_the_svd_is_one_line_and_leaves_no_output(tmp_path, monkeypatch):
+    """A CUDA error (out of memory, a busy exclusive-mode GPU) is an error line naming --device cpu, and the
+    output is never left half-written. The GPU here is simulated: torch's move to it raises what CUDA raises."""
+    from kohyawan.errors import WorkFailed
+    from kohyawan.lora import resize
+
+    src = write_lora(tmp_path / "src.safetensors", rank=6, dtype="fp32", blocks=[2], task=SMALL)
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(resize, "pick_device", lambda device: "cuda")
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    with pytest.raises(WorkFailed) as failed:
+        resize_file(src, tmp_path / "out.safetensors", rank=2)
+    assert str(failed.value) == ("the SVD on cuda failed (CUDA out of memory. Tried to allocate 2.00 GiB); "
+                                 "--device cpu runs it on the CPU")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]

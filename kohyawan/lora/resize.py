@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kohyawan.errors import BadInput
+from kohyawan.errors import BadInput, WorkFailed
 from kohyawan.files.safetensors import OutSpec, library_order, placeholder, short_name
 from kohyawan.files.stream import write_stream
 from kohyawan.lora import metadata as M
@@ -86,17 +86,23 @@ def resize_file(src: Path, dst: Path, *, rank: int, dtype: str | None = None,
     specs, by_key = _resize_specs(lm, rank, code)
     # the CPU's SVD work is matrix products (threads help) and tiny eigh calls (threads hurt when busy)
     threads = max(1, min(8, (os.cpu_count() or 1) - 2)) if device == "cpu" else 1
-    with T.opened(lm.header, threads=threads) as source:
-        job = _Resize(lm, source, rank, device, [by_key[s.name][1] for s in library_order(specs)])
+    try:
+        with T.opened(lm.header, threads=threads) as source:
+            job = _Resize(lm, source, rank, device, [by_key[s.name][1] for s in library_order(specs)])
 
-        def produce(spec: OutSpec):
-            what, m = by_key[spec.name]
-            return T.to_buffer(job.take(m, what), code)
+            def produce(spec: OutSpec):
+                what, m = by_key[spec.name]
+                return T.to_buffer(job.take(m, what), code)
 
-        sha = placeholder("sha256", 64)  # the source's, hashed while it is read
-        meta, late = _resized_metadata(lm, src.name, sha, rank, old, {job.new_alpha(m) for m in lm.modules if m.alpha},
-                                       job.overall)
-        write_stream(dst, specs, meta, produce, late={**late, sha: source.sha256})
+            sha = placeholder("sha256", 64)  # the source's, hashed while it is read
+            meta, late = _resized_metadata(lm, src.name, sha, rank, old,
+                                           {job.new_alpha(m) for m in lm.modules if m.alpha}, job.overall)
+            write_stream(dst, specs, meta, produce, late={**late, sha: source.sha256})
+    except RuntimeError as e:     # torch's CUDA errors (out of memory, a busy exclusive-mode GPU) are these
+        if not device.startswith("cuda"):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WorkFailed(f"the SVD on {device} failed ({first}); --device cpu runs it on the CPU") from None
     mods = [job.energies[m.path] for m in lm.modules]
     return ResizeResult(str(dst), str(src), old, rank, short_name(code), job.overall(),
                         min(e.retained for e in mods), mods, device)
