@@ -150,13 +150,13 @@ def test_earlier_outcomes_are_this_stages_before_the_last():
 
 
 def test_rung_changes_for_the_attempt_record():
-    vram = [R("fp8_base", {"train.fp8_base": True, "train.fp8_scaled": True}),
-            R("blocks_to_swap=20", {"train.blocks_to_swap": 20})]
-    ram = [R("fewer_workers", {"train.max_data_loader_n_workers": 1}),
-           R("fp8_base", {"train.fp8_base": "ram"})]   # a name on both ladders: the VRAM rung's changes count
-    assert steps.rung_changes(vram, ram, ["fp8_base", HALF_LR, "fewer_workers", "gone"]) == \
-        {"train.fp8_base": True, "train.fp8_scaled": True, "lr_scale": 0.5, "train.max_data_loader_n_workers": 1}
-    assert steps.rung_changes(vram, ram, []) == {}
+    """The changes of the rungs the attempt really runs with, in order, and the LR scale it really has."""
+    applied = [R("fp8_base", {"train.fp8_base": True, "train.fp8_scaled": True}),
+               R("blocks_to_swap=20", {"train.blocks_to_swap": 20}),
+               R("fewer_blocks_to_swap=10", {"train.blocks_to_swap": 10})]
+    assert steps.rung_changes(applied, 0.25) == {"train.fp8_base": True, "train.fp8_scaled": True,
+                                                 "train.blocks_to_swap": 10, "lr_scale": 0.25}
+    assert steps.rung_changes([]) == {}
 
 
 def test_what_is_said_between_attempts_and_how_a_stop_is_recorded():

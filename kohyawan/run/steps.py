@@ -156,17 +156,14 @@ def earlier_outcomes(attempts: Sequence[Mapping], stage: str) -> list[str]:
     return [a["outcome"] for a in attempts if a.get("stage") == stage][:-1]
 
 
-def rung_changes(vram: Sequence[ladder.RungLike], ram: Sequence[ladder.RungLike], names: Iterable[str]) -> dict:
-    """Every setting the rungs ``names`` change (the LR halving as ``lr_scale``), for the attempt's record."""
-    by_name: dict[str, ladder.RungLike] = {}
-    for rung in [*vram, *ram]:
-        by_name.setdefault(rung.name, rung)  # a name on both ladders: its VRAM rung's changes
+def rung_changes(applied: Sequence[ladder.RungLike], lr_scale: float = 1.0) -> dict:
+    """Every setting the rungs the attempt runs with change, in order (the LR halvings as ``lr_scale``), for the
+    attempt's record."""
     changes: dict[str, Any] = {}
-    for name in names:
-        if name == ladder.HALF_LR:
-            changes["lr_scale"] = 0.5
-        elif name in by_name:
-            changes.update(by_name[name].changes)
+    for rung in applied:
+        changes.update(rung.changes)
+    if lr_scale != 1.0:
+        changes["lr_scale"] = lr_scale
     return changes
 
 

@@ -121,7 +121,7 @@ class StageTrainer:
         stage = next(s for s in self.run.plan(spec, config_dir=adir).stages if s.name == self.name)
         name = f"{stage.output_name}-a{n:02d}"
         self._write_config(stage, spec, nxt, total, n, name)
-        changes = steps.rung_changes(self.vram, self.rungs_of(nxt.rungs), nxt.rungs)
+        changes = steps.rung_changes(self.rungs_of(nxt.rungs), nxt.lr_scale)
         self.ledger.start_attempt(rung=nxt.new_rung, changes=changes,
                                   resumed_from=nxt.resume_state or nxt.network_weights, first_step=nxt.start_step,
                                   stage=stage.name, output_name=name, rungs=list(nxt.rungs), lr_scale=nxt.lr_scale,
