@@ -157,3 +157,22 @@ def test_notes_diff_hyperparameters_and_dataset_between_versions():
     assert "| likeness | 9 |" in text
     assert text.index("## v2") < text.index("## v1")  # newest first
     assert notes.render(m) == text  # deterministic
+
+
+def test_the_dashboard_lists_the_same_changes_as_the_training_notes():
+    from kohyawan.ui.pages_registry import version_changes
+
+    m = _model(0)
+    m, _ = versions.add_version(m, {"task": "t2v-A14B", "hyperparameters": {"learning_rate": 2e-4},
+                                    "dataset": {"hash": "aaa", "hash_source": "run"}, "files": []},
+                                at="2026-11-27T00:00:00Z", user="u")
+    m, _ = versions.add_version(m, {"task": "i2v-A14B", "hyperparameters": {"learning_rate": 1e-4},
+                                    "dataset": {"hash": "bbb", "hash_source": "computed"}, "files": []},
+                                at="2026-11-28T00:00:00Z", user="u")
+    rows = version_changes(m["versions"])
+    assert rows[1] == [] and rows[2] == [("hyperparameter", "learning_rate", "0.0002", "0.0001"),
+                                         ("dataset", "hash", "aaa", "bbb"), ("run", "task", "t2v-A14B", "i2v-A14B")]
+    text = notes.render(m)
+    section = text.split("### Changes from v1")[1].split("### Test results")[0]
+    assert section.strip().splitlines() == ["- hyperparameter `learning_rate`: 0.0002 → 0.0001",
+                                            "- dataset `hash`: aaa → bbb", "- task: t2v-A14B → i2v-A14B"]

@@ -50,9 +50,9 @@ def _dataset_view(v: Mapping[str, Any]) -> dict[str, Any]:
     return {k: val for k, val in (v.get("dataset") or {}).items() if val is not None}
 
 
-def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> list[str]:
-    if prev is None:
-        return ["First version."]
+def changes(prev: Mapping[str, Any], v: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(what, key, before, after) for each thing version ``v`` changed against ``prev``: the rows of the notes'
+    "Changes from" section (and of the dashboard's)."""
     out = []
     for title, old, new in (
         ("hyperparameter", prev.get("hyperparameters") or {}, v.get("hyperparameters") or {}),
@@ -60,11 +60,17 @@ def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> 
         ("dataset", {k: x for k, x in _dataset_view(prev).items() if k != "hash_source"},
          {k: x for k, x in _dataset_view(v).items() if k != "hash_source"}),
     ):
-        for key, a, b in diff(old, new):
-            out.append(f"- {title} `{key}`: {_val(a)} → {_val(b)}")
-    for key in ("task", "profile", "variant", "expert"):
-        if prev.get(key) != v.get(key):
-            out.append(f"- {key}: {_val(prev.get(key))} → {_val(v.get(key))}")
+        out += [(title, key, _val(a), _val(b)) for key, a, b in diff(old, new)]
+    out += [("run", key, _val(prev.get(key)), _val(v.get(key)))
+            for key in ("task", "profile", "variant", "expert") if prev.get(key) != v.get(key)]
+    return out
+
+
+def _lines_for_changes(prev: Mapping[str, Any] | None, v: Mapping[str, Any]) -> list[str]:
+    if prev is None:
+        return ["First version."]
+    out = [f"- {what} `{key}`: {a} → {b}" if what != "run" else f"- {key}: {a} → {b}"
+           for what, key, a, b in changes(prev, v)]
     return out or [f"No changes in hyperparameters or dataset since v{prev['version']}."]
 
 

@@ -58,18 +58,9 @@ def version_changes(versions: list[dict]) -> dict[int, list[tuple[str, str, str,
     """Per version: (what, key, before, after) against the previous version (as in training_notes.md)."""
     from kohyawan.registry import notes
 
-    out: dict[int, list] = {}
     ordered = sorted(versions, key=lambda v: v["version"])
-    for prev, v in zip([None] + ordered[:-1], ordered):
-        if prev is None:
-            out[v["version"]] = []
-            continue
-        rows = []
-        for what, field in (("hyperparameter", "hyperparameters"), ("dataset", "dataset")):
-            for key, a, b in notes.diff(prev.get(field) or {}, v.get(field) or {}):
-                rows.append((what, key, notes._val(a), notes._val(b)))
-        out[v["version"]] = rows
-    return out
+    return {v["version"]: notes.changes(prev, v) if prev is not None else []
+            for prev, v in zip([None] + ordered[:-1], ordered)}
 
 def _model_context(request: Request) -> dict:
     from kohyawan.registry import roles, store, versions
