@@ -6,7 +6,6 @@ from kohyawan import wan
 from kohyawan.estimate import memory
 from kohyawan.lora import keys
 from kohyawan.modelfiles.layouts import dit_layout
-from kohyawan.rehearse import model as rehearse_model
 from kohyawan.trainer import musubi
 
 
@@ -37,8 +36,6 @@ def test_every_table_of_a_task_agrees_with_the_layout_musubi_loads(task):
     modules = keys.lora_modules(task)
     assert all(layout[f"{path}.weight"] == shape for path, shape in modules)
     assert len(modules) == memory.lora_modules(memory.MemoryInputs(task=task))
-    arch = rehearse_model.ARCHS[task]          # the simulated trainer's LoRAs come from lora.fabricate over keys
-    assert (arch.blocks, arch.dim, arch.img) == (tm.dit.layers, tm.dit.dim, tm.image_attn)
     assert memory.model_shape(task).max_swap == musubi.max_blocks_to_swap(task) == tm.dit.layers - 1
 
 

@@ -1,49 +1,14 @@
-"""What the simulation knows about WAN models: shapes and a memory model (no torch). The LoRA files it saves
-come from ``kohyawan.lora.fabricate``, its other files from ``kohyawan.files.stream``."""
+"""What the simulation needs of the memory model, and torch's own failure text (no torch). Shapes come from
+``kohyawan.wan``; the LoRA files it saves from ``kohyawan.lora.fabricate``, its other files from
+``kohyawan.files.stream``."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
-from kohyawan import wan
-from kohyawan.estimate import memory
-
-
-@dataclass(frozen=True)
-class Arch:
-    dit: wan.Dit
-    params: float  # parameters of one DiT
-    img: bool      # Wan 2.1 image models (I2V, FLF2V, Fun-Control): cross_attn k_img/v_img
-
-    @property
-    def blocks(self) -> int:
-        return self.dit.layers
-
-    @property
-    def dim(self) -> int:
-        return self.dit.dim
-
-    @property
-    def ffn(self) -> int:
-        return self.dit.ffn_dim
-
-
-def _arch(task: str) -> Arch:
-    tm = wan.TASKS[task]
-    # the estimator's parameter count, so the simulated host RAM and the estimate agree
-    return Arch(tm.dit, params=float(memory.model_shape(task).total_params(tm.image_attn)), img=tm.image_attn)
-
-
-ARCHS = {task: _arch(task) for task in wan.TASKS}
 
 
 # ---------------------------------------------------------------------------------------------------
-# memory: VRAM from kohyawan.estimate.memory (the estimator's model); host RAM rough but monotone in every lever.
-
-def tokens(width: int, height: int, frames: int, batch: int) -> int:
-    return (width // 16) * (height // 16) * ((frames - 1) // 4 + 1) * batch
-
+# memory: VRAM and host RAM from kohyawan.estimate.memory (the estimator's models).
 
 def vram_need(args, bucket: tuple[int, int, int, int]) -> tuple[float, tuple[float, float]]:
     """(GiB to hold the model, (GiB at the peak of the first training step, GiB at the peak of every later
@@ -112,7 +77,3 @@ def cuda_oom_text(total_gb: float, need_gb: float, try_gb: float) -> str:
 
 
 SAVE_DTYPES = {None: "F32", "float": "F32", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
-
-
-def ensure_dir(path: str) -> None:
-    os.makedirs(path, exist_ok=True)

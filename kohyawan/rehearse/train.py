@@ -12,14 +12,15 @@ import signal
 import sys
 import time
 
+from kohyawan import wan
 from kohyawan.rehearse import env
 from kohyawan.rehearse.standin import BANNER
 from kohyawan.rehearse.args import parse
 from kohyawan.trainer.cachefiles import cached_items, load
 from kohyawan.lora import fabricate
 from kohyawan.lora.io import read_metadata
-from kohyawan.rehearse.model import (ARCHS, SAVE_DTYPES, allocated_share, allocator_peaks, cuda_oom_text, ram_need,
-                                     tokens, vram_need)
+from kohyawan.rehearse.model import (SAVE_DTYPES, allocated_share, allocator_peaks, cuda_oom_text, ram_need,
+                                     vram_need)
 from kohyawan.trainer.pyshim import kohyawan_mem
 from kohyawan.trainer.pyshim.kohyawan_lr import lr_factor
 
@@ -123,7 +124,7 @@ class Schedule:
 def main() -> int:
     args = parse("wan_train_network")
     print(BANNER, file=sys.stderr, flush=True)
-    arch = ARCHS.get(args.task)
+    model = wan.TASKS.get(args.task)
     for p in (args.dit, args.dit_high_noise, args.vae):
         if p and not os.path.exists(p):
             return fail(f"FileNotFoundError: [Errno 2] No such file or directory: '{p}'", "_validate_args_and_init")
@@ -156,7 +157,7 @@ def main() -> int:
     log(TB, "preparing accelerator")
     out("accelerator device: cuda (rehearsal: simulated)")
     gpu = env.gpu_gb()
-    biggest = max(buckets, key=lambda b: tokens(b[0], b[1], b[2], b[3]))
+    biggest = max(buckets, key=lambda b: wan.tokens(b[0], b[1], b[2]) * b[3])
     hold, peaks = vram_need(args, biggest[:4])
     scale = env.vram_scale()   # KOHYAWAN_REHEARSE_VRAM_SCALE: a GPU the estimate is off on
     hold, peaks = hold * scale, tuple(gib * scale for gib in peaks)
@@ -204,8 +205,8 @@ def main() -> int:
         if meta.get("kohyawan.rehearsal_requested_dim", str(dim)) != str(dim):
             return fail("RuntimeError: Error(s) in loading state_dict for LoRANetwork: size mismatch for "
                         f"lora_unet_blocks_0_self_attn_q.lora_down.weight: copying a param with shape torch.Size("
-                        f"[{meta.get('kohyawan.rehearsal_requested_dim')}, {arch.dim}]) from checkpoint, the shape in "
-                        f"current model is torch.Size([{dim}, {arch.dim}]).", "load_state")
+                        f"[{meta.get('kohyawan.rehearsal_requested_dim')}, {model.dit.dim}]) from checkpoint, the shape in "
+                        f"current model is torch.Size([{dim}, {model.dit.dim}]).", "load_state")
         with open(os.path.join(args.resume, "scheduler.bin"), "rb") as f:
             sched.restore(json.loads(f.read())["last_epoch"])
         with open(os.path.join(args.resume, "optimizer.bin"), "rb") as f:
