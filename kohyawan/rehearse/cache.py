@@ -28,8 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
+from kohyawan import wan
 from kohyawan.cachestore.folder import whole
 from kohyawan.rehearse import decode, env
 from kohyawan.rehearse.args import parse
@@ -63,9 +62,9 @@ class _Log:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"script": self.script, "pid": os.getpid(), **record}) + "\n")
 
-    def save(self, path: str, tensors: dict, metadata: dict) -> None:
+    def save(self, path: str, shapes: dict[str, tuple[int, ...]], metadata: dict) -> None:
         # zeros in bf16, written in place without hashes, as musubi's cache scripts write theirs
-        specs = [OutSpec(name, "BF16", tuple(arr.shape)) for name, arr in tensors.items()]
+        specs = [OutSpec(name, "BF16", shape) for name, shape in shapes.items()]
         write_stream(path, specs, metadata, lambda spec: bytes(spec.nbytes), musubi_hashes=False, in_place=True)
         self.encoded += 1
         if self.encoded == self.kill_at:  # a write cut short: half the file, then a hard kill
@@ -130,11 +129,12 @@ def main_latents() -> int:
                 continue
             time.sleep(per_item)
             w, h = item.size
-            shape = (16, (item.frames - 1) // 4 + 1, max(1, h // 8), max(1, w // 8))
+            _, rows, cols = wan.TRAINING_VAE.stride
+            shape = (wan.TRAINING_VAE.z_dim, wan.latent_frames(item.frames), max(1, h // rows), max(1, w // cols))
             meta = {"architecture": "wan", "width": str(w), "height": str(h), "format_version": "1.0.1"}
             if not ds.is_image:
                 meta["frame_count"] = str(item.frames)
-            log.save(item.latent_cache, {f"latents_{shape[1]}x{shape[2]}x{shape[3]}_bfloat16": np.zeros(shape)}, meta)
+            log.save(item.latent_cache, {f"latents_{shape[1]}x{shape[2]}x{shape[3]}_bfloat16": shape}, meta)
             sys.stderr.write(_bar(n, start))
             sys.stderr.flush()
         sys.stderr.write("\n")
@@ -184,7 +184,7 @@ def main_text() -> int:
                           f"new={caption}, overwrite", file=sys.stderr, flush=True)
             time.sleep(per_item)
             tok = max(1, len(caption.split()))
-            log.save(path, {"varlen_t5_bfloat16": np.zeros((tok, 4096), np.float32)},
+            log.save(path, {"varlen_t5_bfloat16": (tok, wan.UMT5.dim)},
                      {"architecture": "wan", "caption1": caption, "format_version": "1.0.1"})
             sys.stderr.write(_bar(n, start))
             sys.stderr.flush()
