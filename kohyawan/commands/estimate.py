@@ -50,8 +50,7 @@ def _local_gpu():
 
     from kohyawan.doctor import nvml
 
-    seen = nvml.probe_visible(nvml.real_nvml(), os.environ.get(nvml.VISIBLE_VAR),
-                              os.environ.get(nvml.ORDER_VAR, nvml.PCI_BUS_ID))
+    seen = nvml.probe_for_trainer(nvml.real_nvml(), None, os.environ)
     return (seen.devices[0].name, seen.devices[0].total_gib) if seen.devices else None
 
 

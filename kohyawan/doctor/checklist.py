@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from kohyawan.doctor import host, trainer
-from kohyawan.doctor.nvml import ORDER_VAR, PCI_BUS_ID, VISIBLE_VAR, Nvml, probe_gpus, probe_visible
+from kohyawan.doctor.nvml import VISIBLE_VAR, Nvml, probe_for_trainer, probe_gpus
 from kohyawan.doctor.result import Check
 
 
@@ -38,6 +38,5 @@ def visible_check(nvml: Nvml | None, gpus: str | None, environ: Mapping[str, str
     import os
 
     env = os.environ if environ is None else environ
-    setting = gpus if gpus is not None else env.get(VISIBLE_VAR)
-    source = "--gpus" if gpus is not None else VISIBLE_VAR if setting is not None else "every GPU"
-    return host.check_visible(probe_visible(nvml, setting, env.get(ORDER_VAR, PCI_BUS_ID)), source, any_gpu)
+    source = "--gpus" if gpus is not None else VISIBLE_VAR if env.get(VISIBLE_VAR) is not None else "every GPU"
+    return host.check_visible(probe_for_trainer(nvml, gpus, env), source, any_gpu)

@@ -19,7 +19,7 @@ See docs/architecture.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 GIB = float(2**30)
 
@@ -316,3 +316,11 @@ def probe_visible(nvml: Nvml | None, setting: str | None, order: str | None = No
             nvml.shutdown()
         except Exception:
             pass
+
+
+def probe_for_trainer(nvml: Nvml | None, gpus: str | None, environ: Mapping[str, str]) -> Visibility:
+    """The GPUs the trainer would see when kohyawan starts it from ``environ``: ``--gpus`` when given, else the
+    inherited CUDA_VISIBLE_DEVICES; CUDA_DEVICE_ORDER=PCI_BUS_ID unless set (as ``kohyawan.run.gpuenv`` sets
+    the trainer's environment)."""
+    setting = gpus if gpus is not None else environ.get(VISIBLE_VAR)
+    return probe_visible(nvml, setting, environ.get(ORDER_VAR, PCI_BUS_ID))

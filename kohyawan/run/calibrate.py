@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kohyawan.errors import BadInput
-from kohyawan.run import calibsample, gpuenv, preflight, rungs, runsetup, startrung, steps
+from kohyawan.run import calibsample, preflight, rungs, runsetup, startrung, steps
 from kohyawan.run.ladder import Next
 from kohyawan.run.ledger import Ledger
 from kohyawan.run.runner import Run
@@ -49,9 +49,7 @@ def require_gpu(opts, nvml=None) -> None:
     """A real calibration measures a GPU: the trainer must see one."""
     from kohyawan.doctor import nvml as nvml_mod
 
-    env = {**os.environ, **gpuenv.trainer_env(os.environ, opts.gpus)}
-    seen = nvml_mod.probe_visible(nvml if nvml is not None else nvml_mod.real_nvml(), env.get(gpuenv.VISIBLE_VAR),
-                                  env.get(gpuenv.ORDER_VAR))
+    seen = nvml_mod.probe_for_trainer(nvml if nvml is not None else nvml_mod.real_nvml(), opts.gpus, os.environ)
     if not seen.devices:
         why = "; ".join(seen.problems) or "NVML lists no GPU"
         raise BadInput(f"calibrate measures the trainer on a GPU, and it would see none ({why}); "
