@@ -199,6 +199,10 @@ class StageTrainer:
         phase = "load" if end.tracker.first_step_seen is None else "train"
         data, opts = self.ledger.data, self.run.opts
         kwargs = estimate_kwargs(opts, data)
+        if getattr(current, "dataset_dir", None) is not None:   # the media are read once for every step judged
+            from kohyawan.estimate import workload
+
+            kwargs["facts"] = workload.gather(current)
         margin = margin_of(current)
         fresh = [r for r in rungs.ram_rungs(current) if r.name not in self.rec["rungs"]]   # a name is taken once
         found = hostram.plan(current, fresh, phase=phase, margin_gib=margin,
