@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from runtime_helpers import base_args, env, make_dataset, run_cli, wait_for
@@ -70,13 +69,7 @@ class UiServer:
         self.base = self.url.split("?")[0].rstrip("/")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self):
         return self
@@ -98,6 +91,3 @@ def stop_process(proc: subprocess.Popen) -> None:
 def wait_until(predicate, timeout: float = 60.0):
     return wait_for(predicate, timeout=timeout, every=0.1)
 
-
-def now() -> float:
-    return time.monotonic()

@@ -95,8 +95,7 @@ def stage_files(stage: str, folder: Path, is_image: bool) -> dict[str, dict[str,
     text = stage == "cache_text_encoder"
     for entry in entries:
         name = entry.name
-        if name.startswith(".") or name.endswith(TEXT_SUFFIX) != text or not name.endswith(
-                TEXT_SUFFIX if text else LATENT_SUFFIX):
+        if name.startswith(".") or not name.endswith(TEXT_SUFFIX if text else LATENT_SUFFIX):
             continue
         key = cache_file_key(name, is_image)
         if key is not None:

@@ -28,13 +28,12 @@ class Leases:
 
     def __init__(self, *, poll_s: float = 0.05, max_poll_s: float = 2.0):
         self.held: dict[Path, FileLock] = {}
-        self.mode: str | None = None
         self.poll_s, self.max_poll_s = poll_s, max_poll_s
 
     def release_all(self) -> None:
         for lock in self.held.values():
             lock.release()
-        self.held, self.mode = {}, None
+        self.held = {}
 
     def try_all(self, folders: Iterable[Path], *, shared: bool) -> bool:
         """Take every folder's lock now, or none of them (False)."""
@@ -46,7 +45,6 @@ class Leases:
                 self.release_all()
                 return False
             self.held[folder] = lock
-        self.mode = SHARED if shared else EXCLUSIVE
         return True
 
     def settle(self, folders: list[Path], done: Callable[[], bool], on_wait: Callable[[], None]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kohyawan.errors import BadInput
@@ -36,7 +36,6 @@ class UiConfig:
     port: int = 8765
     token: str | None = None
     poll_s: float = 0.5          # how often a live page's files are looked at
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.runs_dirs = tuple(Path(p).absolute() for p in self.runs_dirs)
