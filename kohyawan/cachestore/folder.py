@@ -33,6 +33,12 @@ from kohyawan.trainer.cachefiles import LATENT_SUFFIX, TEXT_SUFFIX, DatasetCfg, 
 KEY_DOCUMENT = ".kohyawan-cache.json"
 MARKERS = {"cache_latents": ".complete-latents.json", "cache_text_encoder": ".complete-text.json"}
 MARKER_VERSION = 1
+STAMP = "%Y-%m-%dT%H:%M:%SZ"     # UTC, in markers, key documents, uses/ and run.json's caches
+
+
+def utc_stamp(seconds: float | None = None) -> str:
+    """``seconds`` (default: now) as the store writes times."""
+    return time.strftime(STAMP, time.gmtime(seconds))
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,6 @@ def mark(found: Survey, ds: DatasetCfg, key: str | None) -> int:
         if have or (found.stage == "cache_latents" and not ds.is_image):  # a clip too short yields no crop
             items[k] = {"input": inp, "files": have}
     doc = {"version": MARKER_VERSION, "stage": found.stage, "key": key,
-           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "items": items}
+           "written": utc_stamp(), "items": items}
     atomic.write_text(found.folder / MARKERS[found.stage], json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return len(items)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from kohyawan.cachestore.folder import KEY_DOCUMENT, MARKERS
+from kohyawan.cachestore.folder import KEY_DOCUMENT, MARKERS, STAMP, utc_stamp
 from kohyawan.cachestore.keys import CacheFolder
 from kohyawan.cachestore.lease import LOCK_NAME, Leases
 from kohyawan.files import atomic, jsonfile, locks
@@ -31,7 +31,7 @@ PRUNING = ".pruning-"
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return utc_stamp()
 
 
 def describe(cf: CacheFolder) -> None:
@@ -101,7 +101,7 @@ def inspect(folder: Path) -> FolderInfo:
             runs.append({**use, "refers": refers(use["run_dir"], folder)})
     runs.sort(key=lambda r: (str(r.get("first_used")), str(r.get("run_id"))))
     stamps = [r["last_used"] for r in runs if r.get("last_used")]
-    last = max(stamps) if stamps else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(folder.stat().st_mtime))
+    last = max(stamps) if stamps else utc_stamp(folder.stat().st_mtime)
     return FolderInfo(folder, size, files, jsonfile.read_object(folder / KEY_DOCUMENT), items, runs, last,
                       locks.in_use(folder / LOCK_NAME))
 
@@ -116,7 +116,7 @@ def folders(store: Path) -> list[FolderInfo]:
 
 def _age_s(stamp: str | None, now: float) -> float:
     try:
-        return now - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+        return now - calendar.timegm(time.strptime(stamp, STAMP))
     except (TypeError, ValueError):
         return float("inf")
 

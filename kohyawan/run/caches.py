@@ -22,11 +22,10 @@ import glob
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 from kohyawan.cachestore import store
-from kohyawan.cachestore.folder import Survey, clear, dataset_sources, mark, survey, tidy
+from kohyawan.cachestore.folder import Survey, clear, dataset_sources, mark, survey, tidy, utc_stamp
 from kohyawan.cachestore.keys import CacheFolder
 from kohyawan.cachestore.lease import SHARED, Leases
 from kohyawan.run.steps import Stop, stage_record
@@ -122,7 +121,7 @@ class Caching:
         and this run in each folder's ``uses/``."""
         led = self.run.ledger
         known = {c["cache_directory"]: c for c in led.data.setdefault("caches", [])}
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = utc_stamp()
         for cf in folders:
             entry = known.get(str(cf.path))
             if entry is None:
