@@ -162,6 +162,7 @@ def test_roles_are_checked_for_the_acting_user_as_in_the_cli(world, monkeypatch)
         assert cli_says.returncode == 2 and "user 'bob' may not promote" in cli_says.stderr
         assert (world["registry"] / "index.json").read_bytes() == before
         assert "bob has training" in client(world).get("/registry/character/demo/sarah", headers=HTML).text
+        assert "roles.toml: bob has training" in client(world).get("/registry", headers=HTML).text
     finally:
         (world["registry"] / "roles.toml").unlink()
 

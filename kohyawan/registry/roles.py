@@ -67,13 +67,18 @@ def allowed_roles(action: str) -> tuple[str, ...]:
     return ACTIONS[action] + ("admin",)
 
 
+def roles_of(table: Mapping[str, tuple[str, ...]], user: str) -> tuple[str, ...]:
+    """The roles ``user`` holds under a loaded roles.toml: their own entry, else the ``*`` entry's."""
+    return tuple(table.get(user, table.get("*", ())))
+
+
 def check(root: Path, action: str, user: str) -> None:
     """Raise NotAllowed when roles.toml exists and ``user`` holds none of the roles ``action`` needs."""
     table = load(root)
     if table is None:
         return
     needed = allowed_roles(action)
-    have = table.get(user, table.get("*", ()))
+    have = roles_of(table, user)
     if any(r in needed for r in have):
         return
     holders = sorted(u for u, roles in table.items() if any(r in needed for r in roles))

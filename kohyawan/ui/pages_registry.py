@@ -51,8 +51,11 @@ def registry_page(request: Request) -> Response:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in actions.list_models(reg.read_index()):
         groups.setdefault((row["kind"], row["client"]), []).append(row)
-    return render(request, "registry.html", nav="registry", groups=groups, root=reg.root,
-                  roles=roles.load(reg.root))
+    from kohyawan.registry.store import current_user
+
+    table = roles.load(reg.root)
+    return render(request, "registry.html", nav="registry", groups=groups, root=reg.root, roles=table,
+                  my_roles=None if table is None else roles.roles_of(table, current_user()))
 
 def version_changes(versions: list[dict]) -> dict[int, list[tuple[str, str, str, str]]]:
     """Per version: (what, key, before, after) against the previous version (as in training_notes.md)."""
@@ -76,7 +79,7 @@ def _model_context(request: Request) -> dict:
             "changes": version_changes(m["versions"]), "notes_html": markdown_html(notes_text),
             "notes_path": notes_path, "rollback_to": versions.rollback_target(m),
             "current": versions.current_of(m), "roles": table,
-            "my_roles": None if table is None else table.get(user, table.get("*", ()))}
+            "my_roles": None if table is None else roles.roles_of(table, user)}
 
 def model_page(request: Request) -> Response:
     return render(request, "model.html", nav="registry", **_model_context(request))
