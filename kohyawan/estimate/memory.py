@@ -288,6 +288,11 @@ class Vram:
         return self.total_gib - self.parts["allocator_reserve"] - self.parts["cuda_context"]
 
     @property
+    def first_step_allocated_gib(self) -> float:
+        """The same in step 1, before the optimizer state exists."""
+        return self.first_step_gib - self.parts["allocator_reserve"] - self.parts["cuda_context"]
+
+    @property
     def reserved_gib(self) -> float:
         return self.total_gib - self.parts["cuda_context"]
 

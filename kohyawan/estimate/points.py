@@ -116,10 +116,8 @@ def _check_completed(p: Point, v: memory.Vram) -> Check:
                  f"{_gib(v.allocated_gib)} allocated, {_gib(v.total_gib)} in all", error, tuple(fails))
 
 
-def _check_killed(p: Point, v: memory.Vram, inp: memory.MemoryInputs) -> Check:
-    first = p.step == 1
-    allocated = v.first_step_gib - v.parts["allocator_reserve"] - v.parts["cuda_context"] if first \
-        else v.allocated_gib
+def _check_killed(p: Point, v: memory.Vram) -> Check:
+    allocated = v.first_step_allocated_gib if p.step == 1 else v.allocated_gib
     reserved = allocated + v.parts["allocator_reserve"]
     fails = []
     if allocated < p.allocated_gib:
@@ -130,7 +128,7 @@ def _check_killed(p: Point, v: memory.Vram, inp: memory.MemoryInputs) -> Check:
                  f"{p.step})", f"{_gib(allocated)} allocated, {_gib(reserved)} reserved", None, tuple(fails))
 
 
-def _check_oom(p: Point, v: memory.Vram, inp: memory.MemoryInputs, margin: float) -> Check:
+def _check_oom(p: Point, v: memory.Vram, margin: float) -> Check:
     cap, fails = p.cap_gib, []
     if p.step == 0:
         weights = v.parts["weights"]
@@ -144,7 +142,7 @@ def _check_oom(p: Point, v: memory.Vram, inp: memory.MemoryInputs, margin: float
     if reserved <= cap:
         fails.append(f"step {p.step} reserved {reserved:.2f} within the cap")
     if p.step == 2:
-        step1 = v.first_step_gib - v.parts["allocator_reserve"] - v.parts["cuda_context"]
+        step1 = v.first_step_allocated_gib
         if step1 > cap:
             fails.append(f"step 1 allocated {step1:.2f} above the cap, but step 1 finished")
     return Check(p, not fails, f"out of memory in step {p.step}, cap {cap:g}",
@@ -183,14 +181,13 @@ def _check_published(p: Point, v: memory.Vram) -> Check:
 
 def check(p: Point, margin: float = MARGIN_GIB, **constants: float) -> Check:
     """How the model meets one point (``constants``: working_set_d / alloc_gap_d, for fitting)."""
-    inp = p.inputs()
-    v = memory.vram(inp, **constants)
+    v = memory.vram(p.inputs(), **constants)
     if not p.measured:
         return _check_published(p, v)
     if p.outcome == "oom":
-        return _check_oom(p, v, inp, margin)
+        return _check_oom(p, v, margin)
     if p.outcome == "killed":
-        return _check_killed(p, v, inp)
+        return _check_killed(p, v)
     if p.cap_gib is not None:
         return _check_capped_completion(p, v, margin)
     return _check_completed(p, v)
@@ -208,8 +205,7 @@ def _round_up(x: float, step: float = 0.1) -> float:
 
 def _allocated(p: Point, **constants: float) -> float:
     v = memory.vram(p.inputs(), **constants)
-    reserve_and_context = v.parts["allocator_reserve"] + v.parts["cuda_context"]
-    return (v.first_step_gib if p.step == 1 else v.total_gib) - reserve_and_context
+    return v.first_step_allocated_gib if p.step == 1 else v.allocated_gib
 
 
 def _smallest(meets, high: float = 400.0) -> float:
