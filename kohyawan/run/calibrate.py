@@ -120,20 +120,29 @@ class CalibrationRun(Run):
         if self.mode == "start":
             start = startrung.estimated_start(self.base_spec, trainer.vram, self.opts, self.ledger.data,
                                               self.view.say)
-        probes = []
+        probes, learnt = [], self.learnt()
         for label, names in positions(trainer.vram, self.mode, self.rung, start):
-            est = self.estimate(trainer.spec_with(names))
+            est = self.estimate(trainer.spec_with(names), learnt)
             probes.append({"label": label, "rungs": list(names), "estimate": est})
         return probes
 
-    def estimate(self, spec) -> dict[str, Any]:
-        """VRAM, host RAM and s/step the estimator predicts for ``spec`` on the GPU in use, as it now stands."""
+    def learnt(self) -> dict[str, Any]:
+        """What the estimate rests on as it now stands: the runs folder's observations and the sample's media,
+        read once for every position estimated."""
+        from kohyawan.estimate import workload
+
+        kwargs = startrung.estimate_kwargs(self.opts, self.ledger.data)
+        if getattr(self.base_spec, "dataset_dir", None) is not None:
+            kwargs["facts"] = workload.gather(self.base_spec)
+        return kwargs
+
+    def estimate(self, spec, learnt: dict[str, Any]) -> dict[str, Any]:
+        """VRAM, host RAM and s/step the estimator predicts for ``spec`` on the GPU in use (``learnt``)."""
         from kohyawan.estimate.plan import estimate_spec
 
         data = self.ledger.data
         est = estimate_spec(spec, gpu=known_gpu(self.gpu_name), margin_gib=startrung.margin_of(spec),
-                            vram_gib=(data.get("gpu") or {}).get("total_gib"),
-                            **startrung.estimate_kwargs(self.opts, data))
+                            vram_gib=(data.get("gpu") or {}).get("total_gib"), **learnt)
         return {"vram_gib": round(est.vram_gib, 2), "ram_gib": round(est.ram_gib, 2),
                 "s_per_step": _r3(est.s_per_step),
                 "corrections": list(est.corrections.notes)}
@@ -159,7 +168,7 @@ class CalibrationRun(Run):
         data = self.ledger.data
         attempts = {a["n"]: a for a in data["attempts"]}
         times = step_times(self.dir)
-        rows = []
+        rows, learnt = [], self.learnt()     # now with this calibration's own measurements
         for probe in data["calibration"]["probes"]:
             a = attempts.get(probe["attempt"], {})
             alloc = a.get("allocator_peak_gb") or {}
@@ -167,7 +176,7 @@ class CalibrationRun(Run):
                 "vram_gib": a.get("peak_vram_gb"), "allocated_gib": alloc.get("allocated"),
                 "reserved_gib": alloc.get("reserved"), "ram_gib": a.get("peak_ram_gb"),
                 "s_per_step": _r3(steady_rate(times.get(probe["attempt"], []))), "per_gpu": a.get("peak_vram_by_gpu")},
-                "next_estimate": self.estimate(self.trainer.spec_with(probe["rungs"]))})
+                "next_estimate": self.estimate(self.trainer.spec_with(probe["rungs"]), learnt)})
         return {"version": 1, "id": data["id"], "path": str(self.dir), "status": data["status"],
                 "reason": data.get("reason"), "rehearsal": bool(data.get("rehearsal")), "gpu": data.get("gpu"),
                 "alloc_conf": data.get("alloc_conf"), "steps": data["calibration"]["steps"],
